@@ -1,0 +1,69 @@
+// Files and "-": unbuffered fd readers, buffered checked writers, atomic replacement.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace moe::io {
+
+// A readable byte source: a file, or stdin for "-" or "". Throws moe::Error naming the file.
+class Input {
+ public:
+  explicit Input(const std::string& path);  // "-" or "" = stdin
+  ~Input();
+  Input(const Input&) = delete;
+  Input& operator=(const Input&) = delete;
+  // Reads up to n bytes; returns 0 at end of file. Throws moe::Error on a read error.
+  size_t read(void* buf, size_t n);
+  // Reads one line without its '\n' into line; false at end of file.
+  bool getline(std::string& line);
+  const std::string& name() const { return name_; }  // the path, or "<stdin>"
+
+ private:
+  int fd_ = -1;
+  bool owned_ = false;
+  std::string name_;
+  std::string buf_;  // getline's read-ahead
+  size_t pos_ = 0;
+};
+
+// A buffered byte sink: a file, or stdout for "-" or "". Every write error is an exception:
+// EPIPE throws moe::BrokenPipe (the reader went away), anything else moe::Error naming the file.
+// A file output is written to a temporary beside the target and renamed over it by close(), so a failed
+// run never leaves a complete-looking file; the destructor without close() removes the temporary.
+class Output {
+ public:
+  explicit Output(const std::string& path, size_t buffer_bytes = 1 << 16);  // "-" or "" = stdout
+  ~Output();
+  Output(const Output&) = delete;
+  Output& operator=(const Output&) = delete;
+  void write(const void* data, size_t n);
+  void write(std::string_view s) { write(s.data(), s.size()); }
+  void flush();  // pushes buffered bytes to the fd (for pipes: the next stage sees them)
+  void close();  // flush, fsync and rename a file; flush stdout. Idempotent.
+  const std::string& name() const { return name_; }
+  bool is_stdout() const { return fd_ == 1; }
+
+ private:
+  int fd_ = -1;
+  std::string name_, path_, tmp_path_;
+  std::string buf_;
+  size_t cap_;
+  bool closed_ = false;
+};
+
+// Writes `contents` to path atomically (temp file in the same dir, fsync, rename, fsync dir).
+void write_file_atomic(const std::string& path, std::string_view contents);
+// Reads a whole (small) file; throws moe::Error naming it.
+std::string read_file(const std::string& path);
+
+// Replaces directory `dir` by `staged` (a fully written sibling directory) so that at every moment
+// either the old or the new directory is complete at `dir`. Uses renameat2(RENAME_EXCHANGE) where the
+// kernel supports it. Throws moe::Error; on failure `dir` is untouched.
+void replace_dir(const std::string& staged, const std::string& dir);
+// fsyncs every regular file in dir and dir itself.
+void sync_dir(const std::string& dir);
+
+}  // namespace moe::io

@@ -1,0 +1,74 @@
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <string>
+
+#include "moe/io/error.h"
+#include "moe/io/file.h"
+
+namespace {
+std::string scratch_dir() {
+  char tmpl[] = "/tmp/moekit-io-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  return tmpl;
+}
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+}  // namespace
+
+TEST_CASE("Output writes through a temporary and renames on close", "[io]") {
+  std::string dir = scratch_dir();
+  std::string path = dir + "/out.bin";
+  {
+    moe::io::Output out(path, 8);
+    out.write("hello, ");
+    out.write("world");
+    CHECK_FALSE(exists(path));  // nothing complete-looking before close
+    out.close();
+  }
+  CHECK(moe::io::read_file(path) == "hello, world");
+}
+
+TEST_CASE("Output without close leaves no file behind", "[io]") {
+  std::string dir = scratch_dir();
+  std::string path = dir + "/out.bin";
+  { moe::io::Output out(path); out.write("partial"); }
+  CHECK_FALSE(exists(path));
+  CHECK(::rmdir(dir.c_str()) == 0);  // and no temporary either
+}
+
+TEST_CASE("Input reads lines and bytes and names missing files", "[io]") {
+  std::string dir = scratch_dir();
+  moe::io::write_file_atomic(dir + "/a.txt", "one\ntwo\nthree");
+  moe::io::Input in(dir + "/a.txt");
+  std::string line;
+  REQUIRE(in.getline(line));
+  CHECK(line == "one");
+  char buf[4] = {};
+  CHECK(in.read(buf, 4) == 4);
+  CHECK(std::string(buf, 4) == "two\n");
+  REQUIRE(in.getline(line));
+  CHECK(line == "three");
+  CHECK_FALSE(in.getline(line));
+  CHECK_THROWS_WITH(moe::io::Input(dir + "/missing"), Catch::Contains("missing") && Catch::Contains("No such file"));
+}
+
+TEST_CASE("replace_dir swaps a staged directory in", "[io]") {
+  std::string dir = scratch_dir();
+  std::string ckpt = dir + "/ckpt", staged = dir + "/ckpt.staged";
+  REQUIRE(::mkdir(ckpt.c_str(), 0755) == 0);
+  moe::io::write_file_atomic(ckpt + "/w", "old");
+  REQUIRE(::mkdir(staged.c_str(), 0755) == 0);
+  moe::io::write_file_atomic(staged + "/w", "new");
+  moe::io::replace_dir(staged, ckpt);
+  CHECK(moe::io::read_file(ckpt + "/w") == "new");
+  CHECK_FALSE(exists(staged));
+  // Into a path that does not exist yet.
+  REQUIRE(::mkdir(staged.c_str(), 0755) == 0);
+  moe::io::write_file_atomic(staged + "/w", "fresh");
+  moe::io::replace_dir(staged, dir + "/other");
+  CHECK(moe::io::read_file(dir + "/other/w") == "fresh");
+}
