@@ -1,0 +1,60 @@
+// Rollout records (formats/rollout.md): one sampled response per record.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "moe/format/stream.h"
+
+namespace moe::format {
+
+struct RolloutRecord {
+  uint64_t id = 0;      // unique within the stream; joins to routing records
+  uint64_t group = 0;   // prompt index: records of one group are adjacent in a stream
+  uint32_t sample = 0;  // index within the group
+  std::vector<int32_t> prompt_tokens;
+  std::vector<int32_t> response_tokens;
+  std::vector<float> logprobs;       // [response_tokens.size()] rollout log-probs (empty if unknown)
+  std::vector<float> prev_logprobs;  // [response] values replaced by `moe-rollout --score` (else empty)
+  std::string finish_reason;         // "eos" | "length" | "stop"
+  std::string prompt_text, response_text;
+  nlohmann::json task = nlohmann::json::object();  // payload from the prompt JSONL (answer, numbers, ...)
+  std::optional<double> reward;
+  std::optional<double> advantage;
+  nlohmann::json reward_info = nlohmann::json::object();  // reward components, e.g. {"format": 0.1}
+  // Keys this build does not know, kept as packed msgpack so filters pass them through unchanged.
+  std::vector<std::pair<std::string, std::string>> extra;
+};
+
+// Header meta for rollout streams (see formats/rollout.md): at least "vocab_size", "temperature",
+// "model_digest"; anything else is free-form.
+class RolloutWriter {
+ public:
+  RolloutWriter(io::Output& out, Header header, int zstd_level = 3);  // header.kind forced to "rollout"
+  void write(const RolloutRecord& rec);
+  void flush();
+  void finish();
+  uint64_t count() const;
+
+ private:
+  StreamWriter w_;
+  msgpack::sbuffer buf_;
+};
+
+class RolloutReader {
+ public:
+  explicit RolloutReader(io::Input& in);  // rejects other kinds
+  const Header& header() const;
+  // Next record; false at the verified end. Missing required fields or wrong types: moe::Error with offset.
+  bool next(RolloutRecord& rec);
+  uint64_t offset() const;  // offset of the last record returned
+  const std::string& name() const;
+
+ private:
+  StreamReader r_;
+  Record raw_;
+};
+
+}  // namespace moe::format
