@@ -94,7 +94,9 @@ ModelConfig parse_config(const json& j, const std::string& o) {
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
   if (c.head_dim % 2 != 0) fail(o, "head_dim must be even for rotary embeddings, got " + std::to_string(c.head_dim));
-  c.num_experts = req_int(j, o, "num_experts", 0);
+  // 4.x and the Hub say num_experts; transformers 5 writes num_local_experts.
+  if (!find(j, "num_experts") && !find(j, "num_local_experts")) fail(o, "missing key 'num_experts' (or 'num_local_experts')");
+  c.num_experts = find(j, "num_experts") ? req_int(j, o, "num_experts", 0) : req_int(j, o, "num_local_experts", 0);
   c.decoder_sparse_step = opt_int(j, o, "decoder_sparse_step", 1);
   if (const json* m = find(j, "mlp_only_layers")) {
     if (!m->is_array()) fail(o, "key 'mlp_only_layers' must be a list of layer indices, got " + m->dump());
