@@ -243,9 +243,13 @@ struct StreamReader::Impl {
         if (avail > 0)
           fail(off, std::string("truncated ") + what + ": the stream ends after " + std::to_string(avail) +
                         " of at least " + std::to_string(need) + " bytes");
-        if (frame_left != 0)
+        if (frame_left != 0 && std::string(what) == "header")
           fail(off, "truncated stream: the input ends inside a zstd frame (compressed offset " +
-                        std::to_string(in_base + in_pos) + ") after " + std::to_string(count) + " records");
+                        std::to_string(in_base + in_pos) + ") before the header is complete");
+        if (frame_left != 0)
+          fail(off, "truncated stream, missing trailer: the input ends inside an unfinished zstd frame (compressed offset " +
+                        std::to_string(in_base + in_pos) + ") after " + std::to_string(count) +
+                        " records (writer interrupted, or the file was cut)");
         if (std::string(what) == "header") fail(off, "empty zstd stream: no header");
         fail(off, "missing trailer: the stream ends after " + std::to_string(count) +
                       " records (writer interrupted, or the file was cut at a frame boundary)");

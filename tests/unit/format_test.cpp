@@ -564,3 +564,55 @@ TEST_CASE("record_to_json decodes payloads by the header's schema", "[format][js
   CHECK(rec.find("n_pos")->via.u64 == 3);
   CHECK(rec.find("nope") == nullptr);
 }
+
+#include "moe/format/route_dump.h"
+
+namespace {
+std::string write_routing(const std::string& name, const std::vector<RoutingRecord>& recs) {
+  std::string path = scratch_dir() + "/" + name;
+  moe::io::Output out(path);
+  RoutingWriter w(out, test_header(), meta(1, 4, 2, "f32"));
+  for (const auto& r : recs) w.write(r);
+  w.finish();
+  out.close();
+  return path;
+}
+RoutingRecord rr(uint64_t id, int64_t first, std::vector<uint16_t> e, std::vector<float> p) {
+  RoutingRecord r;
+  r.id = id;
+  r.first_pos = first;
+  r.n_pos = int64_t(e.size() / 2);
+  r.experts = std::move(e);
+  r.probs = std::move(p);
+  return r;
+}
+}  // namespace
+
+TEST_CASE("route diff: exact shares, Jaccard, probability differences and unmatched positions", "[format][diff]") {
+  std::string a = write_routing("diff-a.zst", {rr(0, 0, {0, 1, 2, 3, 0, 2}, {.5f, .3f, .4f, .4f, .6f, .1f}),
+                                               rr(7, 0, {0, 1, 1, 0}, {.5f, .5f, .5f, .5f})});
+  std::string b = write_routing("diff-b.zst", {rr(5, 0, {1, 2}, {.5f, .5f}),
+                                               rr(0, 1, {3, 2, 0, 3, 1, 2}, {.3f, .4f, .5f, .2f, .5f, .5f})});
+  std::string out_path = scratch_dir() + "/diff.json";
+  moe::format::route_dump::DiffSummary s;
+  {
+    moe::io::Input ia(a), ib(b);
+    moe::io::Output out(out_path);
+    s = moe::format::route_dump::diff(ia, ib, out, {true});
+    out.close();
+  }
+  CHECK(s.tokens_compared == 2);
+  CHECK(s.token_mismatch == 0.5);
+  json j = json::parse(moe::io::read_file(out_path));
+  CHECK(j["records_compared"] == 1);
+  CHECK(j["only_a"]["records"] == 1);
+  CHECK(j["only_a"]["positions"] == 3);  // position 0 of id 0, and id 7
+  CHECK(j["only_b"]["records"] == 1);
+  CHECK(j["only_b"]["positions"] == 2);  // position 3 of id 0, and id 5
+  CHECK(j["overall"]["mismatch"] == 0.5);
+  CHECK(j["overall"]["jaccard"].get<double>() == Approx(2.0 / 3));
+  CHECK(j["overall"]["prob_mad"].get<double>() == Approx(0.2 / 3).epsilon(1e-6));
+  CHECK(j["mean_differing_layers"] == 0.5);
+  CHECK(j["layers"][0]["layer"] == 1);
+  CHECK(j["max_buffered_records"].get<int>() >= 1);
+}
