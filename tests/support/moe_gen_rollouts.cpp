@@ -1,13 +1,17 @@
 // Test-only: builds rollout streams from JSONL without a model, and prints rollout streams as JSONL, so the
 // Bats tests of moe-reward can run real pipes.
 //
-//   moe_gen_rollouts [--no-trailer] [--kind routing] [IN.jsonl|-]   JSONL -> rollout stream on stdout
-//   moe_gen_rollouts --to-jsonl [--header] [STREAM|-]                rollout stream -> JSONL on stdout
+//   moe_gen_rollouts [--no-trailer] [--kind routing] [--response-key K] [IN.jsonl|-]
+//       JSONL -> rollout stream on stdout
+//   moe_gen_rollouts --to-jsonl [--header] [--field K] [STREAM|-]
+//       rollout stream -> JSONL on stdout (--field: only that field of each record, as JSON)
 //
-// Input lines: {"prompt": text, "response": text, "group": n, ...}. Optional record fields: "id" (default:
-// line number), "sample" (default: index within the group), "tokens" (response length in tokens, default:
-// one token per byte of the response), "reward", "finish_reason". Keys starting with "x_" become unknown
-// record keys (kept as packed msgpack); every other key goes into the task payload.
+// Input lines: {"prompt": text, "response": text, "group": n, ...}. Optional record fields: "group"
+// (default: line number), "id" (default: line number), "sample" (default: index within the group), "tokens"
+// (response length in tokens, default: one token per byte of the response), "reward", "finish_reason".
+// --response-key K takes the response from field K plus "<eos>" (e.g. moe-data's "solution").
+// Keys starting with "x_" become unknown record keys (kept as packed msgpack); every other key goes into
+// the task payload.
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -22,7 +26,7 @@ namespace {
 
 using moe::format::RolloutRecord;
 
-int to_stream(const std::string& path, bool trailer, const std::string& kind) {
+int to_stream(const std::string& path, bool trailer, const std::string& kind, const std::string& response_key) {
   moe::io::Input in(path);
   moe::io::Output out("-");
   moe::format::Header h;
@@ -54,12 +58,12 @@ int to_stream(const std::string& path, bool trailer, const std::string& kind) {
     nlohmann::json j = nlohmann::json::parse(line);
     RolloutRecord r;
     r.id = j.value("id", n);
-    r.group = j.at("group").get<uint64_t>();
+    r.group = j.value("group", n);
     sample = r.group == last_group ? sample + 1 : 0;
     last_group = r.group;
     r.sample = j.value("sample", sample);
     r.prompt_text = j.value("prompt", "");
-    r.response_text = j.value("response", "");
+    r.response_text = response_key.empty() ? j.value("response", "") : j.at(response_key).get<std::string>() + "<eos>";
     for (unsigned char c : r.prompt_text) r.prompt_tokens.push_back(c);
     size_t ntok = j.value("tokens", r.response_text.size());
     for (size_t i = 0; i < ntok; ++i) {
@@ -89,7 +93,7 @@ int to_stream(const std::string& path, bool trailer, const std::string& kind) {
   return 0;
 }
 
-int to_jsonl(const std::string& path, bool header) {
+int to_jsonl(const std::string& path, bool header, const std::string& field) {
   moe::io::Input in(path);
   moe::format::RolloutReader reader(in);
   if (header) {
@@ -113,7 +117,8 @@ int to_jsonl(const std::string& path, bool header) {
     j["advantage"] = r.advantage ? nlohmann::json(*r.advantage) : nlohmann::json(nullptr);
     j["reward_info"] = r.reward_info;
     for (const auto& [k, v] : r.extra) j[k] = nlohmann::json::from_msgpack(v);
-    std::cout << j.dump() << "\n";
+    if (!field.empty()) std::cout << (j.contains(field) ? j[field].dump() : "absent") << "\n";
+    else std::cout << j.dump() << "\n";
   }
   std::cout.flush();
   return std::cout ? 0 : 1;
@@ -123,17 +128,19 @@ int to_jsonl(const std::string& path, bool header) {
 
 int main(int argc, char** argv) {
   bool dump = false, header = false, trailer = true;
-  std::string kind = "rollout", path = "-";
+  std::string kind = "rollout", path = "-", response_key, field;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--to-jsonl") dump = true;
     else if (a == "--header") header = true;
     else if (a == "--no-trailer") trailer = false;
     else if (a == "--kind" && i + 1 < argc) kind = argv[++i];
+    else if (a == "--response-key" && i + 1 < argc) response_key = argv[++i];
+    else if (a == "--field" && i + 1 < argc) field = argv[++i];
     else path = a;
   }
   try {
-    return dump ? to_jsonl(path, header) : to_stream(path, trailer, kind);
+    return dump ? to_jsonl(path, header, field) : to_stream(path, trailer, kind, response_key);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe_gen_rollouts: error: %s\n", e.what());
     return 1;
