@@ -287,6 +287,37 @@ TEST_CASE("replay gating follows algorithms.md worked example 7", "[model]") {
   CHECK(at::equal(std::get<0>(n.indices.sort(-1)), at::tensor({0, 1}, at::kLong).view({1, 2})));
 }
 
+TEST_CASE("replay gating gradient matches finite differences", "[model]") {
+  json j = tiny_json();
+  j["hidden_size"] = 4;
+  j["num_experts"] = 4;
+  SparseMoe moe(parse_config(j));
+  moe->to(at::kDouble);
+  {
+    at::NoGradGuard ng;
+    for (auto& p : moe->parameters()) p.normal_(0, 0.7);
+  }
+  at::Tensor x = at::randn({3, 4}, at::kDouble);
+  at::Tensor idx = at::tensor({3, 1, 0, 2, 2, 3}, at::kLong).view({3, 2});
+  auto loss = [&] { return moe->forward(x, RouterMode::replay, idx, {}, {}, idx, false, false).hidden.pow(2).sum(); };
+  moe->zero_grad();
+  loss().backward();
+  at::Tensor g = moe->gate->weight.grad().clone();
+  REQUIRE(g.abs().max().item<double>() > 0);
+  at::NoGradGuard ng;
+  const double h = 1e-6;
+  for (int e = 0; e < 4; ++e)
+    for (int k = 0; k < 4; k += 3) {
+      double w0 = moe->gate->weight[e][k].item<double>();
+      moe->gate->weight[e][k].fill_(w0 + h);
+      double up = loss().item<double>();
+      moe->gate->weight[e][k].fill_(w0 - h);
+      double dn = loss().item<double>();
+      moe->gate->weight[e][k].fill_(w0);
+      CHECK(g[e][k].item<double>() == Approx((up - dn) / (2 * h)).margin(1e-6));
+    }
+}
+
 TEST_CASE("replay uses exactly the given indices and gradients reach the router", "[model]") {
   Qwen3Moe m = tiny_model(2);
   auto [ids, mask] = padded_batch({random_seq(6, 50, 1), random_seq(4, 50, 2)}, true);
