@@ -348,6 +348,21 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
   return out;
 }
 
+at::Tensor load_balancing_loss(const at::Tensor& router_logits, const at::Tensor& mask, int64_t top_k) {
+  if (router_logits.dim() != 4) throw Error("load_balancing_loss: router_logits must be [B, T, L, E], got " + shape_str(router_logits.sizes()));
+  const int64_t B = router_logits.size(0), T = router_logits.size(1), L = router_logits.size(2), E = router_logits.size(3);
+  if (top_k < 1 || top_k > E) throw Error("load_balancing_loss: top_k " + std::to_string(top_k) + " outside [1, " + std::to_string(E) + "]");
+  at::Tensor probs = at::softmax(router_logits.to(at::kFloat), -1).reshape({B * T * L, E});
+  at::Tensor sel = std::get<1>(probs.topk(top_k, -1));                                  // [M, k]
+  at::Tensor chosen = at::one_hot(sel, E).to(at::kFloat);                                // [M, k, E]
+  at::Tensor w = mask.defined() ? mask.to(probs.device(), at::kFloat).reshape({B, T, 1}).expand({B, T, L}).reshape({-1})
+                                : at::ones({B * T * L}, probs.options());
+  at::Tensor denom = w.sum().clamp_min(1.0);
+  at::Tensor f = (chosen * w.view({-1, 1, 1})).sum(0) / denom;  // [k, E]
+  at::Tensor p = (probs * w.view({-1, 1})).sum(0) / denom;      // [E]
+  return (f * p.unsqueeze(0)).sum() * static_cast<double>(E);
+}
+
 // ---- weights ----
 void init_weights(Qwen3Moe& m, uint64_t seed) {
   at::NoGradGuard ng;

@@ -497,5 +497,7 @@ TEST_CASE("parity with transformers on the committed fixture", "[model][parity]"
     CHECK(at::equal(ours.masked_select(v4), theirs.masked_select(v4)));
     double dl = (out.router_logits - ref.get("router_logits")).abs().masked_select(v4).max().item<double>();
     CHECK(dl <= 1e-4);
+    at::Tensor aux = load_balancing_loss(out.router_logits, mask, m->config().num_experts_per_tok);
+    CHECK(aux.item<double>() == Approx(ref.get("aux_loss").item<double>()).epsilon(1e-5));
   }
 }

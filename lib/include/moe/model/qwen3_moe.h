@@ -162,6 +162,13 @@ class Qwen3MoeImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Qwen3Moe);
 
+// The load-balancing auxiliary loss of transformers' Qwen3-MoE (Switch-Transformer style), over all MoE
+// layers and real tokens: num_experts * sum_{slot, e} f[slot, e] * P[e], f = share of (token, layer) pairs whose
+// slot-th top-k choice is e, P[e] = mean router probability of e. router_logits [B, T, L, E] (e.g.
+// ForwardOutput::router_logits), mask [B, T] (undefined = all tokens). Returns a scalar float32 with gradient;
+// the caller multiplies by router_aux_loss_coef.
+at::Tensor load_balancing_loss(const at::Tensor& router_logits, const at::Tensor& mask, int64_t top_k);
+
 // Initialises every parameter as Hugging Face does: Linear and Embedding weights ~ N(0, initializer_range),
 // biases 0, norm weights 1, the pad_token_id row of the embedding 0. Deterministic for a seed (CPU generator,
 // parameters in registration order), whatever the model's device.
