@@ -137,9 +137,12 @@ TEST_CASE("safetensors round trip in f32 and bf16", "[model]") {
   std::string dir = scratch_dir();
   at::Tensor a = at::randn({3, 5}), b = at::randn({7}).to(at::kBFloat16), c = at::arange(6, at::kLong).view({2, 3});
   at::Tensor nc = at::randn({4, 6}).t();  // non-contiguous
-  write_safetensors(dir + "/x.safetensors", {{"b", b}, {"a", a}, {"c", c}, {"nc", nc}});
+  at::Tensor hf = at::randn({2, 2}).to(at::kHalf);
+  write_safetensors(dir + "/x.safetensors", {{"b", b}, {"a", a}, {"c", c}, {"nc", nc}, {"h", hf}});
   SafetensorsFile f(dir + "/x.safetensors");
-  CHECK(f.names() == std::vector<std::string>{"a", "b", "c", "nc"});
+  CHECK(f.names() == std::vector<std::string>{"a", "b", "c", "h", "nc"});
+  CHECK(f.entry("h").dtype == "F16");
+  CHECK(at::equal(f.get("h", at::kFloat), hf.to(at::kFloat)));
   CHECK(f.metadata().at("format") == "pt");
   CHECK(f.entry("b").dtype == "BF16");
   CHECK(at::equal(f.get("a"), a));
