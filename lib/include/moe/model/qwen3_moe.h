@@ -1,6 +1,16 @@
 // The Qwen3-MoE causal language model (Hugging Face Qwen3MoeForCausalLM, model_type "qwen3_moe").
 // Module and parameter names are the Hub checkpoint keys (model.layers.N.mlp.experts.E.up_proj.weight, ...).
 // Router hooks are explicit: every forward takes a RoutingPlan; nothing is global.
+//
+// Typical use (rollout: left-padded prompts, KV cache, routing capture):
+//   Qwen3Moe m = load_model(dir, parse_device("cpu"), at::kFloat);
+//   at::NoGradGuard ng;
+//   KVCache cache;
+//   ForwardOptions opt; opt.capture_routing = true; opt.last_logits_only = true;
+//   ForwardOutput o = m->forward(prompt_ids, prompt_mask, RoutingPlan::native(), opt, &cache);  // [B, P]
+//   ... sample next [B, 1] from o.logits[:, -1]; rows already finished pass mask 0 ...
+//   o = m->forward(next, step_mask, RoutingPlan::native(), opt, &cache);                        // [B, 1]
+// Training (R3): m->forward(ids, mask, RoutingPlan::replay(rollout_indices), opt_with_probs_at).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
