@@ -82,7 +82,8 @@ at::Tensor aggregate(const at::Tensor& loss, const at::Tensor& mask, Agg agg, do
     case Agg::seq_mean_token_sum: return l.sum(1).sum() / rows;
     case Agg::seq_mean_token_sum_norm: {
       if (loss_scale > 0) return l.sum() / loss_scale;
-      return l.sum() / len.max().clamp_min(1);  // the longest response of the batch (max over an empty B: error)
+      if (len.numel() == 0) return l.sum();  // B = 0: max() of nothing is undefined
+      return l.sum() / len.max().clamp_min(1);  // the longest response of this batch
     }
   }
   throw moe::Error("aggregate: bad mode");

@@ -502,6 +502,19 @@ TEST_CASE("algo: an all-masked batch gives an exact, finite 0 loss and zero grad
   for (const auto& [name, v] : rs.metrics) CHECK(std::isfinite(v));
 }
 
+TEST_CASE("algo: an empty mini-batch (B = 0) gives 0", "[algo]") {
+  LossInputs in;
+  in.logp = at::zeros({0, 4}, at::kDouble).requires_grad_(true);
+  in.logp_old = at::zeros({0, 4}, at::kDouble);
+  in.advantages = at::zeros({0}, at::kDouble);
+  in.mask = at::zeros({0, 4}, at::kDouble);
+  in.rs_factors = at::zeros({0, 4}, at::kDouble);
+  for (Algo a : {Algo::grpo, Algo::drgrpo, Algo::gspo, Algo::gmpo, Algo::rspo}) {
+    INFO(to_string(a));
+    CHECK(val(compute_policy_loss(config(a), in).loss) == 0.0);
+  }
+}
+
 TEST_CASE("algo: zero advantages give zero loss and zero gradient", "[algo]") {
   Example ex;
   ex.adv = vec({0.0, 0.0});

@@ -108,7 +108,8 @@ struct LossOutputs {
 //   d = logp - logp_old (masked) -> router shift d~ = d + log g (rspo, or router_shift) and --rs-mask
 //   -> importance weights w and --mis mask (detached, from logp_old and logp_roll)
 //   -> base algorithm on d~ over the kept tokens, per-token loss times w after the dual clip
-//      (gmpo/rspo: rows weighted by the geometric mean of w over the row)
+//      (gmpo/rspo: rows weighted by the geometric mean of w over the row; gspo: the token form then weights
+//      each token's gradient by its own w, -A s_i w_t / L_i, rather than the row by its mean w)
 //   -> + kl_coef * agg(k3 KL) - entropy_coef * agg(entropy) + aux_coef * aux_loss.
 // Metrics: pg_loss, ppo_kl (masked mean of -d, unshifted), and per algorithm pg_clipfrac and for the
 // PPO-clip and GMPO families pg_clipfrac_lower; router_shift/* when shifted; mismatch/* whenever logp_roll is
