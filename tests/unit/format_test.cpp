@@ -616,3 +616,32 @@ TEST_CASE("route diff: exact shares, Jaccard, probability differences and unmatc
   CHECK(j["layers"][0]["layer"] == 1);
   CHECK(j["max_buffered_records"].get<int>() >= 1);
 }
+
+TEST_CASE("a Record stays valid while later records are read (payloads are referenced, not copied)", "[format][stream]") {
+  std::string path = scratch_dir() + "/keepalive.zst";
+  moe::testing::RoutingSynth synth(4, 64, 4, 3);
+  std::vector<RoutingRecord> written(40);
+  {
+    moe::io::Output out(path);
+    RoutingWriter w(out, test_header(), meta(4, 64, 4, "f32"));
+    for (uint64_t i = 0; i < written.size(); ++i) {
+      synth.fill(i, 0, int64_t(50 + 300 * (i % 3)), true, 0, 0, written[i]);  // records of 3 KB .. 60 KB
+      w.write(written[i]);
+    }
+    w.finish();
+    out.close();
+  }
+  moe::io::Input in(path);
+  StreamReader r(in, "routing");
+  RoutingMeta m = RoutingMeta::from_json(r.header().meta);
+  std::vector<Record> held(written.size());  // every record kept alive at once
+  for (auto& rec : held) REQUIRE(r.next(rec));
+  Record end;
+  CHECK_FALSE(r.next(end));
+  for (size_t i = 0; i < held.size(); ++i) {
+    RoutingRecord got;
+    decode_routing(r.name(), m, held[i], got);
+    CHECK(got.experts == written[i].experts);
+    CHECK(got.probs == written[i].probs);
+  }
+}
