@@ -32,3 +32,32 @@ setup() {
   [ "$(grep -c '^  layer ' <<<"$output")" -eq 3 ]
   [[ "$output" == *"tokens with >= 1 differing layer"* ]]
 }
+
+@test "self-contained shell_examples run with the arguments of their '# test:' line" {
+  ran=0
+  for script in "$SRC"/shell_examples/*.sh; do
+    grep -q '^# test:' "$script" || continue
+    args=$(sed -n 's/^# test: //p' "$script")
+    eval "set -- $args"
+    cd "$TMP"
+    run bash "$script" "$@"
+    echo "$script: $output"
+    [ "$status" -eq 0 ]
+    ran=$((ran + 1))
+  done
+  [ "$ran" -ge 1 ]
+}
+
+@test "every shell_examples script is run by a test" {
+  for script in "$SRC"/shell_examples/*.sh; do
+    grep -q -e '^# test:' -e '^# needs: moe-route-dump$' "$script" || { echo "not run by any test: $script"; false; }
+  done
+}
+
+@test "two_pass_diff.sh: fp32 re-score of an fp32 rollout agrees exactly" {
+  run bash "$SRC/shell_examples/two_pass_diff.sh" "" 8
+  [ "$status" -eq 0 ]
+  control=${output#*control: expect 0)}
+  [[ "$control" == *"tokens with >= 1 differing layer: 0.0000"* ]]
+  [[ "$output" == *"== bf16 rollout vs fp32 re-score"* ]]
+}
