@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/build.sh
 export PATH="$PWD/build/bin:$PATH"
-exec bash shell_examples/demo.sh
+exec bash shell_examples/demo.sh "$@"
