@@ -65,6 +65,8 @@ RoutingMeta RoutingMeta::from_json(const nlohmann::json& j) {
   for (const auto& x : *ids) {
     if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > 1000000)
       throw bad("\"layer_ids\" holds a value that is not a layer index");
+    if (std::find(m.layer_ids.begin(), m.layer_ids.end(), x.get<int>()) != m.layer_ids.end())
+      throw bad("\"layer_ids\" lists layer " + std::to_string(x.get<int>()) + " twice");
     m.layer_ids.push_back(x.get<int>());
   }
   if (m.index_dtype != "u8" && m.index_dtype != "u16") throw bad("index_dtype \"" + m.index_dtype + "\" is not u8 or u16");

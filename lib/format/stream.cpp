@@ -364,13 +364,33 @@ struct StreamReader::Impl {
                    " (records corrupted)");
   }
 
-  // After the trailer: nothing may follow, neither decompressed bytes nor further compressed input.
+  // Makes at least n compressed bytes available at inbuf[in_pos] unless the input ends first.
+  void peek_input(size_t n) {
+    while (in_len - in_pos < n && !in_eof) {
+      std::memmove(inbuf.data(), inbuf.data() + in_pos, in_len - in_pos);
+      in_base += in_pos;
+      in_len -= in_pos;
+      in_pos = 0;
+      size_t got = in.read(inbuf.data() + in_len, inbuf.size() - in_len);
+      if (got == 0) in_eof = true;
+      in_len += got;
+    }
+  }
+
+  // After the trailer: nothing may follow, neither decompressed bytes nor further compressed input except
+  // zstd skippable frames (e.g. a seek table appended by the zstd seekable format).
   void check_end() {
     for (;;) {
       if (end > beg) fail(off, "trailing data after the trailer");
       if (frame_left == 0) {
-        if (in_pos < in_len || read_input())
-          fail_compressed("trailing data after the trailer (after the last zstd frame)");
+        peek_input(4);
+        if (in_pos == in_len) return;
+        const auto* p = reinterpret_cast<const unsigned char*>(inbuf.data() + in_pos);
+        bool skippable = in_len - in_pos >= 4 && (uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 |
+                                                  uint32_t(p[3]) << 24) >> 4 == 0x184D2A5u;
+        if (!skippable) fail_compressed("trailing data after the trailer (after the last zstd frame)");
+        if (decompress_some(ZSTD_DStreamOutSize())) continue;  // output: a data frame followed the skippable one
+        if (frame_left != 0) fail_compressed("truncated stream: the input ends inside a skippable frame");
         return;
       }
       if (!decompress_some(ZSTD_DStreamOutSize())) {

@@ -645,3 +645,11 @@ TEST_CASE("a Record stays valid while later records are read (payloads are refer
     CHECK(got.probs == written[i].probs);
   }
 }
+
+TEST_CASE("skippable frames after the trailer are allowed, data frames are not", "[format][stream]") {
+  Forge f = good_forge();
+  std::string skippable = std::string("\x5e\x2a\x4d\x18\x04\x00\x00\x00" "seek", 12);
+  CHECK(read_all(put("skip-after.zst", f.zst() + skippable)) == 2);
+  require_error(put("skip-then-data.zst", f.zst() + skippable + f.zst()), "trailing data after the trailer");
+  require_error(put("skip-cut.zst", f.zst() + skippable.substr(0, 10)), "inside a skippable frame");
+}
