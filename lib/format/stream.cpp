@@ -251,7 +251,12 @@ struct StreamReader::Impl {
       } else {
         need = 1;
       }
-      if (!decompress_some(std::max<size_t>(need > avail ? need - avail : 1, ZSTD_DStreamOutSize()))) {
+      // Grow the window by at most about what it already holds: a declared length is trusted only as fast
+      // as bytes arrive, so a short stream claiming a huge record never gets a huge buffer.
+      const size_t want = need > avail ? need - avail : 1;
+      const size_t room = std::max<size_t>(std::min<size_t>(want, std::max<size_t>(avail, size_t(1) << 20)),
+                                           ZSTD_DStreamOutSize());
+      if (!decompress_some(room)) {
         if (avail > 0)
           fail(off, std::string("truncated ") + what + ": the stream ends after " + std::to_string(avail) +
                         " of at least " + std::to_string(need) + " bytes");

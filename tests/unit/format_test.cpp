@@ -729,3 +729,17 @@ TEST_CASE("mutated streams are read or rejected with moe::Error, never anything 
   CHECK(rejected > 2000);  // almost every mutation is detected (the checksum sees payload flips)
   INFO("clean reads " << ok);
 }
+
+#include <sys/resource.h>
+
+TEST_CASE("a short stream declaring a huge record does not get a huge buffer", "[format][bad]") {
+  Forge f = good_forge();
+  f.trailer = false;
+  f.records.push_back(std::string("\x81\xa1x\xc6\x3f\xf0\x00\x00", 8) + std::string(1000, 'x'));  // bin32 of 1023 MiB
+  std::string path = put("huge-claim.zst", f.zst());
+  rusage before{}, after{};
+  getrusage(RUSAGE_SELF, &before);
+  require_error(path, "truncated record");
+  getrusage(RUSAGE_SELF, &after);
+  CHECK(after.ru_maxrss - before.ru_maxrss < 64 * 1024);  // KiB: far below the 1 GiB claimed
+}
