@@ -215,7 +215,8 @@ void decode_routing(const std::string& name, const RoutingMeta& m, const Record&
   };
   rec.id = need_uint(id, "id");
   uint64_t fp = need_uint(first, "first_pos"), np = need_uint(npos, "n_pos");
-  if (fp > (uint64_t(1) << 40) || np > (uint64_t(1) << 40)) fail(name, at, "first_pos or n_pos is implausibly large");
+  // Bounds keep n_pos * layers * k * 4 bytes far from overflowing 64 bits (2^36 * 2^12 * 2^10 * 4 = 2^60).
+  if (fp > (uint64_t(1) << 36) || np > (uint64_t(1) << 36)) fail(name, at, "first_pos or n_pos is implausibly large (> 2^36)");
   rec.first_pos = int64_t(fp);
   rec.n_pos = int64_t(np);
   const size_t cells = size_t(np) * m.num_layers * m.top_k;
