@@ -743,3 +743,36 @@ TEST_CASE("a short stream declaring a huge record does not get a huge buffer", "
   getrusage(RUSAGE_SELF, &after);
   CHECK(after.ru_maxrss - before.ru_maxrss < 64 * 1024);  // KiB: far below the 1 GiB claimed
 }
+
+TEST_CASE("expert row checks: every duplicate distance and range edge, top-8 fast path and generic", "[format][routing]") {
+  for (int k : {8, 7, 2}) {
+    for (int experts : {8, 16, 300, 65536}) {
+      if (experts < k) continue;
+      std::vector<uint16_t> rows(5 * size_t(k));  // 5 valid rows, each of k distinct experts
+      for (int r = 0; r < 5; ++r)
+        for (int j = 0; j < k; ++j) rows[r * k + j] = uint16_t((j * (experts / k) + r % std::max(1, experts / k)) % experts);
+      INFO("k " << k << " experts " << experts);
+      REQUIRE(check_expert_rows(rows.data(), 5, k, experts, nullptr) == -1);
+      for (int a = 0; a < k; ++a)
+        for (int b = 0; b < k; ++b) {
+          if (a == b) continue;
+          auto bad = rows;
+          bad[3 * k + b] = bad[3 * k + a];  // duplicate in row 3
+          std::string why;
+          int64_t at = check_expert_rows(bad.data(), 5, k, experts, &why);
+          CHECK(at == 3 * k + std::max(a, b));
+          CHECK(why.find("twice") != std::string::npos);
+        }
+      if (experts < 65536) {
+        for (uint16_t v : {uint16_t(experts), uint16_t(experts + 1), uint16_t(65535), uint16_t(32768)}) {
+          if (v < experts) continue;
+          auto bad = rows;
+          bad[4 * k + k - 1] = v;
+          std::string why;
+          CHECK(check_expert_rows(bad.data(), 5, k, experts, &why) == 4 * k + k - 1);
+          CHECK(why.find("out of range") != std::string::npos);
+        }
+      }
+    }
+  }
+}
