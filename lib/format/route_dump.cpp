@@ -1,5 +1,7 @@
 #include "moe/format/route_dump.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cinttypes>
 #include <cmath>
@@ -144,10 +146,13 @@ void show(io::Input& in, io::Output& out, const ShowOptions& opt) {
     cols = select_layers(meta, opt.layers, r.name());
   }
   const int64_t vocab = rollout_vocab_size(h);
+  // On a terminal, show each record as soon as it is decoded (e.g. behind a running moe-rollout).
+  const bool live = out.is_stdout() && ::isatty(1);
   Record raw;
   RoutingRecord rr;
   RolloutRecord ro;
   while (r.next(raw)) {
+    if (live) out.flush();
     if (routing) {
       decode_routing(r.name(), meta, raw, rr);
       if (!ids.empty() && !ids.count(rr.id)) continue;
