@@ -152,7 +152,6 @@ void show(io::Input& in, io::Output& out, const ShowOptions& opt) {
   RoutingRecord rr;
   RolloutRecord ro;
   while (r.next(raw)) {
-    if (live) out.flush();
     if (routing) {
       decode_routing(r.name(), meta, raw, rr);
       if (!ids.empty() && !ids.count(rr.id)) continue;
@@ -164,6 +163,7 @@ void show(io::Input& in, io::Output& out, const ShowOptions& opt) {
       if (opt.jsonl) write_json_line(out, rollout_to_json(ro));
       else show_rollout_text(out, ro);
     }
+    if (live) out.flush();  // before the next read, which may wait for the producer
   }
 }
 
