@@ -189,15 +189,16 @@ void stats_routing(StreamReader& r, io::Output& out, const StatsOptions& opt) {
         const size_t base = (size_t(t) * L + l) * K;
         for (size_t k = 0; k < K; ++k) ++counts[l * E + rec.experts[base + k]];
         if (rec.probs.empty()) continue;
-        double sum = 0;
-        for (size_t k = 0; k < K; ++k) sum += std::max(0.0f, rec.probs[base + k]);
-        if (!(sum > 0) || !std::isfinite(sum)) continue;
-        double hsum = 0;
+        // H = -sum q ln q with q = p / S equals ln S - (sum p ln p) / S: one log per probability, in float
+        // (ample for a mean over positions), accumulated in double.
+        float sum = 0, plogp = 0;
         for (size_t k = 0; k < K; ++k) {
-          double q = std::max(0.0f, rec.probs[base + k]) / sum;
-          if (q > 0) hsum -= q * std::log(q);
+          const float p = std::max(0.0f, rec.probs[base + k]);
+          sum += p;
+          if (p > 0) plogp += p * std::log(p);
         }
-        entropy[l] += hsum;
+        if (!(sum > 0) || !std::isfinite(sum)) continue;
+        entropy[l] += std::max(0.0, double(std::log(sum)) - double(plogp) / double(sum));
         mass[l] += sum;
         ++prob_rows[l];
       }

@@ -153,6 +153,7 @@ for l in j['layers']:
     assert sum(l['counts'])==4000, l['counts']
     assert abs(sum(l['share'])-1)<1e-9
     assert 0 < l['entropy'] <= math.log(4)+1e-9
+    assert 0.5 - 1e-3 <= l['topk_mass'] <= 0.95 + 1e-3
     assert l['cv'] > 0.2   # skewed popularity, not uniform
 " "$TMP/s.json"
   [ "$status" -eq 0 ]
