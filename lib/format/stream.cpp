@@ -1,6 +1,7 @@
 #include "moe/format/stream.h"
 
 #define XXH_INLINE_ALL
+#include <unistd.h>
 #include <xxhash.h>
 #include <zstd.h>
 
@@ -83,6 +84,9 @@ StreamWriter::StreamWriter(io::Output& out, Header header, int zstd_level)
     : impl_(std::make_unique<Impl>(out, std::move(header))) {
   Impl& w = *impl_;
   if (w.header.kind.empty()) throw Error(out.name() + ": stream header without a kind");
+  // Like zstd and gzip: compressed records on a terminal are garbage to a person and may upset it.
+  if (out.is_stdout() && ::isatty(1))
+    throw UsageError("refusing to write a binary " + w.header.kind + " stream to a terminal (use -o FILE or a pipe)");
   if (!w.header.meta.is_object()) throw Error(out.name() + ": stream header meta must be an object");
   w.cctx = ZSTD_createCCtx();
   if (!w.cctx) throw std::bad_alloc();

@@ -167,3 +167,10 @@ PY
   [ "$status" -eq 1 ]
   [[ "$output" == *"No space left"* ]]
 }
+
+@test "a binary stream is not written to a terminal" {
+  command -v script >/dev/null || skip "script(1) not installed"
+  run script -qec "moe-rollout -m '$TMP/m' '$TMP/p.jsonl'" /dev/null
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"refusing to write a binary rollout stream to a terminal"* ]]
+}
