@@ -74,26 +74,6 @@ Loaded load(const RolloutRun& run) {
   return l;
 }
 
-std::unique_ptr<format::RoutingWriter> open_routing(const RolloutRun& run, const Loaded& l,
-                                                    std::unique_ptr<io::Output>& out) {
-  if (run.routing_out.empty()) return nullptr;
-  if (run.routing_probs != "f16" && run.routing_probs != "f32" && run.routing_probs != "none")
-    throw UsageError("--routing-probs must be f16, f32 or none");
-  out = std::make_unique<io::Output>(run.routing_out);
-  const auto& cfg = l.model->config();
-  format::RoutingMeta meta;
-  meta.layer_ids = l.model->moe_layer_ids();
-  meta.num_layers = static_cast<int>(meta.layer_ids.size());
-  meta.num_experts = static_cast<int>(cfg.num_experts);
-  meta.top_k = static_cast<int>(cfg.num_experts_per_tok);
-  meta.prob_dtype = run.routing_probs;
-  meta.model_digest = l.digest;
-  format::Header h;
-  h.producer = run.producer;
-  h.meta["dtype"] = run.dtype;
-  return std::make_unique<format::RoutingWriter>(*out, h, meta);
-}
-
 format::RoutingRecord routing_record(uint64_t id, SequenceRouting&& r, bool with_probs) {
   format::RoutingRecord rr;
   rr.id = id;
@@ -104,16 +84,63 @@ format::RoutingRecord routing_record(uint64_t id, SequenceRouting&& r, bool with
   return rr;
 }
 
-void set_threads_and_check(const RolloutRun& run) {
+// The rollout stream and, with --routing-out, the routing stream: flushed together after every batch,
+// finished (trailers written, files renamed into place) only on success.
+struct Outputs {
+  io::Output out;
+  format::RolloutWriter writer;
+  std::unique_ptr<io::Output> rout;
+  std::unique_ptr<format::RoutingWriter> rwriter;
+  bool with_probs;
+
+  Outputs(const RolloutRun& run, const Loaded& l, format::Header h)
+      : out(run.output), writer(out, std::move(h)), with_probs(run.routing_probs != "none") {
+    if (run.routing_out.empty()) return;
+    rout = std::make_unique<io::Output>(run.routing_out);
+    const auto& cfg = l.model->config();
+    format::RoutingMeta meta;
+    meta.layer_ids = l.model->moe_layer_ids();
+    meta.num_layers = static_cast<int>(meta.layer_ids.size());
+    meta.num_experts = static_cast<int>(cfg.num_experts);
+    meta.top_k = static_cast<int>(cfg.num_experts_per_tok);
+    meta.prob_dtype = run.routing_probs;
+    meta.model_digest = l.digest;
+    format::Header rh;
+    rh.producer = run.producer;
+    rh.meta["dtype"] = run.dtype;
+    rwriter = std::make_unique<format::RoutingWriter>(*rout, rh, meta);
+  }
+  bool routing() const { return rwriter != nullptr; }
+  void write(const format::RolloutRecord& rec, SequenceRouting&& r) {
+    writer.write(rec);
+    if (rwriter) rwriter->write(routing_record(rec.id, std::move(r), with_probs));
+  }
+  void flush() {
+    writer.flush();
+    if (rwriter) rwriter->flush();
+  }
+  void finish() {
+    writer.finish();
+    if (rwriter) {
+      rwriter->finish();
+      rout->close();
+    }
+    out.close();
+  }
+};
+
+void check_run(const RolloutRun& run) {
   if (run.samples < 1) throw UsageError("-G/--samples must be >= 1");
   if (run.batch_size < 1) throw UsageError("--batch-size must be >= 1");
   if (run.gen.max_new_tokens < 1) throw UsageError("--max-new-tokens must be >= 1");
+  if (run.routing_probs != "f16" && run.routing_probs != "f32" && run.routing_probs != "none")
+    throw UsageError("--routing-probs must be f16, f32 or none");
 }
 
 }  // namespace
 
 void run_sample(const RolloutRun& run) {
-  set_threads_and_check(run);
+  check_run(run);
   Loaded l = load(run);
   std::vector<Prompt> prompts = read_prompts(run, l.tok);
 
@@ -136,12 +163,7 @@ void run_sample(const RolloutRun& run) {
             {"seed", gen.seed},
             {"dtype", run.dtype},
             {"prompt_key", run.prompt_key}};
-  io::Output out(run.output);
-  format::RolloutWriter writer(out, h);
-  std::unique_ptr<io::Output> rout;
-  auto rwriter = open_routing(run, l, rout);
-  const bool with_probs = run.routing_probs != "none";
-
+  Outputs o(run, l, std::move(h));
   const int64_t G = run.samples;
   const int64_t prompts_per_batch = std::max<int64_t>(1, run.batch_size / G);
   cli::Progress progress("rollout", static_cast<int64_t>(prompts.size()) * G, "tok");
@@ -166,27 +188,20 @@ void run_sample(const RolloutRun& run) {
       rec.prompt_text = pr.text;
       rec.response_text = l.tok.decode(g.tokens, /*skip_special=*/true);
       rec.task = pr.task;
-      writer.write(rec);
-      if (rwriter) rwriter->write(routing_record(rec.id, std::move(g.routing), with_probs));
+      o.write(rec, std::move(g.routing));
       new_tokens += static_cast<int64_t>(g.tokens.size());
     }
-    writer.flush();
-    if (rwriter) rwriter->flush();
+    o.flush();
     progress.add(static_cast<int64_t>(reqs.size()), new_tokens);
   }
   progress.finish();
-  writer.finish();
-  if (rwriter) {
-    rwriter->finish();
-    rout->close();
-  }
-  out.close();
-  cli::info("wrote " + std::to_string(writer.count()) + " rollouts (" + std::to_string(prompts.size()) + " prompts x " +
+  o.finish();
+  cli::info("wrote " + std::to_string(o.writer.count()) + " rollouts (" + std::to_string(prompts.size()) + " prompts x " +
             std::to_string(G) + ")");
 }
 
 void run_score(const RolloutRun& run) {
-  set_threads_and_check(run);
+  check_run(run);
   Loaded l = load(run);
   io::Input in(run.input);
   format::RolloutReader reader(in);
@@ -203,11 +218,7 @@ void run_score(const RolloutRun& run) {
   h.meta = in_meta;
   h.meta["temperature"] = temperature;
   h.meta["scored"] = {{"model_digest", l.digest}, {"dtype", run.dtype}};
-  io::Output out(run.output);
-  format::RolloutWriter writer(out, h);
-  std::unique_ptr<io::Output> rout;
-  auto rwriter = open_routing(run, l, rout);
-  const bool with_probs = run.routing_probs != "none";
+  Outputs o(run, l, std::move(h));
 
   cli::Progress progress("score", 0, "tok");
   std::vector<format::RolloutRecord> batch;
@@ -219,15 +230,13 @@ void run_score(const RolloutRun& run) {
       reqs.push_back({to_i64(r.prompt_tokens), to_i64(r.response_tokens)});
       tokens += static_cast<int64_t>(r.prompt_tokens.size() + r.response_tokens.size());
     }
-    std::vector<Scored> sc = score(l.model, reqs, temperature, rwriter != nullptr);
+    std::vector<Scored> sc = score(l.model, reqs, temperature, o.routing());
     for (size_t i = 0; i < batch.size(); ++i) {
       batch[i].prev_logprobs = std::move(batch[i].logprobs);
       batch[i].logprobs = std::move(sc[i].logprobs);
-      writer.write(batch[i]);
-      if (rwriter) rwriter->write(routing_record(batch[i].id, std::move(sc[i].routing), with_probs));
+      o.write(batch[i], std::move(sc[i].routing));
     }
-    writer.flush();
-    if (rwriter) rwriter->flush();
+    o.flush();
     progress.add(static_cast<int64_t>(batch.size()), tokens);
     batch.clear();
   };
@@ -242,13 +251,8 @@ void run_score(const RolloutRun& run) {
   }
   flush_batch();
   progress.finish();
-  writer.finish();
-  if (rwriter) {
-    rwriter->finish();
-    rout->close();
-  }
-  out.close();
-  cli::info("re-scored " + std::to_string(writer.count()) + " rollouts");
+  o.finish();
+  cli::info("re-scored " + std::to_string(o.writer.count()) + " rollouts");
 }
 
 }  // namespace moe::rollout
