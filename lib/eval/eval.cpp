@@ -20,6 +20,7 @@ namespace moe::eval {
 namespace {
 
 struct Prompt {
+  int64_t lineno = 0;  // in its file, for messages
   std::string text;
   nlohmann::json task;
   std::vector<int64_t> tokens;
@@ -44,6 +45,7 @@ std::vector<Prompt> read_prompts(const std::string& path, const std::string& pro
     if (it == j.end()) throw Error(where + "no \"" + prompt_key + "\" key (see --prompt-key)");
     if (!it->is_string()) throw Error(where + "\"" + prompt_key + "\" is not a string");
     Prompt p;
+    p.lineno = lineno;
     p.text = it->get<std::string>();
     if (p.text.empty()) throw Error(where + "empty prompt");
     j.erase(it);
@@ -147,6 +149,7 @@ EvalResult run_eval(const EvalRun& run) {
   }
 
   const auto t0 = std::chrono::steady_clock::now();
+  int64_t total_tokens = 0;
   uint64_t group_base = 0;  // record groups count prompts over all datasets
   const int64_t per_prompt = 1 + k;
   const int64_t prompts_per_batch = std::max<int64_t>(1, run.batch_size / std::max<int64_t>(1, k));
@@ -170,7 +173,7 @@ EvalResult run_eval(const EvalRun& run) {
       std::vector<rollout::Generation> sg;
       if (k > 0) sg = rollout::generate(m, sreq, sample_opt);
 
-      int64_t new_tokens = 0;
+      int64_t new_tokens = 0;  // of this batch
       for (size_t p = first; p < last; ++p) {
         const Prompt& pr = prompts[p];
         const uint64_t group = group_base + p;
@@ -196,7 +199,7 @@ EvalResult run_eval(const EvalRun& run) {
         try {
           score_prompt(&greedy, sampled, run.reward, score);
         } catch (const Error& e) {
-          throw Error(score.name + ": prompt " + std::to_string(p + 1) + ": " + e.what());
+          throw Error(score.name + ":" + std::to_string(pr.lineno) + ": " + e.what());
         }
         if (writer) {
           writer->write(greedy);
@@ -205,6 +208,7 @@ EvalResult run_eval(const EvalRun& run) {
       }
       if (writer) writer->flush();
       progress.add(static_cast<int64_t>(last - first) * per_prompt, new_tokens);
+      total_tokens += new_tokens;
     }
     progress.finish();
     group_base += prompts.size();
@@ -220,10 +224,11 @@ EvalResult run_eval(const EvalRun& run) {
   out.write(text);
   out.close();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.1f", secs);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%lld tokens in %.1f s, %.0f tokens/s", static_cast<long long>(total_tokens), secs,
+                secs > 0 ? static_cast<double>(total_tokens) / secs : 0.0);
   cli::info("evaluated " + std::to_string(res.overall.prompts) + " prompts (greedy + " + std::to_string(k) +
-            " samples each) in " + buf + " s");
+            " samples each): " + buf);
   return res;
 }
 

@@ -170,7 +170,7 @@ PY
   # countdown prompts checked as math: no reference answer
   run moe-eval -m "$M" --task math --data "$A" --max-new-tokens 4 --threads 1
   [ "$status" -eq 1 ]
-  [[ "$output" == *"a.jsonl: prompt 1"*"answer"* ]]
+  [[ "$output" == *"a.jsonl:1: task payload has no 'answer'"* ]]
   run $EV --data "$TMP/nowhere.jsonl"
   [ "$status" -eq 1 ]
   [[ "$output" == *"nowhere.jsonl"* ]]
