@@ -213,9 +213,10 @@ PY
   done
   [ ! -e "$TMP/rep/reward.png" ]
   # --label names the runs; --metric adds a key
-  run moe-eval -q report "$METRICS/rspo.jsonl" "$METRICS/grpo.jsonl" --label RSPO --label GRPO --metric lr -o "$TMP/rep2"
+  run moe-eval -q report --label RSPO "$METRICS/rspo.jsonl" --label GRPO "$METRICS/grpo.jsonl" --metric lr -o "$TMP/rep2"
   [ "$status" -eq 0 ]
   grep -q '^## RSPO$' "$TMP/rep2/report.md"
+  grep -q '^| GRPO | .*grpo.jsonl | 36 | 12 | 1 .. 24 |$' "$TMP/rep2/report.md"
   [ -s "$TMP/rep2/lr.png" ]
 }
 

@@ -24,7 +24,8 @@ int main(int argc, char** argv) {
             "and pass@k, one row per --data file and overall. 'moe-eval report' summarises and plots train-step "
             "metrics.");
         moe::cli::add_model(app, common, /*required=*/false);
-        app.add_option("--data", run.data, "prompt JSONL file (repeatable: one row each; '-' = stdin)");
+        app.add_option("--data", run.data, "prompt JSONL file (repeat for more: one row each; '-' = stdin)")
+            ->allow_extra_args(false);
         app.add_option("--task", task, "checker: countdown or math")->check(CLI::IsMember({"countdown", "math"}));
         app.add_option("-k,--samples", run.samples, "sampled responses per prompt for mean@k and pass@k (0 = greedy only)")
             ->capture_default_str();
@@ -47,8 +48,10 @@ int main(int argc, char** argv) {
         report_cmd = app.add_subcommand("report", "markdown summary and PNG plots of moe-train-step metrics JSONL");
         report_cmd->add_option("metrics", report.files, "metrics JSONL files, one run each ('-' = stdin)")->required();
         report_cmd->add_option("-o,--output", report.out_dir, "write DIR/report.md and DIR/*.png (default: markdown on stdout, no plots)");
-        report_cmd->add_option("--label", report.labels, "run label, once per file in order (default: file name stems)");
-        report_cmd->add_option("--metric", report.extra_metrics, "also summarise and plot this key (repeatable)");
+        report_cmd->add_option("--label", report.labels, "run label, once per file in order (default: file name stems)")
+            ->allow_extra_args(false);
+        report_cmd->add_option("--metric", report.extra_metrics, "also summarise and plot this key (repeatable)")
+            ->allow_extra_args(false);
         report_cmd->add_option("--gnuplot", report.gnuplot, "gnuplot program")->capture_default_str();
         moe::cli::add_quiet_verbose(*report_cmd, common);
       },
