@@ -72,6 +72,7 @@ void check(const EvalRun& run) {
   if (!(run.top_p > 0 && run.top_p <= 1)) throw UsageError("--top-p must be in (0, 1]");
   if (run.top_k < 0) throw UsageError("--top-k must be >= 0");
   if (run.reward.task == reward::Task::keep) throw UsageError("--task must be countdown or math");
+  if (run.json && run.markdown) throw UsageError("--json and --markdown exclude each other");
 }
 
 std::string packed_eval_key(const std::string& dataset, const char* decode) {
@@ -115,6 +116,12 @@ EvalResult run_eval(const EvalRun& run) {
 
   EvalResult res;
   res.k = k;
+  res.settings = {{"model", run.model_dir},       {"model_digest", digest},
+                  {"task", reward::task_name(run.reward.task)},
+                  {"temperature", run.temperature}, {"top_p", run.top_p},
+                  {"top_k", run.top_k},             {"max_new_tokens", run.max_new_tokens},
+                  {"seed", run.seed},               {"dtype", run.dtype}};
+  if (run.reward.task == reward::Task::math) res.settings["answer_key"] = run.reward.answer_key;
   res.overall.name = "overall";
   auto name_of = [](const std::string& path) { return path.empty() || path == "-" ? std::string("<stdin>") : path; };
 
@@ -220,7 +227,7 @@ EvalResult run_eval(const EvalRun& run) {
     rout->close();
   }
 
-  const std::string text = run.json ? result_json(res).dump() + "\n" : format_table(res);
+  const std::string text = run.json ? result_json(res).dump() + "\n" : format_table(res, run.markdown);
   out.write(text);
   out.close();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -86,31 +86,53 @@ void score_prompt(format::RolloutRecord* greedy, std::vector<format::RolloutReco
   into.any_correct += any ? 1 : 0;
 }
 
-std::string format_table(const EvalResult& r) {
+std::string format_table(const EvalResult& r, bool markdown) {
   std::vector<const DatasetScore*> rows;
   for (const auto& d : r.datasets) rows.push_back(&d);
   rows.push_back(&r.overall);
-  size_t w = 7;  // "dataset"
-  for (const auto* d : rows) w = std::max(w, d->name.size());
-  const std::string k = std::to_string(r.k);
-  std::vector<std::string> head = {"prompts", "pass@1"};
+  std::vector<std::string> head = {"dataset", "prompts", "pass@1"};
   if (r.k > 0) {
-    head.push_back("mean@" + k);
-    head.push_back("pass@" + k);
+    head.push_back("mean@" + std::to_string(r.k));
+    head.push_back("pass@" + std::to_string(r.k));
   }
-  auto cell = [](const std::string& s, size_t width) {
-    return std::string(width > s.size() ? width - s.size() : 0, ' ') + s;
-  };
-  std::string out = "dataset" + std::string(w - 7, ' ');
-  for (const auto& h : head) out += "  " + cell(h, 8);
-  out += "\n";
+  std::vector<std::vector<std::string>> cells = {head};
   for (const auto* d : rows) {
-    out += d->name + std::string(w - d->name.size(), ' ');
-    out += "  " + cell(std::to_string(d->prompts), 8);
-    out += "  " + cell(pct(d->pass_at_1()), 8);
+    std::vector<std::string> row = {d->name, std::to_string(d->prompts), pct(d->pass_at_1())};
     if (r.k > 0) {
-      out += "  " + cell(pct(d->mean_at_k()), 8);
-      out += "  " + cell(pct(d->pass_at_k()), 8);
+      row.push_back(pct(d->mean_at_k()));
+      row.push_back(pct(d->pass_at_k()));
+    }
+    cells.push_back(std::move(row));
+  }
+  std::string out;
+  if (markdown) {
+    auto md = [](std::string s) {
+      std::string o;
+      for (char c : s) o += c == '|' ? std::string("\\|") : std::string(1, c);
+      return o;
+    };
+    for (size_t i = 0; i < cells.size(); ++i) {
+      out += "|";
+      for (const auto& c : cells[i]) out += " " + md(c) + " |";
+      out += "\n";
+      if (i == 0) {
+        out += "|---|";
+        for (size_t c = 1; c < head.size(); ++c) out += "---:|";
+        out += "\n";
+      }
+    }
+    return out;
+  }
+  // Aligned columns: the name left-aligned, the numbers right-aligned, two spaces apart.
+  std::vector<size_t> w(head.size(), 0);
+  for (const auto& row : cells)
+    for (size_t c = 0; c < row.size(); ++c) w[c] = std::max(w[c], row[c].size());
+  for (size_t c = 1; c < w.size(); ++c) w[c] = std::max<size_t>(w[c], 8);
+  for (const auto& row : cells) {
+    for (size_t c = 0; c < row.size(); ++c) {
+      const std::string pad(w[c] - row[c].size(), ' ');
+      if (c == 0) out += row[c] + pad;
+      else out += "  " + pad + row[c];
     }
     out += "\n";
   }
@@ -118,7 +140,7 @@ std::string format_table(const EvalResult& r) {
 }
 
 nlohmann::json result_json(const EvalResult& r) {
-  nlohmann::json j = {{"k", r.k}, {"datasets", nlohmann::json::array()}};
+  nlohmann::json j = {{"k", r.k}, {"settings", r.settings}, {"datasets", nlohmann::json::array()}};
   for (const auto& d : r.datasets) j["datasets"].push_back(score_json(d, r.k));
   j["overall"] = score_json(r.overall, r.k);
   return j;

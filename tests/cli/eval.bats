@@ -77,6 +77,13 @@ json_check() {  # json_check JSON_TEXT PYTHON_ASSERTS (over the parsed object j)
   run $EV -q --data "$A" -k 0
   [ "$status" -eq 0 ]
   [[ "${lines[0]}" =~ ^dataset\ +prompts\ +pass@1$ ]]
+  run $EV -q --data "$A" -k 2 --markdown
+  [ "$status" -eq 0 ]
+  [ "${lines[0]}" = "| dataset | prompts | pass@1 | mean@2 | pass@2 |" ]
+  [ "${lines[1]}" = "|---|---:|---:|---:|---:|" ]
+  [[ "${lines[3]}" == "| overall | 6 | "* ]]
+  run $EV -q --data "$A" --json --markdown
+  [ "$status" -eq 2 ]
 }
 
 @test "--json: two --data files give two rows; overall pools the prompts" {
@@ -96,6 +103,8 @@ for x in d + [o]:
     assert x['pass@k'] >= x['mean@k'] - 1e-12
 assert o['sampled_correct'] == sum(x['sampled_correct'] for x in d)
 assert o['greedy_correct'] == sum(x['greedy_correct'] for x in d)
+s = j['settings']
+assert s['task'] == 'countdown' and s['temperature'] == 1 and s['max_new_tokens'] == 12 and s['seed'] == 0, s
 " "$A" "$B"
   run $EV -q --data "$A" -k 0 --json
   json_check "$output" "assert j['k'] == 0 and j['overall']['mean@k'] is None and j['overall']['pass@k'] is None, j"

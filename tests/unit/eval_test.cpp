@@ -101,6 +101,13 @@ TEST_CASE("mean@k counts samples, pass@k prompts with any correct sample", "[eva
   CHECK_THAT(t, Contains("mean@4"));
   CHECK_THAT(t, Contains("50.00%"));
   CHECK_THAT(t, Contains("100.00%"));
+  CHECK(t ==
+        "dataset   prompts    pass@1    mean@4    pass@4\n"
+        "a.jsonl         2    50.00%    50.00%   100.00%\n"
+        "overall         2    50.00%    50.00%   100.00%\n");
+  CHECK(eval::format_table(r, /*markdown=*/true) ==
+        "| dataset | prompts | pass@1 | mean@4 | pass@4 |\n|---|---:|---:|---:|---:|\n"
+        "| a.jsonl | 2 | 50.00% | 50.00% | 100.00% |\n| overall | 2 | 50.00% | 50.00% | 100.00% |\n");
 }
 
 TEST_CASE("math answers go through the boxed-answer checker", "[eval]") {

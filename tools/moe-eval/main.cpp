@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
         app.add_option("--prompt-key", run.prompt_key, "JSONL key holding the prompt text")->capture_default_str();
         app.add_option("--answer-key", run.reward.answer_key, "JSONL key of the reference answer (math)")->capture_default_str();
         app.add_flag("--json", run.json, "one JSON object instead of the table");
+        app.add_flag("--markdown", run.markdown, "the table as a markdown table");
         app.add_option("--rollouts-out", run.rollouts_out, "write every response with its reward as a rollout stream here");
         app.add_option("--dtype", run.dtype, "model dtype: f32 or bf16")->capture_default_str();
         moe::cli::add_seed(app, common);

@@ -46,6 +46,7 @@ struct EvalResult {
   std::vector<DatasetScore> datasets;  // one per --data, in order
   DatasetScore overall;                // all prompts pooled (a micro average)
   int64_t k = 0;                       // samples per prompt
+  nlohmann::json settings = nlohmann::json::object();  // what was run (model, task, temperature, ...)
 };
 
 struct EvalRun {
@@ -63,6 +64,7 @@ struct EvalRun {
   int64_t batch_size = 64;            // sequences per forward batch
   uint64_t seed = 0;
   bool json = false;                  // JSON instead of the table
+  bool markdown = false;              // the table as a markdown table
   std::string output = "-";           // table or JSON
   std::string rollouts_out;           // rollout stream of every response with its reward ("" = none)
   nlohmann::json producer;            // stream header producer (program, version, argv)
@@ -75,10 +77,11 @@ struct EvalRun {
 EvalResult run_eval(const EvalRun& run);
 
 // Output shapes (public for tests).
-// Table: one row per dataset and an "overall" row: prompts, pass@1, mean@k, pass@k (percent).
-std::string format_table(const EvalResult& r);
-// {"k", "datasets": [{"name", "prompts", "pass@1", "mean@k", "pass@k", counts, mean rewards, ...}],
-//  "overall": {...}}; mean@k and pass@k are null when k = 0.
+// Table: one row per dataset and an "overall" row: prompts, pass@1, mean@k, pass@k (percent); aligned
+// columns, or with `markdown` a markdown table.
+std::string format_table(const EvalResult& r, bool markdown = false);
+// {"k", "settings", "datasets": [{"name", "prompts", "pass@1", "mean@k", "pass@k", counts, mean rewards,
+//  ...}], "overall": {...}}; mean@k and pass@k are null when k = 0.
 nlohmann::json result_json(const EvalResult& r);
 
 }  // namespace moe::eval
