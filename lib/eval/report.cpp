@@ -327,7 +327,10 @@ ReportResult run_report(const ReportRun& rr) {
           plot += std::string(plot.empty() ? "plot " : ", ") + gp_str(dat) + " using 1:2 with linespoints pt 7 ps 0.6 title " +
                   gp_str(runs[i].label);
         }
-        const std::string png = plot_file(k);
+        // Keys that sanitise alike ("a/b", "a_b") get distinct files.
+        std::string png = plot_file(k);
+        for (int n = 2; std::any_of(plot_names.begin(), plot_names.end(), [&](const auto& p) { return p.second == png; }); ++n)
+          png = plot_file(k).insert(plot_file(k).size() - 4, "_" + std::to_string(n));
         script += "set output " + gp_str((fs::path(rr.out_dir) / png).string()) + "\n";
         script += "set title " + gp_str(k) + "\nset ylabel " + gp_str(k) + "\n" + plot + "\nunset output\n";
         plot_names.emplace_back(k, png);

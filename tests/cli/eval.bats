@@ -227,6 +227,13 @@ PY
   grep -q '^## RSPO$' "$TMP/rep2/report.md"
   grep -q '^| GRPO | .*grpo.jsonl | 36 | 12 | 1 .. 24 |$' "$TMP/rep2/report.md"
   [ -s "$TMP/rep2/lr.png" ]
+  # keys that make the same file name get distinct plots
+  printf '{"step": 1, "a/b": 1, "a_b": 2}\n{"step": 2, "a/b": 2, "a_b": 1}\n' > "$TMP/ab.jsonl"
+  run moe-eval -q report "$TMP/ab.jsonl" --metric a/b --metric a_b -o "$TMP/rep3"
+  [ "$status" -eq 0 ]
+  grep -qF '![a/b](a_b.png)' "$TMP/rep3/report.md"
+  grep -qF '![a_b](a_b_2.png)' "$TMP/rep3/report.md"
+  [ -s "$TMP/rep3/a_b_2.png" ]
 }
 
 @test "report: without gnuplot a warning and the markdown; gnuplot failing is an error" {
