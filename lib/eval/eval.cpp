@@ -82,6 +82,9 @@ std::string packed_eval_key(const std::string& dataset, const char* decode) {
   return std::string(sb.data(), sb.size());
 }
 
+// A row's name: the path as given, "<stdin>" for standard input.
+std::string dataset_name(const std::string& path) { return path.empty() || path == "-" ? "<stdin>" : path; }
+
 std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
 
 }  // namespace
@@ -99,6 +102,18 @@ EvalResult run_eval(const EvalRun& run) {
   // Every dataset is read (and checked) before the first token is generated.
   std::vector<std::vector<Prompt>> sets;
   for (const auto& path : run.data) sets.push_back(read_prompts(path, run.prompt_key, tok));
+  // A payload the checker cannot use fails now, not after generating everything before it: the checkers
+  // look at the payload before the response.
+  for (size_t d = 0; d < sets.size(); ++d)
+    for (const Prompt& p : sets[d]) {
+      format::RolloutRecord probe;
+      probe.task = p.task;
+      try {
+        reward::score_record(probe, run.reward);
+      } catch (const Error& e) {
+        throw Error(dataset_name(run.data[d]) + ":" + std::to_string(p.lineno) + ": " + e.what());
+      }
+    }
 
   io::Output out(run.output);  // opened early: a bad path fails before the work
 
@@ -123,7 +138,6 @@ EvalResult run_eval(const EvalRun& run) {
                   {"seed", run.seed},               {"dtype", run.dtype}};
   if (run.reward.task == reward::Task::math) res.settings["answer_key"] = run.reward.answer_key;
   res.overall.name = "overall";
-  auto name_of = [](const std::string& path) { return path.empty() || path == "-" ? std::string("<stdin>") : path; };
 
   std::unique_ptr<io::Output> rout;
   std::unique_ptr<format::RolloutWriter> writer;
@@ -131,7 +145,7 @@ EvalResult run_eval(const EvalRun& run) {
     nlohmann::json datasets = nlohmann::json::array();
     uint64_t first = 0;
     for (size_t d = 0; d < sets.size(); ++d) {
-      datasets.push_back({{"name", name_of(run.data[d])}, {"first_group", first}, {"prompts", sets[d].size()}});
+      datasets.push_back({{"name", dataset_name(run.data[d])}, {"first_group", first}, {"prompts", sets[d].size()}});
       first += sets[d].size();
     }
     format::Header h;
@@ -163,7 +177,7 @@ EvalResult run_eval(const EvalRun& run) {
   for (size_t d = 0; d < sets.size(); ++d) {
     const std::vector<Prompt>& prompts = sets[d];
     DatasetScore score;
-    score.name = name_of(run.data[d]);
+    score.name = dataset_name(run.data[d]);
     const std::string eval_greedy = packed_eval_key(score.name, "greedy");
     const std::string eval_sample = packed_eval_key(score.name, "sample");
     cli::Progress progress("eval " + score.name, static_cast<int64_t>(prompts.size()) * per_prompt, "tok");

@@ -180,6 +180,11 @@ PY
   run moe-eval -m "$M" --task math --data "$A" --max-new-tokens 4 --threads 1
   [ "$status" -eq 1 ]
   [[ "$output" == *"a.jsonl:1: task payload has no 'answer'"* ]]
+  # a payload error is found before any generation, at its line
+  (cat "$A"; echo '{"prompt": "1 2=3|", "target": 3}') > "$TMP/nonum.jsonl"
+  run $EV --data "$TMP/nonum.jsonl"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"nonum.jsonl:7: task payload has no 'numbers'"* ]]
   run $EV --data "$TMP/nowhere.jsonl"
   [ "$status" -eq 1 ]
   [[ "$output" == *"nowhere.jsonl"* ]]
