@@ -49,6 +49,12 @@ std::string num(double x) {
   return buf;
 }
 
+std::string num17(double x) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", x);
+  return buf;
+}
+
 // A file name for a metric key: "mismatch/k3_kl" -> "mismatch_k3_kl".
 std::string plot_file(const std::string& key) {
   std::string s;
@@ -310,17 +316,23 @@ ReportResult run_report(const ReportRun& rr) {
           "}\n"
           "set termoption noenhanced\n"
           "set grid\n"
-          "set offsets graph 0, 0, 0.05, 0.05\n"
           "set key outside right top\n"
           "set xlabel 'step'\n";
       for (const auto& k : present) {
         std::string plot;
+        double lo = INFINITY, hi = -INFINITY, xlo = INFINITY, xhi = -INFINITY;
         for (size_t i = 0; i < runs.size(); ++i) {
           auto it = runs[i].series.find(k);
           if (it == runs[i].series.end() || it->second.empty()) continue;
           const std::string dat = tmp.path + "/" + std::to_string(plot_names.size()) + "." + std::to_string(i) + ".dat";
           std::string body;
-          for (const auto& [x, y] : it->second) body += num(x) + " " + num(y) + "\n";
+          for (const auto& [x, y] : it->second) {
+            body += num17(x) + " " + num17(y) + "\n";
+            lo = std::min(lo, y);
+            hi = std::max(hi, y);
+            xlo = std::min(xlo, x);
+            xhi = std::max(xhi, x);
+          }
           io::Output o(dat);
           o.write(body);
           o.close();
@@ -332,6 +344,12 @@ ReportResult run_report(const ReportRun& rr) {
         for (int n = 2; std::any_of(plot_names.begin(), plot_names.end(), [&](const auto& p) { return p.second == png; }); ++n)
           png = plot_file(k).insert(plot_file(k).size() - 4, "_" + std::to_string(n));
         script += "set output " + gp_str((fs::path(rr.out_dir) / png).string()) + "\n";
+        // Ranges are the data's plus a margin (gnuplot would round them out to whole ticks).
+        auto range = [](const char* axis, double a, double b, double frac) {
+          const double pad = b > a ? frac * (b - a) : std::max(std::fabs(b) * 0.1, 1e-6);
+          return std::string("set ") + axis + " [" + num17(a - pad) + ":" + num17(b + pad) + "]\n";
+        };
+        script += range("xrange", xlo, xhi, 0.02) + range("yrange", lo, hi, 0.06);
         script += "set title " + gp_str(k) + "\nset ylabel " + gp_str(k) + "\n" + plot + "\nunset output\n";
         plot_names.emplace_back(k, png);
       }
