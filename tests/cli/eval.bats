@@ -265,3 +265,19 @@ PY
   [ "$status" -eq 1 ]
   [[ "$output" == *"missing.jsonl"* ]]
 }
+
+@test "report on real moe-train-step metrics (RSPO + R3): every key metric found, none skipped" {
+  command -v gnuplot || skip "gnuplot not installed"
+  run moe-eval report "$METRICS/train_step_rspo.jsonl" -o "$TMP/real"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "$output" != *"skipped"* ]]
+  md="$TMP/real/report.md"
+  grep -q '^| train_step_rspo | .* | 16 | 4 | 1201 .. 1208 |$' "$md"
+  for m in loss entropy grad_norm pg_clipfrac mismatch/k3_kl routing/token_mismatch router_shift/gamma_mean; do
+    grep -q "^| $m | 8 |" "$md"
+  done
+  grep -q '^| reward | 4 |' "$md"
+  grep -q '^| val/accuracy | 4 | 0.23 | 0.22 |' "$md"
+  [ "$(ls "$TMP/real"/*.png | wc -l)" -eq 10 ]
+}
