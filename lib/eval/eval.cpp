@@ -1,5 +1,6 @@
 // run_eval: greedy and sampled generation over prompt datasets (lib/rollout generate()), scored by the
 // task checkers of lib/reward.
+#include <c10/util/Exception.h>
 #include <msgpack.hpp>
 
 #include <algorithm>
@@ -92,7 +93,12 @@ std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<
 EvalResult run_eval(const EvalRun& run) {
   check(run);
   // The model first: its errors name what is missing from the directory.
-  model::Qwen3Moe m = model::load_model(run.model_dir, model::parse_device(run.device), model::parse_dtype(run.dtype));
+  model::Qwen3Moe m{nullptr};
+  try {
+    m = model::load_model(run.model_dir, model::parse_device(run.device), model::parse_dtype(run.dtype));
+  } catch (const c10::Error& e) {  // e.g. a CUDA device in a CPU-only build: the message, not torch's backtrace
+    throw Error(run.model_dir + ": " + e.what_without_backtrace());
+  }
   const auto tok = tokenizer::CharTokenizer::load(run.model_dir + "/tokenizer.json");
   if (tok.size() > m->config().vocab_size)
     throw Error(run.model_dir + ": tokenizer has " + std::to_string(tok.size()) +

@@ -188,6 +188,12 @@ PY
   run $EV --data "$TMP/nowhere.jsonl"
   [ "$status" -eq 1 ]
   [[ "$output" == *"nowhere.jsonl"* ]]
+  run $EV -q --data "$A" --device cuda -k 0
+  if [ "$status" -ne 0 ]; then  # a CPU-only build: torch's message, not its backtrace
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"cuda"* ]]
+    [[ "$output" != *"frame #"* ]]
+  fi
   run moe-eval -m "$TMP/nomodel" --task countdown --data "$A"
   [ "$status" -eq 1 ]
   [[ "$output" == *"nomodel"* ]]
