@@ -254,8 +254,8 @@ EvalResult run_eval(const EvalRun& run) {
   char buf[96];
   std::snprintf(buf, sizeof buf, "%lld tokens in %.1f s, %.0f tokens/s", static_cast<long long>(total_tokens), secs,
                 secs > 0 ? static_cast<double>(total_tokens) / secs : 0.0);
-  cli::info("evaluated " + std::to_string(res.overall.prompts) + " prompts (greedy + " + std::to_string(k) +
-            " samples each): " + buf);
+  cli::info("evaluated " + std::to_string(res.overall.prompts) + (res.overall.prompts == 1 ? " prompt" : " prompts") +
+            " (greedy + " + std::to_string(k) + (k == 1 ? " sample" : " samples") + " each): " + buf);
   return res;
 }
 

@@ -86,6 +86,18 @@ json_check() {  # json_check JSON_TEXT PYTHON_ASSERTS (over the parsed object j)
   [ "$status" -eq 2 ]
 }
 
+@test "stderr: a summary line, nothing with -q; stdout: the table only" {
+  run bash -c "$EV --data '$A' -k 1 2>&1 >/dev/null"
+  [ "$status" -eq 0 ]
+  [[ "$output" == "moe-eval: evaluated 6 prompts (greedy + 1 sample each): "*" tokens/s" ]]
+  run bash -c "$EV -q --data '$A' -k 1 2>&1 >/dev/null"
+  [ "$status" -eq 0 ]
+  [ -z "$output" ]
+  run bash -c "moe-eval -q report '$METRICS/grpo.jsonl' -o '$TMP/rq' 2>&1"
+  [ "$status" -eq 0 ]
+  [ -z "$output" ]
+}
+
 @test "--json: two --data files give two rows; overall pools the prompts" {
   run $EV -q --data "$A" --data "$B" -k 3 --json
   [ "$status" -eq 0 ]
