@@ -437,7 +437,7 @@ TEST_CASE("algo: on-policy (logp == logp_old) reduces to the plain policy gradie
 
 // ---------------------------------------------------------------- edge cases
 
-TEST_CASE("algo: an empty row changes nothing but GMPO's 1/B; padding may hold NaN", "[algo]") {
+TEST_CASE("algo: an empty row changes nothing but GMPO's 1/B, and padding may hold NaN", "[algo]") {
   Example ex;
   // Insert an all-masked row full of NaN between the two example rows.
   auto nan_row = at::full({1, 4}, kNaN, at::kDouble);
@@ -529,7 +529,7 @@ TEST_CASE("algo: zero advantages give zero loss and zero gradient", "[algo]") {
 
 // ---------------------------------------------------------------- TIS / MIS / plug-ins
 
-TEST_CASE("algo: MIS masks tokens or sequences; TIS seq and GMPO's geometric-mean weight", "[algo]") {
+TEST_CASE("algo: MIS masks tokens or sequences, TIS seq and GMPO's geometric-mean weight", "[algo]") {
   Example ex;
   auto in = ex.inputs();
   in.logp_roll = ex.logp_roll;

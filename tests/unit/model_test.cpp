@@ -190,7 +190,7 @@ TEST_CASE("safetensors rejects broken files", "[model]") {
 }
 
 // ---------------------------------------------------------------- weights
-TEST_CASE("fused transformers-5 experts load like per-expert names; shape errors name both shapes", "[model]") {
+TEST_CASE("fused transformers-5 experts load like per-expert names, and shape errors name both shapes", "[model]") {
   Qwen3Moe m = tiny_model(3);
   const ModelConfig& c = m->config();
   std::string dir = scratch_dir();
@@ -248,7 +248,7 @@ TEST_CASE("fused transformers-5 experts load like per-expert names; shape errors
   CHECK_THROWS_WITH(load_model(dir, at::kCPU), Catch::Contains("missing tensor 'model.norm.weight'"));
 }
 
-TEST_CASE("init is deterministic; save_model and load_model round trip", "[model]") {
+TEST_CASE("init is deterministic, and save_model and load_model round trip", "[model]") {
   Qwen3Moe a = tiny_model(7), b = tiny_model(7), c = tiny_model(8);
   auto wa = named_weights(a), wb = named_weights(b), wc = named_weights(c);
   for (size_t i = 0; i < wa.size(); ++i) CHECK(at::equal(wa[i].second, wb[i].second));

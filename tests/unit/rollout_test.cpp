@@ -11,7 +11,7 @@ using moe::rollout::SamplingParams;
 using moe::rollout::sample_next;
 using moe::rollout::stream_uniform;
 
-TEST_CASE("stream_uniform is deterministic, in [0,1) and roughly uniform", "[rollout]") {
+TEST_CASE("stream_uniform is deterministic, below 1 and roughly uniform", "[rollout]") {
   CHECK(stream_uniform(7, 3, 11) == stream_uniform(7, 3, 11));
   CHECK(stream_uniform(7, 3, 11) != stream_uniform(7, 4, 11));
   CHECK(stream_uniform(7, 3, 11) != stream_uniform(8, 3, 11));
@@ -85,7 +85,7 @@ TEST_CASE("a row's sample does not depend on its batch-mates", "[rollout]") {
   CHECK(alone.logprobs.item<float>() == batched.logprobs[2].item<float>());
 }
 
-TEST_CASE("greedy picks the argmax; bad parameters are errors", "[rollout]") {
+TEST_CASE("greedy picks the argmax, and bad parameters are errors", "[rollout]") {
   at::Tensor logits = at::tensor({0.1f, 3.0f, 3.0f, -2.0f}).unsqueeze(0);
   SamplingParams p;
   p.greedy = true;
