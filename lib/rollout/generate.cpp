@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <algorithm>
+#include <memory>
 
 #include "moe/io/error.h"
 
@@ -14,22 +15,26 @@ at::TensorOptions long_on(const c10::Device& d) { return at::TensorOptions().dty
 
 c10::Device device_of(model::Qwen3Moe& m) { return m->embed_weight.device(); }
 
-// Appends rows [first, first + n) of one batch row of captured routing ([B, T, L, k]) to `out`.
-void append_routing(SequenceRouting& out, const at::Tensor& idx_cpu, const at::Tensor& prob_cpu, int64_t row,
-                    int64_t first, int64_t n) {
-  if (n <= 0) return;
-  const int64_t L = idx_cpu.size(2), K = idx_cpu.size(3);
-  at::Tensor idx = idx_cpu[row].narrow(0, first, n).contiguous();
-  at::Tensor prob = prob_cpu[row].narrow(0, first, n).contiguous();
-  const int64_t* ip = idx.data_ptr<int64_t>();
-  const float* pp = prob.data_ptr<float>();
-  const int64_t m = n * L * K;
-  out.experts.reserve(out.experts.size() + m);
-  out.probs.reserve(out.probs.size() + m);
-  for (int64_t i = 0; i < m; ++i) out.experts.push_back(static_cast<uint16_t>(ip[i]));
-  out.probs.insert(out.probs.end(), pp, pp + m);
-  out.n_pos += n;
-}
+// Captured routing of one forward, on the CPU and contiguous: [B, T, L, k] expert ids and probabilities.
+struct StepRouting {
+  at::Tensor idx, prob;
+  int64_t T = 0, LK = 0;
+  explicit StepRouting(const model::ForwardOutput& fw)
+      : idx(fw.routing_indices.to(at::kCPU).contiguous()),
+        prob(fw.routing_probs.to(at::kCPU, at::kFloat).contiguous()),
+        T(idx.size(1)),
+        LK(idx.size(2) * idx.size(3)) {}
+  // Appends positions [first, first + n) of batch row `row` to `out` (raw copies: this runs every step).
+  void append(SequenceRouting& out, int64_t row, int64_t first, int64_t n) const {
+    if (n <= 0) return;
+    const int64_t begin = (row * T + first) * LK, m = n * LK;
+    const int64_t* ip = idx.data_ptr<int64_t>() + begin;
+    const float* pp = prob.data_ptr<float>() + begin;
+    out.experts.insert(out.experts.end(), ip, ip + m);  // ids < 65536: checked by the routing writer
+    out.probs.insert(out.probs.end(), pp, pp + m);
+    out.n_pos += n;
+  }
+};
 
 }  // namespace
 
@@ -76,11 +81,10 @@ std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Reque
   model::ForwardOutput fw = model->forward(input, amask, model::RoutingPlan::native(), fo, &cache);
 
   if (opt.capture_routing) {
-    at::Tensor idx = fw.routing_indices.to(at::kCPU);
-    at::Tensor prob = fw.routing_probs.to(at::kCPU, at::kFloat);
+    StepRouting r(fw);
     for (size_t i = 0; i < requests.size(); ++i) {
       int64_t n = requests[i].prompt.size();
-      append_routing(out[i].routing, idx, prob, run_of[i], tmax - n, n);
+      r.append(out[i].routing, run_of[i], tmax - n, n);
     }
   }
 
@@ -126,9 +130,8 @@ std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Reque
     fw = model->forward(step_in, step_mask, model::RoutingPlan::native(), fo, &cache);
     logits = fw.logits.select(1, 0);
     if (opt.capture_routing) {
-      at::Tensor idx = fw.routing_indices.to(at::kCPU);
-      at::Tensor prob = fw.routing_probs.to(at::kCPU, at::kFloat);
-      for (int64_t b = 0; b < B; ++b) append_routing(out[active[b]].routing, idx, prob, b, 0, 1);
+      StepRouting r(fw);
+      for (int64_t b = 0; b < B; ++b) r.append(out[active[b]].routing, b, 0, 1);
     }
   }
   return out;
@@ -169,17 +172,14 @@ std::vector<Scored> score(model::Qwen3Moe& model, const std::vector<ScoreRequest
   at::Tensor logp = at::log_softmax(fw.logits.to(at::kFloat) / temperature, -1);
   at::Tensor next = input.narrow(1, 1, tmax - 1).unsqueeze(-1);
   at::Tensor tok_lp = logp.narrow(1, 0, tmax - 1).gather(2, next).squeeze(-1).to(at::kCPU).contiguous();
-  at::Tensor idx, prob;
-  if (capture_routing) {
-    idx = fw.routing_indices.to(at::kCPU);
-    prob = fw.routing_probs.to(at::kCPU, at::kFloat);
-  }
+  std::unique_ptr<StepRouting> routing;
+  if (capture_routing) routing = std::make_unique<StepRouting>(fw);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t p = requests[b].prompt.size(), r = requests[b].response.size();
     auto acc = tok_lp[b];
     const float* lp = acc.data_ptr<float>();
     out[b].logprobs.assign(lp + (p - 1), lp + (p - 1) + r);
-    if (capture_routing) append_routing(out[b].routing, idx, prob, b, 0, p + r - 1);
+    if (routing) routing->append(out[b].routing, b, 0, p + r - 1);
   }
   return out;
 }
