@@ -4,5 +4,5 @@
 find_package(Catch2 REQUIRED)
 include(Catch)
 function(moekit_catch_tests target)
-  catch_discover_tests(${target} TEST_PREFIX "${target}." EXTRA_ARGS --warn NoTests PROPERTIES TIMEOUT 600)
+  catch_discover_tests(${target} TEST_PREFIX "${target}." EXTRA_ARGS --warn NoTests PROPERTIES TIMEOUT 600 ENVIRONMENT OMP_NUM_THREADS=1)
 endfunction()
