@@ -1,0 +1,195 @@
+// The Qwen3-MoE causal language model (Hugging Face Qwen3MoeForCausalLM, model_type "qwen3_moe").
+// Module and parameter names are the Hub checkpoint keys (model.layers.N.mlp.experts.E.up_proj.weight, ...).
+// Router hooks are explicit: every forward takes a RoutingPlan; nothing is global.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "moe/model/config.h"
+
+namespace moe::model {
+
+// How the MoE layers choose experts and gate them (algorithms.md "Router control").
+enum class RouterMode {
+  native,  // top-k of the current router's softmax; gating native (renormalised iff norm_topk_prob)
+  frozen,  // as native, but the router weight is detached (never gets a gradient)
+  replay,  // experts = plan.indices; gating = softmax over all E of the current logits gathered at them,
+           // renormalised over them iff norm_topk_prob. Gradients reach the router.
+  logits,  // selection and gating from plan.logits (copy-old-logits); no gradient through gating
+};
+
+// Layer axis L counts MoE layers only, in ascending model layer order (ModelConfig::moe_layer_ids()).
+struct RoutingPlan {
+  RouterMode mode = RouterMode::native;
+  at::Tensor indices;  // replay: [B, T, L, k] integer expert ids for the positions of this forward
+  at::Tensor logits;   // logits: [B, T, L, E] router logits (any float dtype; detached)
+
+  static RoutingPlan native() { return {}; }
+  static RoutingPlan frozen() { return {RouterMode::frozen, {}, {}}; }
+  static RoutingPlan replay(at::Tensor indices) { return {RouterMode::replay, std::move(indices), {}}; }
+  static RoutingPlan use_logits(at::Tensor logits) { return {RouterMode::logits, {}, std::move(logits)}; }
+};
+
+struct ForwardOptions {
+  bool capture_routing = false;     // fill ForwardOutput::routing_indices / routing_probs
+  bool return_router_logits = false;  // fill ForwardOutput::router_logits
+  at::Tensor probs_at;              // [B, T, L, k] expert ids: fill ForwardOutput::probs_at
+  bool last_logits_only = false;    // lm_head on the last position only: logits [B, 1, V]
+};
+
+struct ForwardOutput {
+  at::Tensor logits;           // [B, T, V] in the model dtype
+  at::Tensor routing_indices;  // [B, T, L, k] int64: experts used (native top-k, replayed, or from given logits)
+  at::Tensor routing_probs;    // [B, T, L, k] float32, detached: full-softmax probability of each used expert
+                               // (of the given logits in mode logits), before renormalisation
+  at::Tensor probs_at;         // [B, T, L, k] float32 with gradient: current router's full-softmax probability
+                               // at ForwardOptions::probs_at (router weight detached in mode frozen)
+  at::Tensor router_logits;    // [B, T, L, E] float32 with gradient: the current router's logits
+};
+
+// Keys and values of every layer for incremental decoding. Slot s of a row holds the token fed at step s
+// (pad slots included); `mask` says which slots are real tokens.
+struct KVCache {
+  std::vector<at::Tensor> k, v;  // per layer [B, num_key_value_heads, S, head_dim]
+  at::Tensor mask;               // [B, S] int64, 1 = real token
+  int64_t length() const { return mask.defined() ? mask.size(1) : 0; }
+  void clear() { k.clear(); v.clear(); mask = at::Tensor(); }
+  // Keeps only the rows `rows` (int64 indices), e.g. to drop finished sequences or to repeat prompts.
+  void select_rows(const at::Tensor& rows);
+};
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  at::Tensor forward(const at::Tensor& x);  // fp32 compute, cast back, times weight
+  at::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// y = x W^T (+ b); weight [out, in] as nn.Linear. Parameters are allocated uninitialised.
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in, int64_t out, bool bias);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight, bias;
+};
+TORCH_MODULE(Linear);
+
+class MlpImpl : public torch::nn::Module {  // SwiGLU: down(silu(gate(x)) * up(x))
+ public:
+  MlpImpl(int64_t hidden, int64_t inner);
+  at::Tensor forward(const at::Tensor& x);
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+struct MoeLayerOutput {
+  at::Tensor hidden, indices, probs, probs_at, router_logits;  // as ForwardOutput, flattened to [N, ...]
+};
+
+class SparseMoeImpl : public torch::nn::Module {
+ public:
+  explicit SparseMoeImpl(const ModelConfig& c);
+  // x [N, H]; indices/logits [N, k]/[N, E] per the plan mode; valid [N] bool: rows whose replay indices count
+  // (other rows use native routing). Experts run only on the rows routed to them.
+  MoeLayerOutput forward(const at::Tensor& x, RouterMode mode, const at::Tensor& indices, const at::Tensor& logits,
+                         const at::Tensor& valid, const at::Tensor& probs_at, bool want_logits, bool want_capture);
+  Linear gate{nullptr};
+  std::vector<Mlp> experts;
+  int64_t num_experts, top_k;
+  bool norm_topk_prob;
+};
+TORCH_MODULE(SparseMoe);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const ModelConfig& c);
+  // x [B, T, H]; cos/sin [B, T, head_dim]; allowed [B, 1, T, S] bool (S = past + T); past_k/v may be undefined.
+  // Returns the output and stores the full keys/values [B, kvH, S, D] in new_k/new_v.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& allowed,
+                     const at::Tensor& past_k, const at::Tensor& past_v, at::Tensor* new_k, at::Tensor* new_v);
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};
+  int64_t heads, kv_heads, head_dim;
+};
+TORCH_MODULE(Attention);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const ModelConfig& c, int64_t layer);
+  Attention self_attn{nullptr};
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  Mlp dense{nullptr};     // registered as "mlp" when the layer is dense
+  SparseMoe moe{nullptr};  // registered as "mlp" when the layer is MoE
+};
+TORCH_MODULE(DecoderLayer);
+
+class Qwen3MoeImpl : public torch::nn::Module {
+ public:
+  explicit Qwen3MoeImpl(const ModelConfig& c);
+
+  // input_ids [B, T] int64; attention_mask [B, T] (1 = token, 0 = pad; undefined = all ones). Positions count
+  // real tokens only (cumsum of the mask over cache + input), so left- or right-padded rows give each
+  // sequence the result it gets alone. With a cache, the T new tokens attend to the cached slots and are
+  // appended to it. Throws moe::Error for bad shapes, out-of-range or duplicate replay indices.
+  ForwardOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
+                        const RoutingPlan& plan = RoutingPlan::native(), const ForwardOptions& opt = {},
+                        KVCache* cache = nullptr);
+
+  const ModelConfig& config() const { return cfg_; }
+  const std::vector<int>& moe_layer_ids() const { return moe_layers_; }
+  // The router weights ([E, H] each, one per MoE layer), e.g. to freeze them in an optimizer.
+  std::vector<at::Tensor> router_parameters();
+  at::Tensor lm_head_weight();  // lm_head.weight, or embed_tokens.weight when tied
+
+  torch::nn::Module& model() { return *model_; }
+  at::Tensor embed_weight;  // model.embed_tokens.weight [V, H]
+  std::vector<DecoderLayer> layers;
+  RMSNorm norm{nullptr};
+  Linear lm_head{nullptr};  // null when tie_word_embeddings
+
+ private:
+  ModelConfig cfg_;
+  std::vector<int> moe_layers_;
+  std::shared_ptr<torch::nn::Module> model_;  // "model" holding embed_tokens / layers / norm
+  at::Tensor inv_freq_;                       // [head_dim / 2] float32, CPU
+};
+TORCH_MODULE(Qwen3Moe);
+
+// Initialises every parameter as Hugging Face does: Linear and Embedding weights ~ N(0, initializer_range),
+// biases 0, norm weights 1, the pad_token_id row of the embedding 0. Deterministic for a seed (CPU generator,
+// parameters in registration order), whatever the model's device.
+void init_weights(Qwen3Moe& m, uint64_t seed);
+
+// Checkpoint tensor names of the model (Hub spelling, per-expert), in registration order.
+std::vector<std::pair<std::string, at::Tensor>> named_weights(Qwen3Moe& m);
+
+// Loads the weights of a model dir (model.safetensors or sharded index) into m, converting F32/BF16/F16 to
+// the model's dtype. Experts load from per-expert names or the fused transformers-5 spelling
+// (mlp.experts.gate_up_proj [E, 2I, H], mlp.experts.down_proj [E, H, I]). A missing tensor or a shape that
+// differs from the config throws moe::Error naming the tensor and both shapes. lm_head.weight is ignored
+// when tied. Unused checkpoint tensors are ignored.
+void load_weights(Qwen3Moe& m, const std::string& dir);
+
+// config.json + weights -> a model on `device` in `dtype`, in eval mode.
+Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::ScalarType dtype = c10::kFloat);
+
+// Writes config.json, model.safetensors (Hub names, the model's dtype) and `extra_files` (name -> contents)
+// into a staged sibling directory, lets `add_files(staged_dir)` write more (e.g. optimizer state), then swaps
+// it in with io::replace_dir: `dir` is the old or the new complete model at every moment. Of an existing dir
+// only tokenizer.json is carried over (unless extra_files has one); nothing else is kept.
+void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files = {},
+                const std::function<void(const std::string& staged_dir)>& add_files = {});
+
+// "cpu", "cuda", "cuda:1" -> device; "f32"/"float32", "bf16"/"bfloat16", "f16"/"float16" -> dtype.
+// Throw moe::UsageError on an unknown spelling.
+c10::Device parse_device(const std::string& s);
+c10::ScalarType parse_dtype(const std::string& s);
+
+}  // namespace moe::model

@@ -1,0 +1,60 @@
+// The generation engine of moe-rollout: batched KV-cached sampling with routing capture, and
+// teacher-forced re-scoring of existing sequences (the "training engine" view of the same tokens).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "moe/model/qwen3_moe.h"
+#include "moe/rollout/sampling.h"
+
+namespace moe::rollout {
+
+struct GenerateOptions {
+  SamplingParams sampling;
+  int64_t max_new_tokens = 64;  // >= 1
+  int64_t eos_id = -1;          // -1: stop on length only
+  uint64_t seed = 0;
+  bool capture_routing = false;
+};
+
+struct Request {
+  uint64_t stream = 0;          // the sequence's random stream (its record id): independent of batching
+  std::vector<int64_t> prompt;  // >= 1 token
+};
+
+// Routing of the forwarded positions of one sequence, rows = positions 0 .. n-1.
+struct SequenceRouting {
+  std::vector<uint16_t> experts;  // [n, L, k]
+  std::vector<float> probs;       // [n, L, k] full-softmax probability of each chosen expert
+  int64_t n_pos = 0;
+};
+
+struct Generation {
+  std::vector<int64_t> tokens;  // the response; ends with eos_id when finish_reason is "eos"
+  std::vector<float> logprobs;  // per response token, under softmax(logits / temperature)
+  std::string finish_reason;    // "eos" | "length"
+  SequenceRouting routing;      // prompt + response positions except the last token (never forwarded)
+};
+
+// Samples one response per request. Consecutive requests with equal prompts share one prefill.
+// Prompts of different lengths are left-padded; a sequence's result does not depend on its batch-mates
+// (its positions count real tokens only and its random draws come from its own stream).
+std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Request>& requests,
+                                 const GenerateOptions& opt);
+
+struct ScoreRequest {
+  std::vector<int64_t> prompt, response;
+};
+struct Scored {
+  std::vector<float> logprobs;  // per response token, under softmax(logits / temperature)
+  SequenceRouting routing;      // positions 0 .. prompt + response - 2, as moe-rollout records them
+};
+
+// One teacher-forced full-sequence forward per call (right-padded batch).
+std::vector<Scored> score(model::Qwen3Moe& model, const std::vector<ScoreRequest>& requests, double temperature,
+                          bool capture_routing);
+
+}  // namespace moe::rollout

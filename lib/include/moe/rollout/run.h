@@ -1,0 +1,38 @@
+// moe-rollout's two modes as library calls: sample responses to prompt JSONL, or re-score a rollout
+// stream by teacher forcing. The tool's main only parses options into a RolloutRun.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "moe/rollout/generate.h"
+
+namespace moe::rollout {
+
+struct RolloutRun {
+  std::string model_dir;
+  std::string device = "cpu";
+  std::string dtype = "f32";
+  std::string input = "-";        // prompt JSONL (sample) or rollout stream (score)
+  std::string output = "-";       // rollout stream
+  std::string routing_out;        // routing stream ("" = none)
+  std::string routing_probs = "f16";  // f16 | f32 | none
+  std::string prompt_key = "prompt";
+  int64_t samples = 1;        // responses per prompt (G)
+  int64_t batch_size = 64;    // sequences per forward batch
+  GenerateOptions gen;        // sampling, max_new_tokens, seed (eos comes from the tokenizer)
+  bool temperature_given = false;  // score mode: else the input stream's temperature
+  nlohmann::json producer;    // header producer (program, version, argv)
+};
+
+// Reads prompt JSONL (one object per line; `prompt_key` a string; every other field is carried into the
+// record's task payload), samples `samples` responses per prompt and writes the rollout stream (and the
+// routing stream). Record ids are group * samples + sample. Throws moe::Error for bad input (file:line).
+void run_sample(const RolloutRun& run);
+
+// Reads a rollout stream and writes it with log-probs recomputed in one full-sequence forward per batch
+// (previous values kept as prev_logprobs), and with `routing_out` the routing of that forward.
+void run_score(const RolloutRun& run);
+
+}  // namespace moe::rollout

@@ -1,0 +1,31 @@
+// Next-token sampling: temperature, top-k, top-p, greedy; the log-prob of the chosen token under the
+// untruncated tempered policy pi = softmax(logits / T), which is what moe-train-step recomputes.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+namespace moe::rollout {
+
+struct SamplingParams {
+  double temperature = 1.0;  // > 0; the policy whose log-probs are recorded
+  double top_p = 1.0;        // (0, 1]: keep the smallest prefix of sorted probabilities reaching top_p
+  int64_t top_k = 0;         // 0 = all tokens
+  bool greedy = false;       // argmax (lowest index on ties); log-prob still under softmax(logits / T)
+};
+
+// A uniform double in [0, 1) that depends only on (seed, stream, step): each sequence draws from its own
+// counter-based stream, so its sample does not depend on which sequences share its batch.
+double stream_uniform(uint64_t seed, uint64_t stream, uint64_t step);
+
+struct Sampled {
+  at::Tensor tokens;    // [B] int64
+  at::Tensor logprobs;  // [B] float32: log softmax(logits / T) at the token
+};
+
+// logits [B, V] (any floating dtype and device); uniforms: B values in [0, 1) (ignored when greedy).
+// Throws moe::Error on a bad parameter or when a row is all -inf/NaN.
+Sampled sample_next(const at::Tensor& logits, const SamplingParams& params, const std::vector<double>& uniforms);
+
+}  // namespace moe::rollout

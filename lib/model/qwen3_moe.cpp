@@ -1,0 +1,491 @@
+#include "moe/model/qwen3_moe.h"
+
+#include <ATen/ATen.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cerrno>
+#include <cstring>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <map>
+#include <regex>
+
+#include "moe/io/error.h"
+#include "moe/io/file.h"
+#include "moe/model/safetensors.h"
+
+namespace moe::model {
+namespace {
+
+std::string shape_str(at::IntArrayRef s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  int64_t h = x.size(-1) / 2;
+  return at::cat({-x.slice(-1, h), x.slice(-1, 0, h)}, -1);
+}
+
+void check_plan_tensor(const at::Tensor& t, const char* what, int64_t B, int64_t T, int64_t L, int64_t last) {
+  if (!t.defined()) throw Error(std::string("routing plan: ") + what + " missing");
+  std::vector<int64_t> want{B, T, L, last};
+  if (t.sizes().vec() != want)
+    throw Error(std::string("routing plan: ") + what + " has shape " + shape_str(t.sizes()) + ", expected " + shape_str(want));
+}
+}  // namespace
+
+// ---- KVCache ----
+void KVCache::select_rows(const at::Tensor& rows) {
+  for (auto& t : k) t = t.index_select(0, rows.to(t.device()));
+  for (auto& t : v) t = t.index_select(0, rows.to(t.device()));
+  if (mask.defined()) mask = mask.index_select(0, rows.to(mask.device()));
+}
+
+// ---- building blocks ----
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", at::ones({dim})); }
+
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, true);
+  xf = xf * at::rsqrt(var + eps);
+  return weight * xf.to(x.scalar_type());
+}
+
+LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) {
+  weight = register_parameter("weight", at::empty({out, in}));
+  if (with_bias) bias = register_parameter("bias", at::zeros({out}));
+}
+at::Tensor LinearImpl::forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+
+MlpImpl::MlpImpl(int64_t hidden, int64_t inner) {
+  gate_proj = register_module("gate_proj", Linear(hidden, inner, false));
+  up_proj = register_module("up_proj", Linear(hidden, inner, false));
+  down_proj = register_module("down_proj", Linear(inner, hidden, false));
+}
+at::Tensor MlpImpl::forward(const at::Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
+
+SparseMoeImpl::SparseMoeImpl(const ModelConfig& c)
+    : num_experts(c.num_experts), top_k(c.num_experts_per_tok), norm_topk_prob(c.norm_topk_prob) {
+  gate = register_module("gate", Linear(c.hidden_size, c.num_experts, false));
+  auto list = register_module("experts", std::make_shared<torch::nn::Module>());
+  for (int64_t e = 0; e < c.num_experts; ++e)
+    experts.push_back(list->register_module(std::to_string(e), Mlp(c.hidden_size, c.moe_intermediate_size)));
+}
+
+MoeLayerOutput SparseMoeImpl::forward(const at::Tensor& x, RouterMode mode, const at::Tensor& indices,
+                                      const at::Tensor& given_logits, const at::Tensor& valid, const at::Tensor& probs_at,
+                                      bool want_logits, bool want_capture) {
+  const int64_t E = num_experts, K = top_k;
+  at::Tensor w = mode == RouterMode::frozen ? gate->weight.detach() : gate->weight;
+  at::Tensor logits = at::linear(x, w);                 // [N, E] model dtype
+  at::Tensor probs = at::softmax(logits, -1, at::kFloat);  // router softmax in fp32
+  at::Tensor sel, sel_probs;
+  if (mode == RouterMode::logits) {
+    at::Tensor gp = at::softmax(given_logits.detach(), -1, at::kFloat);
+    auto top = gp.topk(K, -1);
+    sel = std::get<1>(top);
+    sel_probs = std::get<0>(top);
+  } else if (mode == RouterMode::replay) {
+    sel = indices;
+    if (valid.defined()) {
+      // Rows without a valid replay entry (padding) route natively.
+      at::Tensor native = std::get<1>(probs.detach().topk(K, -1));
+      sel = at::where(valid.unsqueeze(1), sel, native);
+    }
+    sel_probs = probs.gather(1, sel);  // full softmax at the replayed experts: gradients reach every logit
+  } else {
+    auto top = probs.topk(K, -1);
+    sel = std::get<1>(top);
+    sel_probs = std::get<0>(top);
+  }
+  at::Tensor gating = norm_topk_prob ? sel_probs / sel_probs.sum(-1, true) : sel_probs;
+  gating = gating.to(x.scalar_type());
+
+  // Dispatch: sort the (token, slot) pairs by expert and run each expert on its own tokens only.
+  at::Tensor flat = sel.reshape({-1});
+  at::Tensor order = std::get<1>(at::sort(flat, /*stable=*/true, 0, false));
+  at::Tensor counts = at::bincount(flat, {}, E).to(at::kCPU);
+  at::Tensor token = at::div(order, K, "floor");
+  at::Tensor weight = gating.reshape({-1}).index_select(0, order);
+  at::Tensor out = at::zeros_like(x);
+  const int64_t* cnt = counts.data_ptr<int64_t>();
+  int64_t off = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    int64_t n = cnt[e];
+    if (n == 0) continue;
+    at::Tensor t = token.slice(0, off, off + n);
+    at::Tensor y = experts[e]->forward(x.index_select(0, t)) * weight.slice(0, off, off + n).unsqueeze(1);
+    out.index_add_(0, t, y);
+    off += n;
+  }
+
+  MoeLayerOutput r;
+  r.hidden = out;
+  if (want_capture) {
+    r.indices = sel.detach();
+    r.probs = sel_probs.detach();
+  }
+  if (probs_at.defined()) r.probs_at = probs.gather(1, probs_at);
+  if (want_logits) r.router_logits = logits.to(at::kFloat);
+  return r;
+}
+
+AttentionImpl::AttentionImpl(const ModelConfig& c)
+    : heads(c.num_attention_heads), kv_heads(c.num_key_value_heads), head_dim(c.head_dim) {
+  q_proj = register_module("q_proj", Linear(c.hidden_size, heads * head_dim, c.attention_bias));
+  k_proj = register_module("k_proj", Linear(c.hidden_size, kv_heads * head_dim, c.attention_bias));
+  v_proj = register_module("v_proj", Linear(c.hidden_size, kv_heads * head_dim, c.attention_bias));
+  o_proj = register_module("o_proj", Linear(heads * head_dim, c.hidden_size, c.attention_bias));
+  q_norm = register_module("q_norm", RMSNorm(head_dim, c.rms_norm_eps));
+  k_norm = register_module("k_norm", RMSNorm(head_dim, c.rms_norm_eps));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& allowed,
+                                  const at::Tensor& past_k, const at::Tensor& past_v, at::Tensor* new_k, at::Tensor* new_v) {
+  const int64_t B = x.size(0), T = x.size(1);
+  at::Tensor q = q_norm(q_proj(x).view({B, T, heads, head_dim})).transpose(1, 2);
+  at::Tensor k = k_norm(k_proj(x).view({B, T, kv_heads, head_dim})).transpose(1, 2);
+  at::Tensor v = v_proj(x).view({B, T, kv_heads, head_dim}).transpose(1, 2);
+  at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);
+  q = q * c + rotate_half(q) * s;
+  k = k * c + rotate_half(k) * s;
+  if (past_k.defined() && past_k.size(2) > 0) {
+    k = at::cat({past_k, k}, 2);
+    v = at::cat({past_v, v}, 2);
+  }
+  if (new_k) *new_k = k;
+  if (new_v) *new_v = v;
+  const int64_t S = k.size(2), rep = heads / kv_heads;
+  at::Tensor kk = k, vv = v;
+  if (rep > 1) {
+    kk = k.unsqueeze(2).expand({B, kv_heads, rep, S, head_dim}).reshape({B, heads, S, head_dim});
+    vv = v.unsqueeze(2).expand({B, kv_heads, rep, S, head_dim}).reshape({B, heads, S, head_dim});
+  }
+  at::Tensor scores = at::matmul(q, kk.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
+  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
+  at::Tensor attn = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor o = at::matmul(attn, vv).transpose(1, 2).reshape({B, T, heads * head_dim});
+  return o_proj(o);
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
+  self_attn = register_module("self_attn", Attention(c));
+  if (c.is_moe_layer(layer))
+    moe = register_module("mlp", SparseMoe(c));
+  else
+    dense = register_module("mlp", Mlp(c.hidden_size, c.intermediate_size));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+// ---- the model ----
+Qwen3MoeImpl::Qwen3MoeImpl(const ModelConfig& c) : cfg_(c), moe_layers_(c.moe_layer_ids()) {
+  model_ = register_module("model", std::make_shared<torch::nn::Module>());
+  auto embed = model_->register_module("embed_tokens", std::make_shared<torch::nn::Module>());
+  embed_weight = embed->register_parameter("weight", at::empty({c.vocab_size, c.hidden_size}));
+  auto list = model_->register_module("layers", std::make_shared<torch::nn::Module>());
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers.push_back(list->register_module(std::to_string(i), DecoderLayer(c, i)));
+  norm = model_->register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  if (!c.tie_word_embeddings) lm_head = register_module("lm_head", Linear(c.hidden_size, c.vocab_size, false));
+  // inv_freq = 1 / theta^(2i / d) in fp32, as transformers' default rope init.
+  at::Tensor ex = at::arange(0, c.head_dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(c.head_dim);
+  inv_freq_ = 1.0 / at::pow(c.rope_theta, ex);
+}
+
+std::vector<at::Tensor> Qwen3MoeImpl::router_parameters() {
+  std::vector<at::Tensor> r;
+  for (auto& l : layers)
+    if (l->moe) r.push_back(l->moe->gate->weight);
+  return r;
+}
+
+at::Tensor Qwen3MoeImpl::lm_head_weight() { return lm_head ? lm_head->weight : embed_weight; }
+
+ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, const RoutingPlan& plan,
+                                    const ForwardOptions& opt, KVCache* cache) {
+  if (input_ids.dim() != 2) throw Error("forward: input_ids must be [batch, time], got " + shape_str(input_ids.sizes()));
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  if (B == 0 || T == 0) throw Error("forward: empty input " + shape_str(input_ids.sizes()));
+  const auto dev = embed_weight.device();
+  const auto dtype = embed_weight.scalar_type();
+  at::Tensor ids = input_ids.to(dev, at::kLong);
+  {
+    int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    if (lo < 0 || hi >= cfg_.vocab_size)
+      throw Error("forward: token id " + std::to_string(lo < 0 ? lo : hi) + " outside the vocabulary [0, " +
+                  std::to_string(cfg_.vocab_size) + ")");
+  }
+  at::Tensor mask;
+  if (attention_mask.defined()) {
+    if (attention_mask.sizes() != input_ids.sizes())
+      throw Error("forward: attention_mask " + shape_str(attention_mask.sizes()) + " does not match input_ids " + shape_str(input_ids.sizes()));
+    mask = attention_mask.to(dev, at::kLong).ne(0).to(at::kLong);
+  } else {
+    mask = at::ones({B, T}, at::TensorOptions().dtype(at::kLong).device(dev));
+  }
+  const int64_t past = cache ? cache->length() : 0;
+  if (cache && past > 0 && cache->mask.size(0) != B)
+    throw Error("forward: cache holds " + std::to_string(cache->mask.size(0)) + " rows but the input has " + std::to_string(B));
+  at::Tensor full_mask = past > 0 ? at::cat({cache->mask, mask}, 1) : mask;  // [B, S]
+  const int64_t S = past + T;
+
+  // Positions count real tokens only, so padding never shifts a sequence.
+  at::Tensor positions = (full_mask.cumsum(1) - 1).clamp_min(0).slice(1, past);  // [B, T]
+  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq_.to(dev);
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  at::Tensor cos = emb.cos().to(dtype), sin = emb.sin().to(dtype);
+
+  // Query slot past+i sees key slot j iff j <= past+i and j is a real token; a pad query sees itself so
+  // that no softmax row is empty.
+  auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
+  at::Tensor qi = (at::arange(T, lopt) + past).unsqueeze(1);
+  at::Tensor kj = at::arange(S, lopt).unsqueeze(0);
+  at::Tensor allowed = (kj.le(qi).unsqueeze(0) & full_mask.ne(0).unsqueeze(1)) | kj.eq(qi).unsqueeze(0);
+  allowed = allowed.unsqueeze(1);  // [B, 1, T, S]
+
+  // Routing plan checks (per MoE layer slices are taken below).
+  const int64_t L = static_cast<int64_t>(moe_layers_.size()), K = cfg_.num_experts_per_tok, E = cfg_.num_experts;
+  const int64_t N = B * T;
+  at::Tensor valid = mask.reshape({N}).ne(0);
+  at::Tensor rindices, rlogits, pat;
+  if (plan.mode == RouterMode::replay) {
+    check_plan_tensor(plan.indices, "replay indices", B, T, L, K);
+    if (at::isFloatingType(plan.indices.scalar_type())) throw Error("routing plan: replay indices must be integers");
+    rindices = plan.indices.to(dev, at::kLong).reshape({N, L, K});
+    at::Tensor vm = valid.view({N, 1, 1});
+    at::Tensor bad_range = (rindices.lt(0) | rindices.ge(E)) & vm;
+    if (bad_range.any().item<bool>()) {
+      int64_t f = bad_range.reshape({-1}).nonzero()[0].item<int64_t>();
+      int64_t row = f / (L * K), l = (f / K) % L;
+      throw Error("routing plan: replay expert index " + std::to_string(rindices.reshape({-1})[f].item<int64_t>()) +
+                  " out of range [0, " + std::to_string(E) + ") at batch row " + std::to_string(row / T) + ", position " +
+                  std::to_string(row % T) + ", MoE layer " + std::to_string(l) + " (model layer " + std::to_string(moe_layers_[l]) + ")");
+    }
+    if (K > 1) {
+      at::Tensor s = std::get<0>(rindices.sort(-1));
+      at::Tensor dup = (s.slice(-1, 1).eq(s.slice(-1, 0, K - 1))).any(-1) & valid.view({N, 1});  // [N, L]
+      if (dup.any().item<bool>()) {
+        int64_t f = dup.reshape({-1}).nonzero()[0].item<int64_t>();
+        int64_t row = f / L, l = f % L;
+        throw Error("routing plan: replay indices repeat an expert at batch row " + std::to_string(row / T) + ", position " +
+                    std::to_string(row % T) + ", MoE layer " + std::to_string(l) + " (model layer " +
+                    std::to_string(moe_layers_[l]) + ")");
+      }
+    }
+  } else if (plan.mode == RouterMode::logits) {
+    check_plan_tensor(plan.logits, "router logits", B, T, L, E);
+    rlogits = plan.logits.to(dev).detach().reshape({N, L, E});
+  }
+  if (opt.probs_at.defined()) {
+    check_plan_tensor(opt.probs_at, "probs_at indices", B, T, L, K);
+    pat = opt.probs_at.to(dev, at::kLong).reshape({N, L, K});
+    if ((pat.lt(0) | pat.ge(E)).any().item<bool>()) throw Error("probs_at: expert index out of range [0, " + std::to_string(E) + ")");
+  }
+
+  at::Tensor h = at::embedding(embed_weight, ids);
+  std::vector<at::Tensor> cap_i, cap_p, out_pat, out_logits;
+  if (cache) {
+    cache->k.resize(layers.size());
+    cache->v.resize(layers.size());
+  }
+  int64_t moe_ix = 0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    auto& layer = layers[i];
+    at::Tensor pk, pv;
+    if (cache && past > 0) {
+      pk = cache->k[i];
+      pv = cache->v[i];
+    }
+    at::Tensor nk, nv;
+    at::Tensor a = layer->self_attn->forward(layer->input_layernorm(h), cos, sin, allowed, pk, pv, cache ? &nk : nullptr,
+                                             cache ? &nv : nullptr);
+    if (cache) {
+      cache->k[i] = nk.detach();
+      cache->v[i] = nv.detach();
+    }
+    h = h + a;
+    at::Tensor x = layer->post_attention_layernorm(h);
+    if (layer->moe) {
+      auto sl = [&](const at::Tensor& t) { return t.defined() ? t.select(1, moe_ix) : t; };
+      MoeLayerOutput r = layer->moe->forward(x.reshape({N, -1}), plan.mode, sl(rindices), sl(rlogits),
+                                             plan.mode == RouterMode::replay ? valid : at::Tensor(), sl(pat),
+                                             opt.return_router_logits, opt.capture_routing);
+      h = h + r.hidden.view(h.sizes());
+      if (opt.capture_routing) {
+        cap_i.push_back(r.indices);
+        cap_p.push_back(r.probs);
+      }
+      if (pat.defined()) out_pat.push_back(r.probs_at);
+      if (opt.return_router_logits) out_logits.push_back(r.router_logits);
+      ++moe_ix;
+    } else {
+      h = h + layer->dense(x);
+    }
+  }
+  if (cache) cache->mask = full_mask;
+  h = norm(h);
+  if (opt.last_logits_only) h = h.slice(1, T - 1);
+  ForwardOutput out;
+  out.logits = at::linear(h, lm_head_weight());
+  auto stack = [&](const std::vector<at::Tensor>& v, int64_t last) {
+    return v.empty() ? at::empty({B, T, 0, last}, v.empty() ? lopt : v[0].options()) : at::stack(v, 1).view({B, T, L, last});
+  };
+  if (opt.capture_routing) {
+    out.routing_indices = stack(cap_i, K);
+    out.routing_probs = L ? stack(cap_p, K) : at::empty({B, T, 0, K}, at::TensorOptions().dtype(at::kFloat).device(dev));
+  }
+  if (pat.defined()) out.probs_at = stack(out_pat, K);
+  if (opt.return_router_logits)
+    out.router_logits = L ? stack(out_logits, E) : at::empty({B, T, 0, E}, at::TensorOptions().dtype(at::kFloat).device(dev));
+  return out;
+}
+
+// ---- weights ----
+void init_weights(Qwen3Moe& m, uint64_t seed) {
+  at::NoGradGuard ng;
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  const double std_ = m->config().initializer_range;
+  for (auto& kv : m->named_parameters(true)) {
+    const std::string& name = kv.key();
+    at::Tensor p = kv.value();
+    auto ends_with = [&](const std::string& s) { return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0; };
+    at::Tensor v = at::empty(p.sizes(), at::TensorOptions().dtype(at::kFloat));
+    if (ends_with("norm.weight") || ends_with("layernorm.weight")) {
+      v.fill_(1.0);
+    } else if (ends_with(".bias")) {
+      v.zero_();
+    } else {
+      v.normal_(0.0, std_, gen);
+      if (name == "model.embed_tokens.weight" && m->config().pad_token_id >= 0) v[m->config().pad_token_id].zero_();
+    }
+    p.copy_(v);
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> named_weights(Qwen3Moe& m) {
+  std::vector<std::pair<std::string, at::Tensor>> r;
+  for (auto& kv : m->named_parameters(true)) r.emplace_back(kv.key(), kv.value());
+  return r;
+}
+
+void load_weights(Qwen3Moe& m, const std::string& dir) {
+  at::NoGradGuard ng;
+  Checkpoint ck(dir);
+  static const std::regex expert_re(R"(^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight$)");
+  std::map<std::string, at::Tensor> fused;  // fused tensors of the current layer
+  const int64_t E = m->config().num_experts, I = m->config().moe_intermediate_size, H = m->config().hidden_size;
+  auto fused_tensor = [&](const std::string& name, std::vector<int64_t> want, c10::ScalarType dt) -> at::Tensor {
+    auto it = fused.find(name);
+    if (it != fused.end()) return it->second;
+    if (fused.size() > 2) fused.clear();
+    const TensorEntry& e = ck.entry(name);
+    if (e.shape != want)
+      throw Error(ck.file_of(name) + ": tensor '" + name + "' has shape " + shape_str(e.shape) + " but the config needs " + shape_str(want));
+    return fused[name] = ck.get(name, dt);
+  };
+  for (auto& [name, p] : named_weights(m)) {
+    at::Tensor src;
+    if (ck.has(name)) {
+      const TensorEntry& e = ck.entry(name);
+      if (e.shape != p.sizes().vec())
+        throw Error(ck.file_of(name) + ": tensor '" + name + "' has shape " + shape_str(e.shape) + " but the config needs " +
+                    shape_str(p.sizes()));
+      src = ck.get(name, p.scalar_type());
+    } else {
+      std::smatch mm;
+      if (!std::regex_match(name, mm, expert_re)) throw Error(dir + ": missing tensor '" + name + "'");
+      const std::string base = mm[1];
+      const int64_t e = std::stoll(mm[2]);
+      const std::string kind = mm[3];
+      if (kind == "down") {
+        std::string fname = base + ".down_proj";
+        if (!ck.has(fname)) throw Error(dir + ": missing tensor '" + name + "' (and no fused '" + fname + "')");
+        src = fused_tensor(fname, {E, H, I}, p.scalar_type())[e];
+      } else {
+        std::string fname = base + ".gate_up_proj";
+        if (!ck.has(fname)) throw Error(dir + ": missing tensor '" + name + "' (and no fused '" + fname + "')");
+        at::Tensor gu = fused_tensor(fname, {E, 2 * I, H}, p.scalar_type())[e];  // gate rows, then up rows
+        src = kind == "gate" ? gu.slice(0, 0, I) : gu.slice(0, I, 2 * I);
+      }
+    }
+    p.copy_(src);
+  }
+}
+
+Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::ScalarType dtype) {
+  ModelConfig cfg = load_config(dir + "/config.json");
+  Qwen3Moe m(cfg);
+  m->to(dtype);
+  load_weights(m, dir);
+  m->to(device);
+  m->eval();
+  return m;
+}
+
+void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
+                const std::function<void(const std::string&)>& add_files) {
+  std::string d = dir;
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  std::string tmpl = d + ".tmp-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  if (!::mkdtemp(buf.data())) throw Error(dir + ": cannot create a staging directory beside it: " + std::strerror(errno));
+  std::string staged(buf.data());
+  try {
+    ModelConfig cfg = m->config();
+    cfg.torch_dtype = m->embed_weight.scalar_type() == at::kBFloat16 ? "bfloat16"
+                      : m->embed_weight.scalar_type() == at::kHalf   ? "float16"
+                                                                    : "float32";
+    io::write_file_atomic(staged + "/config.json", config_to_json(cfg).dump(2) + "\n");
+    write_safetensors(staged + "/model.safetensors", named_weights(m));
+    bool has_tok = false;
+    for (const auto& [name, contents] : extra_files) {
+      if (name.empty() || name.find('/') != std::string::npos) throw Error("save_model: bad file name '" + name + "'");
+      io::write_file_atomic(staged + "/" + name, contents);
+      has_tok |= name == "tokenizer.json";
+    }
+    struct stat st;
+    if (!has_tok && ::stat((d + "/tokenizer.json").c_str(), &st) == 0)
+      io::write_file_atomic(staged + "/tokenizer.json", io::read_file(d + "/tokenizer.json"));
+    if (add_files) add_files(staged);
+    io::sync_dir(staged);
+    io::replace_dir(staged, d);
+  } catch (...) {
+    std::string cmd;  // best-effort cleanup of the staging dir (flat: files only)
+    if (auto* dp = ::opendir(staged.c_str())) {
+      while (auto* ent = ::readdir(dp)) {
+        std::string n = ent->d_name;
+        if (n != "." && n != "..") ::unlink((staged + "/" + n).c_str());
+      }
+      ::closedir(dp);
+    }
+    ::rmdir(staged.c_str());
+    throw;
+  }
+}
+
+c10::Device parse_device(const std::string& s) {
+  if (s == "cpu") return c10::Device(c10::kCPU);
+  if (s == "cuda" || s.rfind("cuda:", 0) == 0) {
+    try {
+      return c10::Device(s);
+    } catch (const std::exception&) {
+    }
+  }
+  throw UsageError("unknown device '" + s + "' (expected cpu, cuda or cuda:N)");
+}
+
+c10::ScalarType parse_dtype(const std::string& s) {
+  if (s == "f32" || s == "fp32" || s == "float32") return at::kFloat;
+  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
+  if (s == "f16" || s == "fp16" || s == "float16") return at::kHalf;
+  throw UsageError("unknown dtype '" + s + "' (expected f32, bf16 or f16)");
+}
+
+}  // namespace moe::model

@@ -1,0 +1,187 @@
+#include "moe/rollout/generate.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <algorithm>
+
+#include "moe/io/error.h"
+
+namespace moe::rollout {
+namespace {
+
+at::TensorOptions long_on(const c10::Device& d) { return at::TensorOptions().dtype(at::kLong).device(d); }
+
+c10::Device device_of(model::Qwen3Moe& m) { return m->embed_weight.device(); }
+
+// Appends rows [first, first + n) of one batch row of captured routing ([B, T, L, k]) to `out`.
+void append_routing(SequenceRouting& out, const at::Tensor& idx_cpu, const at::Tensor& prob_cpu, int64_t row,
+                    int64_t first, int64_t n) {
+  if (n <= 0) return;
+  const int64_t L = idx_cpu.size(2), K = idx_cpu.size(3);
+  at::Tensor idx = idx_cpu[row].narrow(0, first, n).contiguous();
+  at::Tensor prob = prob_cpu[row].narrow(0, first, n).contiguous();
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  const float* pp = prob.data_ptr<float>();
+  const int64_t m = n * L * K;
+  out.experts.reserve(out.experts.size() + m);
+  out.probs.reserve(out.probs.size() + m);
+  for (int64_t i = 0; i < m; ++i) out.experts.push_back(static_cast<uint16_t>(ip[i]));
+  out.probs.insert(out.probs.end(), pp, pp + m);
+  out.n_pos += n;
+}
+
+}  // namespace
+
+std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Request>& requests,
+                                 const GenerateOptions& opt) {
+  if (opt.max_new_tokens < 1) throw Error("max-new-tokens must be >= 1");
+  std::vector<Generation> out(requests.size());
+  if (requests.empty()) return out;
+  torch::NoGradGuard no_grad;
+  const c10::Device dev = device_of(model);
+  const int64_t vocab = model->config().vocab_size;
+
+  // Unique prompts (consecutive runs of equal prompts share a prefill).
+  std::vector<size_t> first_of_run;  // request index starting each run
+  std::vector<int64_t> run_of(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (requests[i].prompt.empty()) throw Error("empty prompt (request " + std::to_string(i) + ")");
+    for (int64_t t : requests[i].prompt)
+      if (t < 0 || t >= vocab) throw Error("prompt token " + std::to_string(t) + " outside the vocabulary");
+    if (i == 0 || requests[i].prompt != requests[i - 1].prompt) first_of_run.push_back(i);
+    run_of[i] = static_cast<int64_t>(first_of_run.size()) - 1;
+  }
+  const int64_t P = static_cast<int64_t>(first_of_run.size());
+  int64_t tmax = 0;
+  for (size_t r : first_of_run) tmax = std::max<int64_t>(tmax, requests[r].prompt.size());
+
+  // Left-padded prompt batch.
+  std::vector<int64_t> ids(P * tmax, 0), mask(P * tmax, 0);
+  for (int64_t p = 0; p < P; ++p) {
+    const auto& pr = requests[first_of_run[p]].prompt;
+    int64_t off = tmax - static_cast<int64_t>(pr.size());
+    for (size_t t = 0; t < pr.size(); ++t) {
+      ids[p * tmax + off + t] = pr[t];
+      mask[p * tmax + off + t] = 1;
+    }
+  }
+  at::Tensor input = at::tensor(ids, long_on(at::kCPU)).view({P, tmax}).to(dev);
+  at::Tensor amask = at::tensor(mask, long_on(at::kCPU)).view({P, tmax}).to(dev);
+
+  model::ForwardOptions fo;
+  fo.capture_routing = opt.capture_routing;
+  fo.last_logits_only = true;
+  model::KVCache cache;
+  model::ForwardOutput fw = model->forward(input, amask, model::RoutingPlan::native(), fo, &cache);
+
+  if (opt.capture_routing) {
+    at::Tensor idx = fw.routing_indices.to(at::kCPU);
+    at::Tensor prob = fw.routing_probs.to(at::kCPU, at::kFloat);
+    for (size_t i = 0; i < requests.size(); ++i) {
+      int64_t n = requests[i].prompt.size();
+      append_routing(out[i].routing, idx, prob, run_of[i], tmax - n, n);
+    }
+  }
+
+  // Expand prompt rows to request rows.
+  at::Tensor rows = at::tensor(run_of, long_on(at::kCPU)).to(dev);
+  cache.select_rows(rows);
+  at::Tensor logits = fw.logits.select(1, 0).index_select(0, rows);  // [N, V]
+
+  std::vector<int64_t> active(requests.size());  // batch row -> request index
+  for (size_t i = 0; i < requests.size(); ++i) active[i] = static_cast<int64_t>(i);
+
+  for (int64_t step = 0; !active.empty(); ++step) {
+    std::vector<double> u(active.size());
+    for (size_t b = 0; b < active.size(); ++b) u[b] = stream_uniform(opt.seed, requests[active[b]].stream, step);
+    Sampled s = sample_next(logits, opt.sampling, u);
+    at::Tensor tok_cpu = s.tokens.to(at::kCPU);
+    at::Tensor lp_cpu = s.logprobs.to(at::kCPU);
+    const int64_t* tp = tok_cpu.data_ptr<int64_t>();
+    const float* lp = lp_cpu.data_ptr<float>();
+
+    std::vector<int64_t> keep_rows, next_active, next_tokens;
+    for (size_t b = 0; b < active.size(); ++b) {
+      Generation& g = out[active[b]];
+      g.tokens.push_back(tp[b]);
+      g.logprobs.push_back(lp[b]);
+      if (opt.eos_id >= 0 && tp[b] == opt.eos_id) {
+        g.finish_reason = "eos";
+      } else if (static_cast<int64_t>(g.tokens.size()) >= opt.max_new_tokens) {
+        g.finish_reason = "length";
+      } else {
+        keep_rows.push_back(static_cast<int64_t>(b));
+        next_active.push_back(active[b]);
+        next_tokens.push_back(tp[b]);
+      }
+    }
+    if (next_active.empty()) break;
+    if (keep_rows.size() != active.size()) cache.select_rows(at::tensor(keep_rows, long_on(at::kCPU)).to(dev));
+    active.swap(next_active);
+
+    const int64_t B = static_cast<int64_t>(active.size());
+    at::Tensor step_in = at::tensor(next_tokens, long_on(at::kCPU)).view({B, 1}).to(dev);
+    at::Tensor step_mask = at::ones({B, 1}, long_on(dev));
+    fw = model->forward(step_in, step_mask, model::RoutingPlan::native(), fo, &cache);
+    logits = fw.logits.select(1, 0);
+    if (opt.capture_routing) {
+      at::Tensor idx = fw.routing_indices.to(at::kCPU);
+      at::Tensor prob = fw.routing_probs.to(at::kCPU, at::kFloat);
+      for (int64_t b = 0; b < B; ++b) append_routing(out[active[b]].routing, idx, prob, b, 0, 1);
+    }
+  }
+  return out;
+}
+
+std::vector<Scored> score(model::Qwen3Moe& model, const std::vector<ScoreRequest>& requests, double temperature,
+                          bool capture_routing) {
+  std::vector<Scored> out(requests.size());
+  if (requests.empty()) return out;
+  if (!(temperature > 0)) throw Error("temperature must be > 0");
+  torch::NoGradGuard no_grad;
+  const c10::Device dev = device_of(model);
+  const int64_t vocab = model->config().vocab_size;
+  const int64_t B = static_cast<int64_t>(requests.size());
+  int64_t tmax = 0;
+  for (const auto& r : requests) {
+    if (r.prompt.empty()) throw Error("empty prompt");
+    tmax = std::max<int64_t>(tmax, r.prompt.size() + r.response.size());
+  }
+  std::vector<int64_t> ids(B * tmax, 0), mask(B * tmax, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t t = 0;
+    for (const auto* part : {&requests[b].prompt, &requests[b].response})
+      for (int64_t id : *part) {
+        if (id < 0 || id >= vocab) throw Error("token " + std::to_string(id) + " outside the vocabulary");
+        ids[b * tmax + t] = id;
+        mask[b * tmax + t] = 1;
+        ++t;
+      }
+  }
+  at::Tensor input = at::tensor(ids, long_on(at::kCPU)).view({B, tmax}).to(dev);
+  at::Tensor amask = at::tensor(mask, long_on(at::kCPU)).view({B, tmax}).to(dev);
+  model::ForwardOptions fo;
+  fo.capture_routing = capture_routing;
+  model::ForwardOutput fw = model->forward(input, amask, model::RoutingPlan::native(), fo, nullptr);
+
+  // log-prob of token t+1 from position t, under the tempered policy.
+  at::Tensor logp = at::log_softmax(fw.logits.to(at::kFloat) / temperature, -1);
+  at::Tensor next = input.narrow(1, 1, tmax - 1).unsqueeze(-1);
+  at::Tensor tok_lp = logp.narrow(1, 0, tmax - 1).gather(2, next).squeeze(-1).to(at::kCPU).contiguous();
+  at::Tensor idx, prob;
+  if (capture_routing) {
+    idx = fw.routing_indices.to(at::kCPU);
+    prob = fw.routing_probs.to(at::kCPU, at::kFloat);
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t p = requests[b].prompt.size(), r = requests[b].response.size();
+    auto acc = tok_lp[b];
+    const float* lp = acc.data_ptr<float>();
+    out[b].logprobs.assign(lp + (p - 1), lp + (p - 1) + r);
+    if (capture_routing) append_routing(out[b].routing, idx, prob, b, 0, p + r - 1);
+  }
+  return out;
+}
+
+}  // namespace moe::rollout

@@ -1,0 +1,253 @@
+#include "moe/rollout/run.h"
+
+#include <ATen/ATen.h>
+
+#include <memory>
+
+#include "moe/cli/app.h"
+#include "moe/format/rollout.h"
+#include "moe/format/routing.h"
+#include "moe/io/error.h"
+#include "moe/io/file.h"
+#include "moe/model/config.h"
+#include "moe/model/qwen3_moe.h"
+#include "moe/tokenizer/char_tokenizer.h"
+
+namespace moe::rollout {
+namespace {
+
+struct Prompt {
+  std::string text;
+  nlohmann::json task;
+  std::vector<int64_t> tokens;
+};
+
+std::vector<Prompt> read_prompts(const RolloutRun& run, const tokenizer::CharTokenizer& tok) {
+  io::Input in(run.input);
+  std::vector<Prompt> prompts;
+  std::string line;
+  for (int64_t lineno = 1; in.getline(line); ++lineno) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = in.name() + ":" + std::to_string(lineno) + ": ";
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw Error(where + "malformed JSON (" + e.what() + ")");
+    }
+    if (!j.is_object()) throw Error(where + "expected a JSON object");
+    auto it = j.find(run.prompt_key);
+    if (it == j.end()) throw Error(where + "no \"" + run.prompt_key + "\" key (see --prompt-key)");
+    if (!it->is_string()) throw Error(where + "\"" + run.prompt_key + "\" is not a string");
+    Prompt p;
+    p.text = it->get<std::string>();
+    if (p.text.empty()) throw Error(where + "empty prompt");
+    j.erase(it);
+    p.task = std::move(j);
+    try {
+      p.tokens = tok.encode(p.text);
+    } catch (const Error& e) {
+      throw Error(where + e.what());
+    }
+    prompts.push_back(std::move(p));
+  }
+  return prompts;
+}
+
+std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
+std::vector<int64_t> to_i64(const std::vector<int32_t>& v) { return std::vector<int64_t>(v.begin(), v.end()); }
+
+struct Loaded {
+  model::Qwen3Moe model{nullptr};
+  tokenizer::CharTokenizer tok;
+  std::string digest;
+};
+
+Loaded load(const RolloutRun& run) {
+  Loaded l{nullptr, tokenizer::CharTokenizer::load(run.model_dir + "/tokenizer.json"), ""};
+  l.model = model::load_model(run.model_dir, model::parse_device(run.device), model::parse_dtype(run.dtype));
+  if (l.tok.size() > l.model->config().vocab_size)
+    throw Error(run.model_dir + ": tokenizer has " + std::to_string(l.tok.size()) + " tokens but config.json vocab_size is " +
+                std::to_string(l.model->config().vocab_size));
+  l.digest = model::config_digest(l.model->config());
+  return l;
+}
+
+std::unique_ptr<format::RoutingWriter> open_routing(const RolloutRun& run, const Loaded& l,
+                                                    std::unique_ptr<io::Output>& out) {
+  if (run.routing_out.empty()) return nullptr;
+  if (run.routing_probs != "f16" && run.routing_probs != "f32" && run.routing_probs != "none")
+    throw UsageError("--routing-probs must be f16, f32 or none");
+  out = std::make_unique<io::Output>(run.routing_out);
+  const auto& cfg = l.model->config();
+  format::RoutingMeta meta;
+  meta.layer_ids = l.model->moe_layer_ids();
+  meta.num_layers = static_cast<int>(meta.layer_ids.size());
+  meta.num_experts = static_cast<int>(cfg.num_experts);
+  meta.top_k = static_cast<int>(cfg.num_experts_per_tok);
+  meta.prob_dtype = run.routing_probs;
+  meta.model_digest = l.digest;
+  format::Header h;
+  h.producer = run.producer;
+  h.meta["dtype"] = run.dtype;
+  return std::make_unique<format::RoutingWriter>(*out, h, meta);
+}
+
+format::RoutingRecord routing_record(uint64_t id, SequenceRouting&& r, bool with_probs) {
+  format::RoutingRecord rr;
+  rr.id = id;
+  rr.first_pos = 0;
+  rr.n_pos = r.n_pos;
+  rr.experts = std::move(r.experts);
+  if (with_probs) rr.probs = std::move(r.probs);
+  return rr;
+}
+
+void set_threads_and_check(const RolloutRun& run) {
+  if (run.samples < 1) throw UsageError("-G/--samples must be >= 1");
+  if (run.batch_size < 1) throw UsageError("--batch-size must be >= 1");
+  if (run.gen.max_new_tokens < 1) throw UsageError("--max-new-tokens must be >= 1");
+}
+
+}  // namespace
+
+void run_sample(const RolloutRun& run) {
+  set_threads_and_check(run);
+  Loaded l = load(run);
+  std::vector<Prompt> prompts = read_prompts(run, l.tok);
+
+  GenerateOptions gen = run.gen;
+  gen.eos_id = l.tok.eos_id();
+  gen.capture_routing = !run.routing_out.empty();
+
+  format::Header h;
+  h.producer = run.producer;
+  h.meta = {{"vocab_size", l.model->config().vocab_size},
+            {"model_digest", l.digest},
+            {"eos_id", l.tok.eos_id()},
+            {"pad_id", l.tok.pad_id()},
+            {"temperature", gen.sampling.temperature},
+            {"top_p", gen.sampling.top_p},
+            {"top_k", gen.sampling.top_k},
+            {"greedy", gen.sampling.greedy},
+            {"max_new_tokens", gen.max_new_tokens},
+            {"samples_per_prompt", run.samples},
+            {"seed", gen.seed},
+            {"dtype", run.dtype},
+            {"prompt_key", run.prompt_key}};
+  io::Output out(run.output);
+  format::RolloutWriter writer(out, h);
+  std::unique_ptr<io::Output> rout;
+  auto rwriter = open_routing(run, l, rout);
+  const bool with_probs = run.routing_probs != "none";
+
+  const int64_t G = run.samples;
+  const int64_t prompts_per_batch = std::max<int64_t>(1, run.batch_size / G);
+  cli::Progress progress("rollout", static_cast<int64_t>(prompts.size()) * G, "tok");
+  for (size_t first = 0; first < prompts.size(); first += prompts_per_batch) {
+    size_t last = std::min(prompts.size(), first + static_cast<size_t>(prompts_per_batch));
+    std::vector<Request> reqs;
+    for (size_t p = first; p < last; ++p)
+      for (int64_t s = 0; s < G; ++s) reqs.push_back({static_cast<uint64_t>(p * G + s), prompts[p].tokens});
+    std::vector<Generation> gens = generate(l.model, reqs, gen);
+    int64_t new_tokens = 0;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      const Prompt& pr = prompts[first + i / G];
+      Generation& g = gens[i];
+      format::RolloutRecord rec;
+      rec.id = reqs[i].stream;
+      rec.group = first + i / G;
+      rec.sample = static_cast<uint32_t>(i % G);
+      rec.prompt_tokens = to_i32(pr.tokens);
+      rec.response_tokens = to_i32(g.tokens);
+      rec.logprobs = g.logprobs;
+      rec.finish_reason = g.finish_reason;
+      rec.prompt_text = pr.text;
+      rec.response_text = l.tok.decode(g.tokens, /*skip_special=*/true);
+      rec.task = pr.task;
+      writer.write(rec);
+      if (rwriter) rwriter->write(routing_record(rec.id, std::move(g.routing), with_probs));
+      new_tokens += static_cast<int64_t>(g.tokens.size());
+    }
+    writer.flush();
+    if (rwriter) rwriter->flush();
+    progress.add(static_cast<int64_t>(reqs.size()), new_tokens);
+  }
+  progress.finish();
+  writer.finish();
+  if (rwriter) {
+    rwriter->finish();
+    rout->close();
+  }
+  out.close();
+  cli::info("wrote " + std::to_string(writer.count()) + " rollouts (" + std::to_string(prompts.size()) + " prompts x " +
+            std::to_string(G) + ")");
+}
+
+void run_score(const RolloutRun& run) {
+  set_threads_and_check(run);
+  Loaded l = load(run);
+  io::Input in(run.input);
+  format::RolloutReader reader(in);
+  const auto& in_meta = reader.header().meta;
+  double temperature = run.gen.sampling.temperature;
+  if (!run.temperature_given && in_meta.contains("temperature") && in_meta["temperature"].is_number())
+    temperature = in_meta["temperature"].get<double>();
+  if (in_meta.contains("model_digest") && in_meta["model_digest"].is_string() && in_meta["model_digest"] != l.digest)
+    cli::warn(reader.name() + ": rollouts come from a model of another shape (digest " +
+              in_meta["model_digest"].get<std::string>() + ", this model " + l.digest + ")");
+
+  format::Header h;
+  h.producer = run.producer;
+  h.meta = in_meta;
+  h.meta["temperature"] = temperature;
+  h.meta["scored"] = {{"model_digest", l.digest}, {"dtype", run.dtype}};
+  io::Output out(run.output);
+  format::RolloutWriter writer(out, h);
+  std::unique_ptr<io::Output> rout;
+  auto rwriter = open_routing(run, l, rout);
+  const bool with_probs = run.routing_probs != "none";
+
+  cli::Progress progress("score", 0, "tok");
+  std::vector<format::RolloutRecord> batch;
+  auto flush_batch = [&] {
+    if (batch.empty()) return;
+    std::vector<ScoreRequest> reqs;
+    int64_t tokens = 0;
+    for (const auto& r : batch) {
+      reqs.push_back({to_i64(r.prompt_tokens), to_i64(r.response_tokens)});
+      tokens += static_cast<int64_t>(r.prompt_tokens.size() + r.response_tokens.size());
+    }
+    std::vector<Scored> sc = score(l.model, reqs, temperature, rwriter != nullptr);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      batch[i].prev_logprobs = std::move(batch[i].logprobs);
+      batch[i].logprobs = std::move(sc[i].logprobs);
+      writer.write(batch[i]);
+      if (rwriter) rwriter->write(routing_record(batch[i].id, std::move(sc[i].routing), with_probs));
+    }
+    writer.flush();
+    if (rwriter) rwriter->flush();
+    progress.add(static_cast<int64_t>(batch.size()), tokens);
+    batch.clear();
+  };
+  format::RolloutRecord rec;
+  while (reader.next(rec)) {
+    if (rec.prompt_tokens.empty())
+      throw Error(reader.name() + ": offset " + std::to_string(reader.offset()) + ": record " + std::to_string(rec.id) +
+                  " has no prompt tokens");
+    batch.push_back(std::move(rec));
+    rec = format::RolloutRecord{};
+    if (static_cast<int64_t>(batch.size()) >= run.batch_size) flush_batch();
+  }
+  flush_batch();
+  progress.finish();
+  writer.finish();
+  if (rwriter) {
+    rwriter->finish();
+    rout->close();
+  }
+  out.close();
+  cli::info("re-scored " + std::to_string(writer.count()) + " rollouts");
+}
+
+}  // namespace moe::rollout

@@ -1,0 +1,67 @@
+#include "moe/rollout/sampling.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <string>
+
+#include "moe/io/error.h"
+
+namespace moe::rollout {
+namespace {
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+double stream_uniform(uint64_t seed, uint64_t stream, uint64_t step) {
+  uint64_t h = splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ step);
+  return static_cast<double>(h >> 11) * 0x1.0p-53;  // 53 random bits
+}
+
+Sampled sample_next(const at::Tensor& logits, const SamplingParams& p, const std::vector<double>& uniforms) {
+  if (logits.dim() != 2) throw Error("sample_next: logits must be [batch, vocab]");
+  if (!(p.temperature > 0) || !std::isfinite(p.temperature))
+    throw Error("temperature must be > 0, got " + std::to_string(p.temperature));
+  if (!(p.top_p > 0 && p.top_p <= 1)) throw Error("top-p must be in (0, 1], got " + std::to_string(p.top_p));
+  if (p.top_k < 0) throw Error("top-k must be >= 0");
+  const int64_t B = logits.size(0), V = logits.size(1);
+
+  at::Tensor scaled = logits.to(at::kFloat) / p.temperature;
+  at::Tensor logp = at::log_softmax(scaled, -1);
+  if (B > 0 && !at::isfinite(std::get<0>(logp.max(-1))).all().item<bool>())
+    throw Error("sampling: logits contain NaN or no finite value");
+
+  at::Tensor tokens;
+  if (p.greedy) {
+    tokens = scaled.argmax(-1);
+  } else {
+    if (static_cast<int64_t>(uniforms.size()) != B) throw Error("sample_next: need one uniform per row");
+    // Sort once (stable, so ties keep vocabulary order), truncate by top-k and top-p, then invert the CDF.
+    auto sorted = at::sort(logp, /*stable=*/true, /*dim=*/-1, /*descending=*/true);
+    at::Tensor probs = std::get<0>(sorted).exp();
+    at::Tensor order = std::get<1>(sorted);
+    if (p.top_k > 0 && p.top_k < V) probs.narrow(1, p.top_k, V - p.top_k).zero_();
+    if (p.top_p < 1.0) {
+      // Keep token j when the mass strictly before it is < top_p (so the first token always stays).
+      at::Tensor before = probs.cumsum(-1) - probs;
+      probs = probs.masked_fill(before >= p.top_p, 0.0);
+    }
+    at::Tensor cdf = probs.to(at::kDouble).cumsum(-1);
+    at::Tensor total = cdf.select(1, V - 1).unsqueeze(1);
+    at::Tensor u = at::tensor(uniforms, at::TensorOptions().dtype(at::kDouble)).to(cdf.device()).unsqueeze(1);
+    // Index of the first entry whose cumulative mass exceeds u * total.
+    at::Tensor idx = (cdf <= u * total).sum(-1, /*keepdim=*/true);
+    // Kept entries are a prefix of the sorted order; never step past the last one (u -> 1 edge).
+    at::Tensor last_kept = ((probs > 0).sum(-1, /*keepdim=*/true) - 1).clamp_min(0);
+    idx = at::minimum(idx, last_kept);
+    tokens = order.gather(1, idx).squeeze(1);
+  }
+  at::Tensor lp = logp.gather(1, tokens.unsqueeze(1)).squeeze(1);
+  return {tokens, lp};
+}
+
+}  // namespace moe::rollout
