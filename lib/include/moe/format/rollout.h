@@ -43,6 +43,14 @@ class RolloutWriter {
   msgpack::sbuffer buf_;
 };
 
+// Decodes and checks one rollout record read by a StreamReader of a rollout stream. `vocab_size` > 0
+// also checks every token id against it (0 = unknown). Errors: moe::Error "<name>: offset N: <what>".
+void decode_rollout(const std::string& name, int64_t vocab_size, const Record& raw, RolloutRecord& rec);
+// A rollout record as JSON (tokens and log-probs as arrays, extra keys decoded).
+nlohmann::json rollout_to_json(const RolloutRecord& rec);
+// The header's meta.vocab_size, or 0 when absent.
+int64_t rollout_vocab_size(const Header& header);
+
 class RolloutReader {
  public:
   explicit RolloutReader(io::Input& in);  // rejects other kinds
@@ -55,6 +63,7 @@ class RolloutReader {
  private:
   StreamReader r_;
   Record raw_;
+  int64_t vocab_size_ = 0;
 };
 
 }  // namespace moe::format

@@ -64,8 +64,21 @@ class RoutingReader {
   Record raw_;
 };
 
-// IEEE half <-> float, round to nearest even.
+// A routing record as JSON: experts (and probs) as nested arrays [n_pos][num_layers][top_k].
+nlohmann::json routing_to_json(const RoutingMeta& meta, const RoutingRecord& rec);
+
+// IEEE half <-> float, round to nearest even (subnormals, infinities and NaN kept; NaN stays NaN).
 uint16_t float_to_half(float f);
 float half_to_float(uint16_t h);
+// The same over arrays of little-endian halves (unaligned is fine); uses F16C when the CPU has it.
+void halves_to_floats(const void* src_le, float* dst, size_t n);
+void floats_to_halves(const float* src, void* dst_le, size_t n);
+
+// Decodes and checks one routing record read by a StreamReader of a routing stream with header meta
+// `meta`: the same checks as RoutingReader::next. Errors are moe::Error "<name>: offset N: <what>".
+void decode_routing(const std::string& name, const RoutingMeta& meta, const Record& raw, RoutingRecord& rec);
+// Checks rows of top-k expert indices: each < num_experts and distinct within a row. Returns the index of
+// the first bad element, or -1; `why` says what is wrong.
+int64_t check_expert_rows(const uint16_t* experts, size_t rows, int top_k, int num_experts, std::string* why);
 
 }  // namespace moe::format

@@ -49,9 +49,11 @@ class StreamWriter {
   StreamWriter(const StreamWriter&) = delete;
   StreamWriter& operator=(const StreamWriter&) = delete;
 
-  // Appends one record: `data` must be exactly one packed msgpack map.
+  // Appends one record: `data` must be exactly one packed msgpack map without the reserved key "trailer".
   void write_packed(const char* data, size_t n);
+  // Ends a batch: everything written so far reaches the output (zstd ZSTD_e_flush, then Output::flush).
   void flush();
+  // Writes the trailer, ends the zstd frame and flushes. The caller still closes the io::Output.
   void finish();
   uint64_t count() const;
   const Header& header() const;
@@ -84,6 +86,8 @@ class StreamReader {
 
 // A record (any kind) as JSON for display: bin payloads of known keys are decoded by the kind's schema
 // (shapes from the header), unknown bin payloads shown as {"bin": N bytes}.
+// Checks the record like the kind's typed reader does (moe::Error "<name>: offset N: ..." otherwise).
 nlohmann::json record_to_json(const Header& header, const Record& rec);
+nlohmann::json record_to_json(const Header& header, const Record& rec, const std::string& name);
 
 }  // namespace moe::format

@@ -1,0 +1,52 @@
+// Private helpers of the format room: a resumable msgpack size scanner (so a record is fully buffered and
+// sized before msgpack allocates anything for it), msgpack <-> JSON conversion, small decoding helpers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <msgpack.hpp>
+#include <nlohmann/json.hpp>
+
+namespace moe::format::detail {
+
+// Largest record (or header) a reader accepts, in packed bytes. A declared length above it is an error
+// before anything is buffered, so a hostile length cannot make a reader allocate gigabytes.
+inline constexpr size_t kMaxRecordBytes = size_t(1) << 30;
+// Deepest nesting of maps/arrays inside one record.
+inline constexpr size_t kMaxDepth = 64;
+
+// Finds the extent of one msgpack object without allocating. Resumable: on kNeedMore the state points at
+// the first incomplete item, so calling again with more bytes continues where it stopped.
+struct Scan {
+  enum Status { kComplete, kNeedMore, kInvalid };
+  size_t pos = 0;        // bytes accepted so far (may exceed the bytes available: a bin body in flight)
+  uint64_t pending = 1;  // items still to skip
+  std::string error;     // kInvalid: what is wrong, at byte `pos`
+  // kComplete: `pos` is the object's size. kNeedMore: `need` is a lower bound on the size.
+  Status step(const uint8_t* p, size_t avail, size_t max_size, size_t& need);
+};
+
+// msgpack object -> JSON for display and for header/task fields. bin becomes {"bin": nbytes}, ext
+// {"ext": type, "bytes": n}; non-string map keys are written as their JSON text.
+nlohmann::json to_json(const msgpack::object& o);
+// JSON -> msgpack (objects become maps with string keys, integers keep their sign, floats are float64).
+void pack_json(msgpack::packer<msgpack::sbuffer>& pk, const nlohmann::json& j);
+
+const char* type_name(const msgpack::object& o);
+inline std::string_view as_key(const msgpack::object& k) {
+  return k.type == msgpack::type::STR ? std::string_view(k.via.str.ptr, k.via.str.size) : std::string_view();
+}
+
+// Packs a string key.
+inline void pack_key(msgpack::packer<msgpack::sbuffer>& pk, std::string_view k) {
+  pk.pack_str(static_cast<uint32_t>(k.size()));
+  pk.pack_str_body(k.data(), static_cast<uint32_t>(k.size()));
+}
+inline void pack_bin(msgpack::packer<msgpack::sbuffer>& pk, const void* data, size_t n) {
+  pk.pack_bin(static_cast<uint32_t>(n));
+  pk.pack_bin_body(static_cast<const char*>(data), static_cast<uint32_t>(n));
+}
+
+}  // namespace moe::format::detail

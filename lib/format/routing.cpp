@@ -1,0 +1,260 @@
+#include "moe/format/routing.h"
+
+#include <cstring>
+
+#include "format/internal.h"
+#include "moe/io/error.h"
+
+namespace moe::format {
+namespace {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "payloads are memcpy'd: little-endian hosts only");
+
+// Shape limits: generous for real models, small enough that products of them cannot overflow.
+constexpr int kMaxLayers = 4096;
+constexpr int kMaxTopK = 1024;
+constexpr int kMaxExperts = 65536;
+
+int index_bytes(const RoutingMeta& m) { return m.index_dtype == "u8" ? 1 : 2; }
+int prob_bytes(const RoutingMeta& m) { return m.prob_dtype == "f16" ? 2 : m.prob_dtype == "f32" ? 4 : 0; }
+
+[[noreturn]] void fail(const std::string& name, uint64_t offset, const std::string& what) {
+  throw Error(name + ": offset " + std::to_string(offset) + ": " + what);
+}
+
+}  // namespace
+
+nlohmann::json RoutingMeta::to_json() const {
+  return {{"num_layers", num_layers}, {"layer_ids", layer_ids},   {"num_experts", num_experts},
+          {"top_k", top_k},           {"index_dtype", index_dtype}, {"prob_dtype", prob_dtype},
+          {"model_digest", model_digest}};
+}
+
+RoutingMeta RoutingMeta::from_json(const nlohmann::json& j) {
+  auto bad = [](const std::string& what) -> Error { return Error("bad routing header meta: " + what); };
+  if (!j.is_object()) throw bad("meta is not a map");
+  auto get_int = [&](const char* key, int lo, int hi) {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_number_integer()) throw bad(std::string("\"") + key + "\" missing or not an integer");
+    int64_t v = it->get<int64_t>();
+    if (v < lo || v > hi)
+      throw bad(std::string("\"") + key + "\" = " + std::to_string(v) + " out of range " + std::to_string(lo) + ".." +
+                std::to_string(hi));
+    return static_cast<int>(v);
+  };
+  auto get_str = [&](const char* key, bool required) {
+    auto it = j.find(key);
+    if (it == j.end() && !required) return std::string();
+    if (it == j.end() || !it->is_string()) throw bad(std::string("\"") + key + "\" missing or not a string");
+    return it->get<std::string>();
+  };
+  RoutingMeta m;
+  m.num_layers = get_int("num_layers", 1, kMaxLayers);
+  m.num_experts = get_int("num_experts", 1, kMaxExperts);
+  m.top_k = get_int("top_k", 1, std::min(kMaxTopK, m.num_experts));
+  m.index_dtype = get_str("index_dtype", true);
+  m.prob_dtype = get_str("prob_dtype", true);
+  m.model_digest = get_str("model_digest", false);
+  auto ids = j.find("layer_ids");
+  if (ids == j.end() || !ids->is_array() || ids->size() != size_t(m.num_layers))
+    throw bad("\"layer_ids\" missing or not an array of num_layers integers");
+  for (const auto& x : *ids) {
+    if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > 1000000)
+      throw bad("\"layer_ids\" holds a value that is not a layer index");
+    m.layer_ids.push_back(x.get<int>());
+  }
+  if (m.index_dtype != "u8" && m.index_dtype != "u16") throw bad("index_dtype \"" + m.index_dtype + "\" is not u8 or u16");
+  if (m.index_dtype == "u8" && m.num_experts > 256) throw bad("index_dtype u8 cannot hold " + std::to_string(m.num_experts) + " experts");
+  if (m.prob_dtype != "f16" && m.prob_dtype != "f32" && m.prob_dtype != "none")
+    throw bad("prob_dtype \"" + m.prob_dtype + "\" is not f16, f32 or none");
+  return m;
+}
+
+int64_t check_expert_rows(const uint16_t* e, size_t rows, int k, int num_experts, std::string* why) {
+  // A per-thread stamp per expert id: stamp == row tag means "already seen in this row". No clearing.
+  thread_local std::vector<uint32_t> seen(kMaxExperts, 0);
+  thread_local uint32_t tag = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    if (++tag == 0) {
+      std::fill(seen.begin(), seen.end(), 0);
+      tag = 1;
+    }
+    const uint16_t* row = e + r * size_t(k);
+    for (int j = 0; j < k; ++j) {
+      uint16_t x = row[j];
+      if (x >= num_experts) {
+        if (why) *why = "expert index " + std::to_string(x) + " out of range (num_experts " + std::to_string(num_experts) + ")";
+        return int64_t(r * k + j);
+      }
+      if (seen[x] == tag) {
+        if (why) *why = "expert " + std::to_string(x) + " appears twice in one (position, layer)";
+        return int64_t(r * k + j);
+      }
+      seen[x] = tag;
+    }
+  }
+  return -1;
+}
+
+// ---------------------------------------------------------------------------------------------- writer
+
+RoutingWriter::RoutingWriter(io::Output& out, Header header, RoutingMeta meta, int zstd_level)
+    : w_(out, [&] {
+        header.kind = "routing";
+        header.version = kRoutingVersion;
+        if (meta.index_dtype.empty()) meta.index_dtype = meta.num_experts <= 256 ? "u8" : "u16";
+        if (meta.prob_dtype.empty()) meta.prob_dtype = "f32";
+        if (meta.layer_ids.empty())
+          for (int i = 0; i < meta.num_layers; ++i) meta.layer_ids.push_back(i);
+        RoutingMeta::from_json(meta.to_json());  // the same checks as a reader: never write what cannot be read
+        if (!header.meta.is_object()) header.meta = nlohmann::json::object();
+        const nlohmann::json mj = meta.to_json();
+        for (const auto& [key, value] : mj.items()) header.meta[key] = value;
+        return header;
+      }(), zstd_level) {
+  meta_ = RoutingMeta::from_json(w_.header().meta);
+}
+
+void RoutingWriter::write(const RoutingRecord& rec) {
+  const RoutingMeta& m = meta_;
+  const std::string name = "routing record id " + std::to_string(rec.id);
+  if (rec.first_pos < 0 || rec.n_pos < 0) throw Error(name + ": first_pos and n_pos must be >= 0");
+  const size_t cells = size_t(rec.n_pos) * m.num_layers * m.top_k;
+  if (rec.experts.size() != cells)
+    throw Error(name + ": experts has " + std::to_string(rec.experts.size()) + " values, shape [" +
+                std::to_string(rec.n_pos) + ", " + std::to_string(m.num_layers) + ", " + std::to_string(m.top_k) +
+                "] needs " + std::to_string(cells));
+  const int pb = prob_bytes(m);
+  if (pb && rec.probs.size() != cells)
+    throw Error(name + ": probs has " + std::to_string(rec.probs.size()) + " values, the shape needs " + std::to_string(cells));
+  if (!pb && !rec.probs.empty()) throw Error(name + ": probs given but the stream's prob_dtype is none");
+  std::string why;
+  int64_t bad = check_expert_rows(rec.experts.data(), size_t(rec.n_pos) * m.num_layers, m.top_k, m.num_experts, &why);
+  if (bad >= 0) throw Error(name + ": " + why);
+
+  buf_.clear();
+  msgpack::packer<msgpack::sbuffer> pk(buf_);
+  pk.pack_map(pb ? 5 : 4);
+  detail::pack_key(pk, "id");
+  pk.pack_uint64(rec.id);
+  detail::pack_key(pk, "first_pos");
+  pk.pack_int64(rec.first_pos);
+  detail::pack_key(pk, "n_pos");
+  pk.pack_int64(rec.n_pos);
+  detail::pack_key(pk, "experts");
+  if (index_bytes(m) == 1) {
+    scratch_.resize(cells);
+    for (size_t i = 0; i < cells; ++i) scratch_[i] = static_cast<char>(rec.experts[i]);
+    detail::pack_bin(pk, scratch_.data(), cells);
+  } else {
+    detail::pack_bin(pk, rec.experts.data(), cells * 2);
+  }
+  if (pb) {
+    detail::pack_key(pk, "probs");
+    if (pb == 2) {
+      scratch_.resize(cells * 2);
+      floats_to_halves(rec.probs.data(), scratch_.data(), cells);
+      detail::pack_bin(pk, scratch_.data(), cells * 2);
+    } else {
+      detail::pack_bin(pk, rec.probs.data(), cells * 4);
+    }
+  }
+  w_.write_packed(buf_.data(), buf_.size());
+}
+
+void RoutingWriter::flush() { w_.flush(); }
+void RoutingWriter::finish() { w_.finish(); }
+uint64_t RoutingWriter::count() const { return w_.count(); }
+
+// ---------------------------------------------------------------------------------------------- reader
+
+void decode_routing(const std::string& name, const RoutingMeta& m, const Record& raw, RoutingRecord& rec) {
+  const msgpack::object& map = raw.map();
+  const uint64_t at = raw.offset;
+  if (map.type != msgpack::type::MAP) fail(name, at, "record is not a map");
+  const msgpack::object *id = nullptr, *first = nullptr, *npos = nullptr, *experts = nullptr, *probs = nullptr;
+  for (uint32_t i = 0; i < map.via.map.size; ++i) {
+    auto k = detail::as_key(map.via.map.ptr[i].key);
+    const msgpack::object* v = &map.via.map.ptr[i].val;
+    const msgpack::object** slot = k == "id" ? &id : k == "first_pos" ? &first : k == "n_pos" ? &npos
+                                 : k == "experts" ? &experts : k == "probs" ? &probs : nullptr;
+    if (!slot) continue;  // unknown keys are ignored (newer minor additions)
+    if (*slot) fail(name, at, "duplicate key \"" + std::string(k) + "\"");
+    *slot = v;
+  }
+  auto need_uint = [&](const msgpack::object* o, const char* key) {
+    if (!o) fail(name, at, std::string("routing record without \"") + key + "\"");
+    if (o->type != msgpack::type::POSITIVE_INTEGER)
+      fail(name, at, std::string("\"") + key + "\" must be a non-negative integer, found " + detail::type_name(*o));
+    return o->via.u64;
+  };
+  rec.id = need_uint(id, "id");
+  uint64_t fp = need_uint(first, "first_pos"), np = need_uint(npos, "n_pos");
+  if (fp > (uint64_t(1) << 40) || np > (uint64_t(1) << 40)) fail(name, at, "first_pos or n_pos is implausibly large");
+  rec.first_pos = int64_t(fp);
+  rec.n_pos = int64_t(np);
+  const size_t cells = size_t(np) * m.num_layers * m.top_k;
+  const size_t rows = size_t(np) * m.num_layers;
+  auto shape = [&] {
+    return "[" + std::to_string(np) + ", " + std::to_string(m.num_layers) + ", " + std::to_string(m.top_k) + "]";
+  };
+
+  if (!experts) fail(name, at, "routing record id " + std::to_string(rec.id) + " without \"experts\"");
+  if (experts->type != msgpack::type::BIN)
+    fail(name, at, std::string("\"experts\" must be bin (packed ") + m.index_dtype + "), found " + detail::type_name(*experts));
+  const int ib = index_bytes(m);
+  if (experts->via.bin.size != cells * ib)
+    fail(name, at, "\"experts\" payload is " + std::to_string(experts->via.bin.size) + " bytes, shape " + shape() + " " +
+                       m.index_dtype + " needs " + std::to_string(cells * ib));
+  rec.experts.resize(cells);
+  const auto* src = reinterpret_cast<const unsigned char*>(experts->via.bin.ptr);
+  if (ib == 1) {
+    for (size_t i = 0; i < cells; ++i) rec.experts[i] = src[i];
+  } else {
+    std::memcpy(rec.experts.data(), src, cells * 2);
+  }
+  std::string why;
+  int64_t bad = check_expert_rows(rec.experts.data(), rows, m.top_k, m.num_experts, &why);
+  if (bad >= 0) {
+    int64_t row = bad / m.top_k;
+    fail(name, at, "record id " + std::to_string(rec.id) + ", position " + std::to_string(fp + row / m.num_layers) +
+                       ", layer " + std::to_string(m.layer_ids[row % m.num_layers]) + ": " + why);
+  }
+
+  const int pb = prob_bytes(m);
+  if (!pb) {
+    if (probs) fail(name, at, "\"probs\" present but the header's prob_dtype is none");
+    rec.probs.clear();
+    return;
+  }
+  if (!probs) fail(name, at, "routing record id " + std::to_string(rec.id) + " without \"probs\" (prob_dtype " + m.prob_dtype + ")");
+  if (probs->type != msgpack::type::BIN)
+    fail(name, at, std::string("\"probs\" must be bin (packed ") + m.prob_dtype + "), found " + detail::type_name(*probs));
+  if (probs->via.bin.size != cells * pb)
+    fail(name, at, "\"probs\" payload is " + std::to_string(probs->via.bin.size) + " bytes, shape " + shape() + " " +
+                       m.prob_dtype + " needs " + std::to_string(cells * pb));
+  rec.probs.resize(cells);
+  if (pb == 2) halves_to_floats(probs->via.bin.ptr, rec.probs.data(), cells);
+  else std::memcpy(rec.probs.data(), probs->via.bin.ptr, cells * 4);
+}
+
+RoutingReader::RoutingReader(io::Input& in) : r_(in, "routing") {
+  try {
+    meta_ = RoutingMeta::from_json(r_.header().meta);
+  } catch (const Error& e) {
+    r_.fail(0, e.what());
+  }
+}
+
+const Header& RoutingReader::header() const { return r_.header(); }
+
+bool RoutingReader::next(RoutingRecord& rec) {
+  if (!r_.next(raw_)) return false;
+  decode_routing(r_.name(), meta_, raw_, rec);
+  return true;
+}
+
+uint64_t RoutingReader::offset() const { return raw_.offset; }
+const std::string& RoutingReader::name() const { return r_.name(); }
+
+}  // namespace moe::format
