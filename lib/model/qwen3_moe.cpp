@@ -435,9 +435,12 @@ void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair
   std::string tmpl = d + ".tmp-XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
-  if (!::mkdtemp(buf.data())) throw Error(dir + ": cannot create a staging directory beside it: " + std::strerror(errno));
+  if (!::mkdtemp(buf.data())) throw Error(dir + ": cannot create a staging directory beside it (does the parent directory exist?): " + std::strerror(errno));
   std::string staged(buf.data());
   try {
+    mode_t um = ::umask(0);  // mkdtemp makes 0700; give the model dir the usual permissions
+    ::umask(um);
+    ::chmod(staged.c_str(), 0777 & ~um);
     ModelConfig cfg = m->config();
     cfg.torch_dtype = m->embed_weight.scalar_type() == at::kBFloat16 ? "bfloat16"
                       : m->embed_weight.scalar_type() == at::kHalf   ? "float16"
