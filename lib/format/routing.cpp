@@ -1,6 +1,10 @@
 #include "moe/format/routing.h"
 
+#include <algorithm>
 #include <cstring>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "format/internal.h"
 #include "moe/io/error.h"
@@ -71,29 +75,48 @@ RoutingMeta RoutingMeta::from_json(const nlohmann::json& j) {
 }
 
 int64_t check_expert_rows(const uint16_t* e, size_t rows, int k, int num_experts, std::string* why) {
-  // A per-thread stamp per expert id: stamp == row tag means "already seen in this row". No clearing.
-  thread_local std::vector<uint32_t> seen(kMaxExperts, 0);
-  thread_local uint32_t tag = 0;
-  for (size_t r = 0; r < rows; ++r) {
+  // One stamp per expert id: stamp == the row's tag means "already seen in this row", so nothing is
+  // cleared between rows. The per-thread table is fetched once (thread_local access is not free).
+  thread_local std::vector<uint32_t> seen_table(kMaxExperts, 0);
+  thread_local uint32_t last_tag = 0;
+  uint32_t* seen = seen_table.data();
+  uint32_t tag = last_tag;
+  const uint16_t limit = static_cast<uint16_t>(std::min(num_experts, kMaxExperts) - 1);
+  int64_t bad = -1;
+  for (size_t r = 0; r < rows && bad < 0; ++r) {
     if (++tag == 0) {
-      std::fill(seen.begin(), seen.end(), 0);
+      std::fill(seen_table.begin(), seen_table.end(), 0);
       tag = 1;
     }
     const uint16_t* row = e + r * size_t(k);
     for (int j = 0; j < k; ++j) {
-      uint16_t x = row[j];
-      if (x >= num_experts) {
-        if (why) *why = "expert index " + std::to_string(x) + " out of range (num_experts " + std::to_string(num_experts) + ")";
-        return int64_t(r * k + j);
-      }
-      if (seen[x] == tag) {
-        if (why) *why = "expert " + std::to_string(x) + " appears twice in one (position, layer)";
-        return int64_t(r * k + j);
+      const uint16_t x = row[j];
+      if (x > limit || seen[x] == tag) {
+        bad = int64_t(r * k + j);
+        if (why)
+          *why = x > limit ? "expert index " + std::to_string(x) + " out of range (num_experts " + std::to_string(num_experts) + ")"
+                           : "expert " + std::to_string(x) + " appears twice in one (position, layer)";
+        break;
       }
       seen[x] = tag;
     }
   }
-  return -1;
+  last_tag = tag;
+  return bad;
+}
+
+// u8 -> u16 widening of index payloads (SSE2 is part of x86-64; elsewhere the compiler's loop).
+static void widen_u8(const unsigned char* src, uint16_t* dst, size_t n) {
+  size_t i = 0;
+#ifdef __SSE2__
+  const __m128i zero = _mm_setzero_si128();
+  for (; i + 16 <= n; i += 16) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm_unpacklo_epi8(v, zero));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i + 8), _mm_unpackhi_epi8(v, zero));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
 }
 
 // ---------------------------------------------------------------------------------------------- writer
@@ -209,7 +232,7 @@ void decode_routing(const std::string& name, const RoutingMeta& m, const Record&
   rec.experts.resize(cells);
   const auto* src = reinterpret_cast<const unsigned char*>(experts->via.bin.ptr);
   if (ib == 1) {
-    for (size_t i = 0; i < cells; ++i) rec.experts[i] = src[i];
+    widen_u8(src, rec.experts.data(), cells);
   } else {
     std::memcpy(rec.experts.data(), src, cells * 2);
   }

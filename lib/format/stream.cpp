@@ -163,8 +163,11 @@ struct StreamReader::Impl {
   uint64_t in_base = 0;  // compressed offset of inbuf[0]
   bool in_eof = false;
   size_t frame_left = 0;  // last ZSTD_decompressStream hint: 0 = at a frame boundary
-  // Decompressed window: bytes [beg, end) not yet consumed; buf[beg] is at uncompressed offset `off`.
-  std::vector<char> buf;
+  // Decompressed window: bytes [beg, end) not yet consumed; buf()[beg] is at uncompressed offset `off`.
+  // Records reference their bytes in place (no copy); while a Record holds the window (use_count > 1) the
+  // bytes before `end` are never overwritten: new data goes after them or into a fresh window.
+  std::shared_ptr<std::vector<char>> win = std::make_shared<std::vector<char>>();
+  std::vector<char>& buf() { return *win; }
   size_t beg = 0, end = 0;
   uint64_t off = 0;
   Header header;
@@ -193,19 +196,28 @@ struct StreamReader::Impl {
 
   // Decompresses more bytes into the window; false at the end of the input (nothing more came out).
   bool decompress_some(size_t min_room) {
-    if (beg == end) beg = end = 0;
-    if (buf.size() - end < min_room) {
-      if (beg > 0) {  // slide the unconsumed bytes to the front before growing
-        std::memmove(buf.data(), buf.data() + beg, end - beg);
+    const bool shared = win.use_count() > 1;
+    if (!shared && beg == end) beg = end = 0;
+    if (buf().size() - end < min_room) {
+      if (shared) {
+        auto fresh = std::make_shared<std::vector<char>>(std::max(buf().size(), end - beg + min_room));
+        std::memcpy(fresh->data(), buf().data() + beg, end - beg);
         end -= beg;
         beg = 0;
+        win = std::move(fresh);
+      } else {
+        if (beg > 0) {  // slide the unconsumed bytes to the front before growing
+          std::memmove(buf().data(), buf().data() + beg, end - beg);
+          end -= beg;
+          beg = 0;
+        }
+        if (buf().size() - end < min_room) buf().resize(std::max(buf().size() * 2, end + min_room));
       }
-      if (buf.size() - end < min_room) buf.resize(std::max(buf.size() * 2, end + min_room));
     }
     for (;;) {
       if (in_pos == in_len) read_input();
       ZSTD_inBuffer zin{inbuf.data(), in_len, in_pos};
-      ZSTD_outBuffer zout{buf.data() + end, buf.size() - end, 0};
+      ZSTD_outBuffer zout{buf().data() + end, buf().size() - end, 0};
       size_t ret = ZSTD_decompressStream(dctx, &zout, &zin);
       if (ZSTD_isError(ret)) {
         if (frame_left == 0)
@@ -229,7 +241,7 @@ struct StreamReader::Impl {
     for (;;) {
       size_t avail = end - beg, need = 0;
       if (avail > 0) {
-        auto st = scan.step(reinterpret_cast<const uint8_t*>(buf.data() + beg), avail, detail::kMaxRecordBytes, need);
+        auto st = scan.step(reinterpret_cast<const uint8_t*>(buf().data() + beg), avail, detail::kMaxRecordBytes, need);
         if (st == detail::Scan::kComplete) return scan.pos;
         if (st == detail::Scan::kInvalid) {
           if (need > detail::kMaxRecordBytes)
@@ -243,9 +255,13 @@ struct StreamReader::Impl {
         if (avail > 0)
           fail(off, std::string("truncated ") + what + ": the stream ends after " + std::to_string(avail) +
                         " of at least " + std::to_string(need) + " bytes");
-        if (frame_left != 0)
+        if (frame_left != 0 && std::string(what) == "header")
           fail(off, "truncated stream: the input ends inside a zstd frame (compressed offset " +
-                        std::to_string(in_base + in_pos) + ") after " + std::to_string(count) + " records");
+                        std::to_string(in_base + in_pos) + ") before the header is complete");
+        if (frame_left != 0)
+          fail(off, "truncated stream, missing trailer: the input ends inside an unfinished zstd frame (compressed offset " +
+                        std::to_string(in_base + in_pos) + ") after " + std::to_string(count) +
+                        " records (writer interrupted, or the file was cut)");
         if (std::string(what) == "header") fail(off, "empty zstd stream: no header");
         fail(off, "missing trailer: the stream ends after " + std::to_string(count) +
                       " records (writer interrupted, or the file was cut at a frame boundary)");
@@ -253,11 +269,10 @@ struct StreamReader::Impl {
     }
   }
 
-  // Unpacks the located object into rec (its own copy of the bytes) and consumes it.
+  // Unpacks the located object into rec; its str and bin values point into the window, which rec keeps alive.
   void take(Record& rec, size_t size) {
     auto zone = std::make_unique<msgpack::zone>();
-    char* copy = static_cast<char*>(zone->allocate_no_align(size));
-    std::memcpy(copy, buf.data() + beg, size);
+    const char* copy = buf().data() + beg;
     size_t pos = 0;
     msgpack::unpack_limit limit(size, size, size, size, size, detail::kMaxDepth);
     msgpack::object obj;
@@ -267,6 +282,7 @@ struct StreamReader::Impl {
       fail(off, std::string("bad msgpack: ") + e.what());
     }
     rec.handle = msgpack::object_handle(obj, std::move(zone));
+    rec.keepalive = win;
     rec.offset = off;
   }
 
@@ -370,7 +386,7 @@ StreamReader::StreamReader(io::Input& in, const std::string& expected_kind) : im
   r.dctx = ZSTD_createDCtx();
   if (!r.dctx) throw std::bad_alloc();
   r.inbuf.resize(ZSTD_DStreamInSize());
-  r.buf.resize(std::max<size_t>(ZSTD_DStreamOutSize() * 2, 1 << 18));
+  r.buf().resize(std::max<size_t>(ZSTD_DStreamOutSize() * 2, 1 << 18));
   XXH3_64bits_reset(&r.xxh);
   r.read_header();
   r.check_kind(expected_kind);
@@ -384,6 +400,9 @@ void StreamReader::fail(uint64_t offset, const std::string& what) const { impl_-
 
 bool StreamReader::next(Record& rec) {
   Impl& r = *impl_;
+  // Let go of the previous record's window first, so the reader can reuse it in place.
+  rec.handle = msgpack::object_handle();
+  rec.keepalive.reset();
   if (r.done) return false;
   size_t size = r.locate("record");
   r.take(rec, size);
@@ -409,7 +428,7 @@ bool StreamReader::next(Record& rec) {
     rec.handle = msgpack::object_handle();
     return false;
   }
-  XXH3_64bits_update(&r.xxh, r.buf.data() + r.beg, size);
+  XXH3_64bits_update(&r.xxh, r.buf().data() + r.beg, size);
   ++r.count;
   r.consume(size);
   return true;

@@ -84,10 +84,12 @@ MoeLayerOutput SparseMoeImpl::forward(const at::Tensor& x, RouterMode mode, cons
   const int64_t E = num_experts, K = top_k;
   at::Tensor w = mode == RouterMode::frozen ? gate->weight.detach() : gate->weight;
   at::Tensor logits = at::linear(x, w);                 // [N, E] model dtype
-  at::Tensor probs = at::softmax(logits, -1, at::kFloat);  // router softmax in fp32
+  // Router softmax in fp32 (float64 only for a float64 model, e.g. in gradient checks).
+  const auto rt = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor probs = at::softmax(logits, -1, rt);
   at::Tensor sel, sel_probs;
   if (mode == RouterMode::logits) {
-    at::Tensor gp = at::softmax(given_logits.detach(), -1, at::kFloat);
+    at::Tensor gp = at::softmax(given_logits.detach(), -1, rt);
     auto top = gp.topk(K, -1);
     sel = std::get<1>(top);
     sel_probs = std::get<0>(top);
@@ -129,9 +131,9 @@ MoeLayerOutput SparseMoeImpl::forward(const at::Tensor& x, RouterMode mode, cons
   r.hidden = out;
   if (want_capture) {
     r.indices = sel.detach();
-    r.probs = sel_probs.detach();
+    r.probs = sel_probs.detach().to(at::kFloat);
   }
-  if (probs_at.defined()) r.probs_at = probs.gather(1, probs_at);
+  if (probs_at.defined()) r.probs_at = probs.gather(1, probs_at).to(at::kFloat);
   if (want_logits) r.router_logits = logits.to(at::kFloat);
   return r;
 }
@@ -333,17 +335,32 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
   if (opt.last_logits_only) h = h.slice(1, T - 1);
   ForwardOutput out;
   out.logits = at::linear(h, lm_head_weight());
-  auto stack = [&](const std::vector<at::Tensor>& v, int64_t last) {
-    return v.empty() ? at::empty({B, T, 0, last}, v.empty() ? lopt : v[0].options()) : at::stack(v, 1).view({B, T, L, last});
+  // Per-layer [N, x] results -> [B, T, L, x]; a model without MoE layers gives empty L axes.
+  auto stack = [&](const std::vector<at::Tensor>& v, int64_t last, c10::ScalarType st) {
+    return v.empty() ? at::empty({B, T, 0, last}, at::TensorOptions().dtype(st).device(dev)) : at::stack(v, 1).view({B, T, L, last});
   };
   if (opt.capture_routing) {
-    out.routing_indices = stack(cap_i, K);
-    out.routing_probs = L ? stack(cap_p, K) : at::empty({B, T, 0, K}, at::TensorOptions().dtype(at::kFloat).device(dev));
+    out.routing_indices = stack(cap_i, K, at::kLong);
+    out.routing_probs = stack(cap_p, K, at::kFloat);
   }
-  if (pat.defined()) out.probs_at = stack(out_pat, K);
-  if (opt.return_router_logits)
-    out.router_logits = L ? stack(out_logits, E) : at::empty({B, T, 0, E}, at::TensorOptions().dtype(at::kFloat).device(dev));
+  if (pat.defined()) out.probs_at = stack(out_pat, K, at::kFloat);
+  if (opt.return_router_logits) out.router_logits = stack(out_logits, E, at::kFloat);
   return out;
+}
+
+at::Tensor load_balancing_loss(const at::Tensor& router_logits, const at::Tensor& mask, int64_t top_k) {
+  if (router_logits.dim() != 4) throw Error("load_balancing_loss: router_logits must be [B, T, L, E], got " + shape_str(router_logits.sizes()));
+  const int64_t B = router_logits.size(0), T = router_logits.size(1), L = router_logits.size(2), E = router_logits.size(3);
+  if (top_k < 1 || top_k > E) throw Error("load_balancing_loss: top_k " + std::to_string(top_k) + " outside [1, " + std::to_string(E) + "]");
+  at::Tensor probs = at::softmax(router_logits.to(at::kFloat), -1).reshape({B * T * L, E});
+  at::Tensor sel = std::get<1>(probs.topk(top_k, -1));                                  // [M, k]
+  at::Tensor chosen = at::one_hot(sel, E).to(at::kFloat);                                // [M, k, E]
+  at::Tensor w = mask.defined() ? mask.to(probs.device(), at::kFloat).reshape({B, T, 1}).expand({B, T, L}).reshape({-1})
+                                : at::ones({B * T * L}, probs.options());
+  at::Tensor denom = w.sum().clamp_min(1.0);
+  at::Tensor f = (chosen * w.view({-1, 1, 1})).sum(0) / denom;  // [k, E]
+  at::Tensor p = (probs * w.view({-1, 1})).sum(0) / denom;      // [E]
+  return (f * p.unsqueeze(0)).sum() * static_cast<double>(E);
 }
 
 // ---- weights ----

@@ -134,23 +134,20 @@ Score score_record(const format::RolloutRecord& rec, const RewardOptions& opts) 
 }
 
 std::string RewardSummary::to_string(Task task) const {
-  char buf[512];
-  const uint64_t kept_groups = groups - dropped_groups;
-  int n = std::snprintf(buf, sizeof buf, "%llu records in %llu groups, mean reward %.4f",
-                        (unsigned long long)records, (unsigned long long)groups, records ? reward_sum / records : 0.0);
-  std::string s(buf, n);
-  if (task != Task::keep || correct > 0) {
-    n = std::snprintf(buf, sizeof buf, ", accuracy %.2f%% (%llu/%llu)", records ? 100.0 * correct / records : 0.0,
-                      (unsigned long long)correct, (unsigned long long)records);
-    s.append(buf, n);
-  }
-  n = std::snprintf(buf, sizeof buf, ", uniform groups %.2f%% (%llu/%llu)", groups ? 100.0 * uniform_groups / groups : 0.0,
-                    (unsigned long long)uniform_groups, (unsigned long long)groups);
-  s.append(buf, n);
-  n = std::snprintf(buf, sizeof buf, ", dropped %llu records in %llu groups, wrote %llu records in %llu groups",
-                    (unsigned long long)dropped_records, (unsigned long long)dropped_groups,
-                    (unsigned long long)(records - dropped_records), (unsigned long long)kept_groups);
-  s.append(buf, n);
+  auto count = [](uint64_t n, const char* what) { return std::to_string(n) + " " + what + (n == 1 ? "" : "s"); };
+  auto pct = [](uint64_t a, uint64_t b) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.2f%% (%llu/%llu)", b ? 100.0 * a / b : 0.0, (unsigned long long)a,
+                  (unsigned long long)b);
+    return std::string(buf);
+  };
+  char mean[32];
+  std::snprintf(mean, sizeof mean, "%.4f", records ? reward_sum / records : 0.0);
+  std::string s = count(records, "record") + " in " + count(groups, "group") + ", mean reward " + mean;
+  if (task != Task::keep || correct > 0) s += ", accuracy " + pct(correct, records);
+  s += ", uniform groups " + pct(uniform_groups, groups);
+  s += ", dropped " + count(dropped_records, "record") + " in " + count(dropped_groups, "group");
+  s += ", wrote " + count(records - dropped_records, "record") + " in " + count(groups - dropped_groups, "group");
   return s;
 }
 

@@ -64,8 +64,9 @@ struct Loaded {
 };
 
 Loaded load(const RolloutRun& run) {
-  Loaded l{nullptr, tokenizer::CharTokenizer::load(run.model_dir + "/tokenizer.json"), ""};
-  l.model = model::load_model(run.model_dir, model::parse_device(run.device), model::parse_dtype(run.dtype));
+  // The model first: its errors name what is missing from the directory.
+  model::Qwen3Moe m = model::load_model(run.model_dir, model::parse_device(run.device), model::parse_dtype(run.dtype));
+  Loaded l{m, tokenizer::CharTokenizer::load(run.model_dir + "/tokenizer.json"), ""};
   if (l.tok.size() > l.model->config().vocab_size)
     throw Error(run.model_dir + ": tokenizer has " + std::to_string(l.tok.size()) + " tokens but config.json vocab_size is " +
                 std::to_string(l.model->config().vocab_size));

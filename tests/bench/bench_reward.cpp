@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
     moe::format::Header h;
     h.kind = "rollout";
     h.producer = {{"program", "bench_reward"}};
-    h.meta = {{"vocab_size", 64}, {"temperature", 1.0}, {"model_digest", "bench"}};
+    h.meta = {{"vocab_size", 256}, {"temperature", 1.0}, {"model_digest", "bench"}};
     moe::format::RolloutWriter w(out, h);
     for (size_t i = 0; i < n; ++i) {
       moe::format::RolloutRecord r;

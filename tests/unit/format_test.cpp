@@ -564,3 +564,84 @@ TEST_CASE("record_to_json decodes payloads by the header's schema", "[format][js
   CHECK(rec.find("n_pos")->via.u64 == 3);
   CHECK(rec.find("nope") == nullptr);
 }
+
+#include "moe/format/route_dump.h"
+
+namespace {
+std::string write_routing(const std::string& name, const std::vector<RoutingRecord>& recs) {
+  std::string path = scratch_dir() + "/" + name;
+  moe::io::Output out(path);
+  RoutingWriter w(out, test_header(), meta(1, 4, 2, "f32"));
+  for (const auto& r : recs) w.write(r);
+  w.finish();
+  out.close();
+  return path;
+}
+RoutingRecord rr(uint64_t id, int64_t first, std::vector<uint16_t> e, std::vector<float> p) {
+  RoutingRecord r;
+  r.id = id;
+  r.first_pos = first;
+  r.n_pos = int64_t(e.size() / 2);
+  r.experts = std::move(e);
+  r.probs = std::move(p);
+  return r;
+}
+}  // namespace
+
+TEST_CASE("route diff: exact shares, Jaccard, probability differences and unmatched positions", "[format][diff]") {
+  std::string a = write_routing("diff-a.zst", {rr(0, 0, {0, 1, 2, 3, 0, 2}, {.5f, .3f, .4f, .4f, .6f, .1f}),
+                                               rr(7, 0, {0, 1, 1, 0}, {.5f, .5f, .5f, .5f})});
+  std::string b = write_routing("diff-b.zst", {rr(5, 0, {1, 2}, {.5f, .5f}),
+                                               rr(0, 1, {3, 2, 0, 3, 1, 2}, {.3f, .4f, .5f, .2f, .5f, .5f})});
+  std::string out_path = scratch_dir() + "/diff.json";
+  moe::format::route_dump::DiffSummary s;
+  {
+    moe::io::Input ia(a), ib(b);
+    moe::io::Output out(out_path);
+    s = moe::format::route_dump::diff(ia, ib, out, {true});
+    out.close();
+  }
+  CHECK(s.tokens_compared == 2);
+  CHECK(s.token_mismatch == 0.5);
+  json j = json::parse(moe::io::read_file(out_path));
+  CHECK(j["records_compared"] == 1);
+  CHECK(j["only_a"]["records"] == 1);
+  CHECK(j["only_a"]["positions"] == 3);  // position 0 of id 0, and id 7
+  CHECK(j["only_b"]["records"] == 1);
+  CHECK(j["only_b"]["positions"] == 2);  // position 3 of id 0, and id 5
+  CHECK(j["overall"]["mismatch"] == 0.5);
+  CHECK(j["overall"]["jaccard"].get<double>() == Approx(2.0 / 3));
+  CHECK(j["overall"]["prob_mad"].get<double>() == Approx(0.2 / 3).epsilon(1e-6));
+  CHECK(j["mean_differing_layers"] == 0.5);
+  CHECK(j["layers"][0]["layer"] == 1);
+  CHECK(j["max_buffered_records"].get<int>() >= 1);
+}
+
+TEST_CASE("a Record stays valid while later records are read (payloads are referenced, not copied)", "[format][stream]") {
+  std::string path = scratch_dir() + "/keepalive.zst";
+  moe::testing::RoutingSynth synth(4, 64, 4, 3);
+  std::vector<RoutingRecord> written(40);
+  {
+    moe::io::Output out(path);
+    RoutingWriter w(out, test_header(), meta(4, 64, 4, "f32"));
+    for (uint64_t i = 0; i < written.size(); ++i) {
+      synth.fill(i, 0, int64_t(50 + 300 * (i % 3)), true, 0, 0, written[i]);  // records of 3 KB .. 60 KB
+      w.write(written[i]);
+    }
+    w.finish();
+    out.close();
+  }
+  moe::io::Input in(path);
+  StreamReader r(in, "routing");
+  RoutingMeta m = RoutingMeta::from_json(r.header().meta);
+  std::vector<Record> held(written.size());  // every record kept alive at once
+  for (auto& rec : held) REQUIRE(r.next(rec));
+  Record end;
+  CHECK_FALSE(r.next(end));
+  for (size_t i = 0; i < held.size(); ++i) {
+    RoutingRecord got;
+    decode_routing(r.name(), m, held[i], got);
+    CHECK(got.experts == written[i].experts);
+    CHECK(got.probs == written[i].probs);
+  }
+}

@@ -137,9 +137,12 @@ TEST_CASE("safetensors round trip in f32 and bf16", "[model]") {
   std::string dir = scratch_dir();
   at::Tensor a = at::randn({3, 5}), b = at::randn({7}).to(at::kBFloat16), c = at::arange(6, at::kLong).view({2, 3});
   at::Tensor nc = at::randn({4, 6}).t();  // non-contiguous
-  write_safetensors(dir + "/x.safetensors", {{"b", b}, {"a", a}, {"c", c}, {"nc", nc}});
+  at::Tensor hf = at::randn({2, 2}).to(at::kHalf);
+  write_safetensors(dir + "/x.safetensors", {{"b", b}, {"a", a}, {"c", c}, {"nc", nc}, {"h", hf}});
   SafetensorsFile f(dir + "/x.safetensors");
-  CHECK(f.names() == std::vector<std::string>{"a", "b", "c", "nc"});
+  CHECK(f.names() == std::vector<std::string>{"a", "b", "c", "h", "nc"});
+  CHECK(f.entry("h").dtype == "F16");
+  CHECK(at::equal(f.get("h", at::kFloat), hf.to(at::kFloat)));
   CHECK(f.metadata().at("format") == "pt");
   CHECK(f.entry("b").dtype == "BF16");
   CHECK(at::equal(f.get("a"), a));
@@ -285,6 +288,37 @@ TEST_CASE("replay gating follows algorithms.md worked example 7", "[model]") {
   // native would pick {0, 1}
   MoeLayerOutput n = moe->forward(x, RouterMode::native, {}, {}, {}, {}, false, true);
   CHECK(at::equal(std::get<0>(n.indices.sort(-1)), at::tensor({0, 1}, at::kLong).view({1, 2})));
+}
+
+TEST_CASE("replay gating gradient matches finite differences", "[model]") {
+  json j = tiny_json();
+  j["hidden_size"] = 4;
+  j["num_experts"] = 4;
+  SparseMoe moe(parse_config(j));
+  moe->to(at::kDouble);
+  {
+    at::NoGradGuard ng;
+    for (auto& p : moe->parameters()) p.normal_(0, 0.7);
+  }
+  at::Tensor x = at::randn({3, 4}, at::kDouble);
+  at::Tensor idx = at::tensor({3, 1, 0, 2, 2, 3}, at::kLong).view({3, 2});
+  auto loss = [&] { return moe->forward(x, RouterMode::replay, idx, {}, {}, idx, false, false).hidden.pow(2).sum(); };
+  moe->zero_grad();
+  loss().backward();
+  at::Tensor g = moe->gate->weight.grad().clone();
+  REQUIRE(g.abs().max().item<double>() > 0);
+  at::NoGradGuard ng;
+  const double h = 1e-6;
+  for (int e = 0; e < 4; ++e)
+    for (int k = 0; k < 4; k += 3) {
+      double w0 = moe->gate->weight[e][k].item<double>();
+      moe->gate->weight[e][k].fill_(w0 + h);
+      double up = loss().item<double>();
+      moe->gate->weight[e][k].fill_(w0 - h);
+      double dn = loss().item<double>();
+      moe->gate->weight[e][k].fill_(w0);
+      CHECK(g[e][k].item<double>() == Approx((up - dn) / (2 * h)).margin(1e-6));
+    }
 }
 
 TEST_CASE("replay uses exactly the given indices and gradients reach the router", "[model]") {
@@ -466,5 +500,7 @@ TEST_CASE("parity with transformers on the committed fixture", "[model][parity]"
     CHECK(at::equal(ours.masked_select(v4), theirs.masked_select(v4)));
     double dl = (out.router_logits - ref.get("router_logits")).abs().masked_select(v4).max().item<double>();
     CHECK(dl <= 1e-4);
+    at::Tensor aux = load_balancing_loss(out.router_logits, mask, m->config().num_experts_per_tok);
+    CHECK(aux.item<double>() == Approx(ref.get("aux_loss").item<double>()).epsilon(1e-5));
   }
 }

@@ -6,6 +6,7 @@
 
 #include "moe/cli/app.h"
 #include "moe/format/stream.h"
+#include "moe/io/error.h"
 #include "moe/rollout/run.h"
 
 int main(int argc, char** argv) {

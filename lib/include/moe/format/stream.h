@@ -31,8 +31,10 @@ struct Header {
 nlohmann::json make_producer(const std::string& program, int argc, char** argv);
 
 // One record as read: its msgpack map (valid while the Record lives) and where it started.
+// str and bin values point into the reader's decompression window, which `keepalive` pins (no copy).
 struct Record {
   msgpack::object_handle handle;
+  std::shared_ptr<const void> keepalive;
   uint64_t offset = 0;  // uncompressed byte offset of the record in the stream
   const msgpack::object& map() const { return handle.get(); }
   // The value under `key`, or nullptr.

@@ -1,6 +1,16 @@
 // The Qwen3-MoE causal language model (Hugging Face Qwen3MoeForCausalLM, model_type "qwen3_moe").
 // Module and parameter names are the Hub checkpoint keys (model.layers.N.mlp.experts.E.up_proj.weight, ...).
 // Router hooks are explicit: every forward takes a RoutingPlan; nothing is global.
+//
+// Typical use (rollout: left-padded prompts, KV cache, routing capture):
+//   Qwen3Moe m = load_model(dir, parse_device("cpu"), at::kFloat);
+//   at::NoGradGuard ng;
+//   KVCache cache;
+//   ForwardOptions opt; opt.capture_routing = true; opt.last_logits_only = true;
+//   ForwardOutput o = m->forward(prompt_ids, prompt_mask, RoutingPlan::native(), opt, &cache);  // [B, P]
+//   ... sample next [B, 1] from o.logits[:, -1]; rows already finished pass mask 0 ...
+//   o = m->forward(next, step_mask, RoutingPlan::native(), opt, &cache);                        // [B, 1]
+// Training (R3): m->forward(ids, mask, RoutingPlan::replay(rollout_indices), opt_with_probs_at).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
@@ -161,6 +171,13 @@ class Qwen3MoeImpl : public torch::nn::Module {
   at::Tensor inv_freq_;                       // [head_dim / 2] float32, CPU
 };
 TORCH_MODULE(Qwen3Moe);
+
+// The load-balancing auxiliary loss of transformers' Qwen3-MoE (Switch-Transformer style), over all MoE
+// layers and real tokens: num_experts * sum_{slot, e} f[slot, e] * P[e], f = share of (token, layer) pairs whose
+// slot-th top-k choice is e, P[e] = mean router probability of e. router_logits [B, T, L, E] (e.g.
+// ForwardOutput::router_logits), mask [B, T] (undefined = all tokens). Returns a scalar float32 with gradient;
+// the caller multiplies by router_aux_loss_coef.
+at::Tensor load_balancing_loss(const at::Tensor& router_logits, const at::Tensor& mask, int64_t top_k);
 
 // Initialises every parameter as Hugging Face does: Linear and Embedding weights ~ N(0, initializer_range),
 // biases 0, norm weights 1, the pad_token_id row of the embedding 0. Deterministic for a seed (CPU generator,

@@ -1,0 +1,34 @@
+#!/usr/bin/env bats
+# Every script in shell_examples/ runs here, so examples cannot rot. Scripts declare the programs they
+# need in a "# needs:" line; those that need only moe-route-dump take two routing streams as arguments.
+
+setup() {
+  load common
+  setup_common
+}
+
+@test "shell_examples needing only moe-route-dump run on generated routing streams" {
+  moe_gen_routing --records 30 --positions 20 --layers 4 -o "$TMP/a.zst"
+  moe_gen_routing --records 30 --positions 20 --layers 4 --perturb 0.2 -o "$TMP/b.zst"
+  ran=0
+  for script in "$SRC"/shell_examples/*.sh; do
+    needs=$(sed -n 's/^# needs: //p' "$script")
+    [ "$needs" = "moe-route-dump" ] || continue
+    run bash "$script" "$TMP/a.zst" "$TMP/b.zst"
+    echo "$script: $output"
+    [ "$status" -eq 0 ]
+    run bash "$script" "$TMP/a.zst" "$TMP/b.zst" 0.01
+    [ "$status" -eq 3 ]
+    ran=$((ran + 1))
+  done
+  [ "$ran" -ge 1 ]
+}
+
+@test "route_diff.sh lists every layer and the token summary" {
+  moe_gen_routing --records 10 --positions 10 --layers 3 -o "$TMP/a.zst"
+  moe_gen_routing --records 10 --positions 10 --layers 3 --perturb 0.5 -o "$TMP/b.zst"
+  run bash "$SRC/shell_examples/route_diff.sh" "$TMP/a.zst" "$TMP/b.zst"
+  [ "$status" -eq 0 ]
+  [ "$(grep -c '^  layer ' <<<"$output")" -eq 3 ]
+  [[ "$output" == *"tokens with >= 1 differing layer"* ]]
+}
