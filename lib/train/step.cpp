@@ -186,30 +186,6 @@ double read_rollouts(const std::string& path, const std::string& routing_path, c
                      bool need_advantage, std::vector<Sequence>& out) {
   const int64_t L = mc.num_moe_layers(), K = mc.num_experts_per_tok, E = mc.num_experts;
   const std::string digest = model::config_digest(mc);
-  std::map<uint64_t, std::pair<int64_t, at::Tensor>> routes;  // id -> (first_pos, [n_pos, L, K])
-  std::string rname;
-  if (!routing_path.empty()) {
-    io::Input rin(routing_path);
-    format::RoutingReader rr(rin);
-    rname = rr.name();
-    const auto& m = rr.meta();
-    std::vector<int> ids = mc.moe_layer_ids();
-    if (m.num_layers != L || m.top_k != K || m.num_experts != E || m.layer_ids != ids)
-      throw Error(rname + ": routing stream shape (" + std::to_string(m.num_layers) + " MoE layers, top-" + std::to_string(m.top_k) +
-                  " of " + std::to_string(m.num_experts) + " experts) does not match the model (" + std::to_string(L) +
-                  " MoE layers, top-" + std::to_string(K) + " of " + std::to_string(E) + ")");
-    if (!m.model_digest.empty() && m.model_digest != digest)
-      throw Error(rname + ": routing stream comes from another model (model_digest " + m.model_digest + ", this model " + digest + ")");
-    format::RoutingRecord rec;
-    while (rr.next(rec)) {
-      at::Tensor t = at::empty({rec.n_pos, L, K}, at::kLong);
-      int64_t* p = t.data_ptr<int64_t>();
-      for (size_t i = 0; i < rec.experts.size(); ++i) p[i] = rec.experts[i];
-      if (!routes.emplace(rec.id, std::make_pair(rec.first_pos, t)).second)
-        throw Error(where(rname, rr.offset()) + "duplicate routing record id " + std::to_string(rec.id));
-    }
-  }
-
   io::Input in(path);
   format::RolloutReader r(in);
   const auto& meta = r.header().meta;
@@ -247,19 +223,46 @@ double read_rollouts(const std::string& path, const std::string& routing_path, c
                     std::to_string(s.response.size()) + " response tokens");
       s.logp_roll = rec.logprobs;
     }
-    if (!routing_path.empty()) {
-      auto it = routes.find(rec.id);
-      if (it == routes.end()) throw Error(rname + ": no routing record for rollout id " + std::to_string(rec.id));
-      const int64_t need = static_cast<int64_t>(s.prompt.size() + s.response.size()) - 1;
-      const int64_t first = it->second.first, n = it->second.second.size(0);
-      if (first > 0 || first + n < need)
-        throw Error(rname + ": routing record " + std::to_string(rec.id) + " covers positions " + std::to_string(first) + ".." +
-                    std::to_string(first + n - 1) + ", training needs 0.." + std::to_string(need - 1));
-      s.rollout_routing = it->second.second.narrow(0, -first, need).contiguous();
-      routes.erase(it);
-    }
     out.push_back(std::move(s));
     rec = format::RolloutRecord{};
+  }
+  // The routing stream is opened only after the rollout stream reached its end: in
+  // `moe-rollout --routing-out R | moe-reward | moe-train-step --routing R`, R is complete (renamed into
+  // place) before moe-rollout closes its stdout.
+  if (routing_path.empty()) return temperature;
+  std::map<uint64_t, std::pair<int64_t, at::Tensor>> routes;  // id -> (first_pos, [n_pos, L, K])
+  std::string rname;
+  if (!routing_path.empty()) {
+    io::Input rin(routing_path);
+    format::RoutingReader rr(rin);
+    rname = rr.name();
+    const auto& m = rr.meta();
+    std::vector<int> ids = mc.moe_layer_ids();
+    if (m.num_layers != L || m.top_k != K || m.num_experts != E || m.layer_ids != ids)
+      throw Error(rname + ": routing stream shape (" + std::to_string(m.num_layers) + " MoE layers, top-" + std::to_string(m.top_k) +
+                  " of " + std::to_string(m.num_experts) + " experts) does not match the model (" + std::to_string(L) +
+                  " MoE layers, top-" + std::to_string(K) + " of " + std::to_string(E) + ")");
+    if (!m.model_digest.empty() && m.model_digest != digest)
+      throw Error(rname + ": routing stream comes from another model (model_digest " + m.model_digest + ", this model " + digest + ")");
+    format::RoutingRecord rec;
+    while (rr.next(rec)) {
+      at::Tensor t = at::empty({rec.n_pos, L, K}, at::kLong);
+      int64_t* p = t.data_ptr<int64_t>();
+      for (size_t i = 0; i < rec.experts.size(); ++i) p[i] = rec.experts[i];
+      if (!routes.emplace(rec.id, std::make_pair(rec.first_pos, t)).second)
+        throw Error(where(rname, rr.offset()) + "duplicate routing record id " + std::to_string(rec.id));
+    }
+  }
+
+  for (auto& s : out) {
+    auto it = routes.find(s.id);
+    if (it == routes.end()) throw Error(rname + ": no routing record for rollout id " + std::to_string(s.id));
+    const int64_t need = static_cast<int64_t>(s.prompt.size() + s.response.size()) - 1;
+    const int64_t first = it->second.first, n = it->second.second.size(0);
+    if (first > 0 || first + n < need)
+      throw Error(rname + ": routing record " + std::to_string(s.id) + " covers positions " + std::to_string(first) + ".." +
+                  std::to_string(first + n - 1) + ", training needs 0.." + std::to_string(need - 1));
+    s.rollout_routing = it->second.second.narrow(0, -first, need).contiguous();
   }
   return temperature;
 }

@@ -2,6 +2,7 @@
 #include <c10/util/string_utils.h>
 #include <torch/optim/adamw.h>
 
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <set>
@@ -296,6 +297,8 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   const bool dp = comm_ && comm_->world_size() > 1;
   const double T = cfg_.sft ? 1.0 : cfg_.temperature;
   for (auto& kv : model_->named_parameters(true)) kv.value().mutable_grad().reset();
+  auto clock = [] { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
+  const double t0 = clock();
 
   algo::Metrics metrics;
   at::Tensor loss;
@@ -452,12 +455,18 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
     }
   } else {
     if (!dp) throw Error("update: empty mini-batch");
+    // No sequences on this rank: contribute zero to the collectives the others make.
+    if (!cfg_.sft) {
+      std::vector<at::Tensor> den{at::zeros({2}, at::kFloat)};
+      comm_->all_reduce_sum(den);
+    }
   }
 
   const double local_loss = loss.defined() ? loss.item<double>() : 0.0;
   if (!std::isfinite(local_loss))
     throw Error("non-finite loss (" + std::to_string(local_loss) + ") at optimizer step " + std::to_string(global_step_ + 1) +
                 ": step aborted, checkpoint left untouched");
+  const double t1 = clock();
   if (loss.defined() && loss.requires_grad()) loss.backward();
 
   std::vector<at::Tensor> params;
@@ -479,6 +488,7 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
       }
     }
   }
+  const double t2 = clock();
   // Global L2 norm, clipped as torch.nn.utils.clip_grad_norm_ does.
   double norm = 0;
   {
@@ -503,6 +513,7 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   for (auto& g : impl_->opt->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
   impl_->opt->step();
   ++global_step_;
+  const double t3 = clock();
 
   // Metrics: this rank's means, combined over ranks weighted by response tokens.
   metrics["loss"] = local_loss;
@@ -525,6 +536,9 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
     metrics["loss"] = comm_->sum(local_loss);
   }
   metrics["grad_norm"] = norm;
+  metrics["time/forward"] = t1 - t0;    // forward + loss
+  metrics["time/backward"] = t2 - t1;   // backward + gradient all-reduce
+  metrics["time/optimizer"] = t3 - t2;  // clip + AdamW
   metrics["lr"] = lr;
   metrics["tokens"] = static_cast<double>(global_tokens);
   metrics["step"] = static_cast<double>(global_step_);
