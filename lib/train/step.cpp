@@ -421,7 +421,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   // Updates.
   const double t_upd0 = now_s();
   int64_t updates = 0;
-  double loss_sum = 0;
+  double loss_sum = 0, trained_tokens = 0;
   std::mt19937_64 rng(cfg.seed);
   auto permutation = [&](size_t n) {
     std::vector<size_t> order(n);
@@ -443,6 +443,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     m["seconds"] = now_s() - t0;
     ++updates;
     loss_sum += m["loss"];
+    trained_tokens += static_cast<double>(tokens);
     nlohmann::json j = metrics_json(m);
     j["kind"] = "update";
     for (auto& [k, v] : where_.items()) j[k] = v;
@@ -532,15 +533,13 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   summary["loss"] = updates ? loss_sum / static_cast<double>(updates) : 0.0;
   summary["updates"] = static_cast<double>(updates);
   summary["sequences"] = static_cast<double>(seqs.size());
-  summary["tokens"] = total_tokens_all;
+  summary["tokens"] = trained_tokens;  // response tokens trained on, summed over updates (epochs, steps)
   summary["step"] = static_cast<double>(trainer.global_step());
   summary["time/old_pass"] = t_old;
   summary["time/updates"] = t_upd;
   summary["time/save"] = t_save;
   summary["seconds"] = now_s() - t_start;
-  // Trained tokens per second of update time (epochs count every pass).
-  const double trained = total_tokens_all * (tc.sft && cfg.sft_steps > 0 ? 0 : static_cast<double>(cfg.epochs));
-  if (t_upd > 0 && trained > 0) summary["tokens_per_s"] = trained / (t_upd + t_old);
+  if (t_upd + t_old > 0) summary["tokens_per_s"] = trained_tokens / (t_upd + t_old);
   nlohmann::json j = metrics_json(summary);
   j["kind"] = "summary";
   j["algo"] = st_extra["algo"];
