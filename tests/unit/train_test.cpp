@@ -172,7 +172,7 @@ TEST_CASE("replay-rollout replays exactly the given indices and gradients reach 
   CHECK(any_nonzero_grad(m->router_parameters()));
 }
 
-TEST_CASE("replay-old replays the old pass's native experts; router gets gradients", "[train]") {
+TEST_CASE("replay-old replays the old pass native experts and the router gets gradients", "[train]") {
   auto m = tiny_model();
   auto seqs = make_seqs(4);
   TrainConfig tc;
