@@ -1,5 +1,6 @@
 // Test-only: max |a - b| over the F32 tensors of two safetensors files (same names and shapes), printed
 // as one number. Exit 1 when the names, dtypes or shapes differ. No libtorch (reads the format directly).
+//   moe_tensor_diff [--match SUBSTR] A.safetensors B.safetensors   (--match: only tensors whose name has SUBSTR)
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -30,8 +31,14 @@ File load(const char* path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::string match;
+  if (argc == 5 && std::strcmp(argv[1], "--match") == 0) {
+    match = argv[2];
+    argv += 2;
+    argc -= 2;
+  }
   if (argc != 3) {
-    std::fprintf(stderr, "usage: moe_tensor_diff A.safetensors B.safetensors\n");
+    std::fprintf(stderr, "usage: moe_tensor_diff [--match SUBSTR] A.safetensors B.safetensors\n");
     return 2;
   }
   try {
@@ -42,7 +49,7 @@ int main(int argc, char** argv) {
       if (!b.header.contains(name)) throw std::runtime_error("tensor " + name + " only in " + argv[1]);
       const auto& eb = b.header[name];
       if (ea["dtype"] != eb["dtype"] || ea["shape"] != eb["shape"]) throw std::runtime_error("tensor " + name + " differs in dtype or shape");
-      if (ea["dtype"] != "F32") continue;
+      if (ea["dtype"] != "F32" || name.find(match) == std::string::npos) continue;
       const uint64_t a0 = ea["data_offsets"][0], a1 = ea["data_offsets"][1], b0 = eb["data_offsets"][0];
       for (uint64_t i = 0; i < (a1 - a0) / 4; ++i) {
         float x, y;
