@@ -18,11 +18,12 @@ trap 'rm -rf "$work"' EXIT
 for ((i = 0; i < steps; i++)); do
   # moe-train-step reads the routing stream only after the rollout stream ended, when moe-rollout has
   # already put routes.zst in place.
-  moe-data countdown -n "$prompts" --seed "$i" \
+  moe-data countdown -n "$prompts" --seed "$i" -q \
     | moe-rollout -m "$model" -G "${G:-4}" --max-new-tokens "${MAX_NEW:-24}" --seed "$i" \
         --routing-out "$work/routes.zst" -q \
     | moe-reward --task countdown -q \
     | moe-train-step -m "$model" --algo "${ALGO:-rspo}" --router "${ROUTER:-replay-rollout}" \
         --routing "$work/routes.zst" --seed "$i" --metrics "$metrics" -q
-  tail -n 1 "$metrics" | sed 's/^/step '"$i"': /' | cut -c1-200
+  # the step's summary line: a few of its fields
+  echo "step $i: $(tail -n 1 "$metrics" | grep -o '"\(loss\|tokens\|seconds\|step\)":[^,}]*' | paste -sd' ')"
 done
