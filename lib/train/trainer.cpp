@@ -421,13 +421,6 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
         // removed), mirroring compute_policy_loss.
         algo::LossConfig c = cfg_.loss;
         const algo::Agg agg = algo::effective_agg(c);
-        if (agg == algo::Agg::seq_mean_token_sum_norm && c.loss_scale <= 0) c.loss_scale = static_cast<double>(global_max_len);
-        algo::LossConfig pc = c;
-        pc.kl_coef = 0;
-        pc.entropy_coef = 0;
-        pc.aux_coef = 0;
-        algo::LossOutputs lo_ = algo::compute_policy_loss(pc, in);
-        metrics.insert(lo_.metrics.begin(), lo_.metrics.end());
         at::Tensor eff = b.resp > 0;
         if (c.router_shift && c.rs.mask_below > 0)
           eff = eff & algo::router_shift(in.router_p_old, in.router_p_new.detach(), in.mask, c.rs).keep;
@@ -439,6 +432,15 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
         std::vector<at::Tensor> den{at::tensor({eff_tokens, eff_rows}, at::kFloat)};
         comm_->all_reduce_sum(den);
         const double g_tokens = den[0][0].item<double>(), g_rows = den[0][1].item<double>();
+        // seq-mean-token-sum-norm without --loss-scale: the longest kept row of the whole mini-batch.
+        if (agg == algo::Agg::seq_mean_token_sum_norm && c.loss_scale <= 0)
+          c.loss_scale = comm_->max(eff.sum(1).max().item<double>());
+        algo::LossConfig pc = c;
+        pc.kl_coef = 0;
+        pc.entropy_coef = 0;
+        pc.aux_coef = 0;
+        algo::LossOutputs lo_ = algo::compute_policy_loss(pc, in);
+        metrics.insert(lo_.metrics.begin(), lo_.metrics.end());
         auto share = [](double l, double g) { return g > 0 ? l / g : 0.0; };
         double agg_scale = 1;
         if (agg == algo::Agg::token_mean) agg_scale = share(eff_tokens, g_tokens);
@@ -459,6 +461,7 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
     if (!cfg_.sft) {
       std::vector<at::Tensor> den{at::zeros({2}, at::kFloat)};
       comm_->all_reduce_sum(den);
+      if (algo::effective_agg(cfg_.loss) == algo::Agg::seq_mean_token_sum_norm && cfg_.loss.loss_scale <= 0) comm_->max(0);
     }
   }
 
@@ -541,6 +544,7 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   metrics["time/optimizer"] = t3 - t2;  // clip + AdamW
   metrics["lr"] = lr;
   metrics["tokens"] = static_cast<double>(global_tokens);
+  metrics["response_len_max"] = static_cast<double>(global_max_len);
   metrics["step"] = static_cast<double>(global_step_);
   return metrics;
 }

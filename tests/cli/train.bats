@@ -234,6 +234,24 @@ same_dir() {
   awk -v d="$d" 'BEGIN { exit !(d < 1e-5) }'
 }
 
+@test "data parallel: 3 processes (uneven shares) with drgrpo + KL + entropy give the weights of 1 process" {
+  fresh "$TMP/one"
+  fresh "$TMP/three"
+  args=(--algo drgrpo --kl-coef 0.1 --ref "$W/m0" --entropy-coef 0.01 --seed 4 --threads 1 -q)
+  moe-train-step -m "$TMP/one" "$W/rew.zst" "${args[@]}"
+  port=$((20000 + RANDOM % 20000))
+  pids=()
+  for r in 1 2; do
+    moe-train-step -m "$TMP/three" "$W/rew.zst" "${args[@]}" --rank $r --world-size 3 --master-port "$port" &
+    pids+=($!)
+  done
+  moe-train-step -m "$TMP/three" "$W/rew.zst" "${args[@]}" --rank 0 --world-size 3 --master-port "$port"
+  for p in "${pids[@]}"; do wait "$p"; done
+  d=$(moe_tensor_diff "$TMP/one/model.safetensors" "$TMP/three/model.safetensors")
+  echo "max diff $d"
+  awk -v d="$d" 'BEGIN { exit !(d < 1e-5) }'
+}
+
 @test "data parallel: a rank that dies makes the other exit non-zero without writing" {
   fresh "$TMP/m"
   cp -r "$TMP/m" "$TMP/orig"
