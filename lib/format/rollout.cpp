@@ -12,7 +12,7 @@ namespace {
   throw Error(name + ": offset " + std::to_string(offset) + ": " + what);
 }
 
-const char* const kKnown[] = {"id",        "group",         "sample",      "prompt_tokens", "response_tokens",
+constexpr std::string_view kKnown[] = {"id",        "group",         "sample",      "prompt_tokens", "response_tokens",
                               "logprobs",  "prev_logprobs", "finish_reason", "prompt_text", "response_text",
                               "task",      "reward",        "advantage",   "reward_info"};
 constexpr int kNumKnown = sizeof(kKnown) / sizeof(kKnown[0]);
@@ -139,7 +139,7 @@ void decode_rollout(const std::string& name, int64_t vocab_size, const Record& r
     if (f[idx]) fail(name, at, "duplicate key \"" + std::string(k) + "\"");
     f[idx] = &kv.val;
   }
-  auto where = [&](const char* key) { return std::string("\"") + key + "\""; };
+  auto where = [&](std::string_view key) { return "\"" + std::string(key) + "\""; };
   auto get_uint = [&](int i, uint64_t max) {
     const msgpack::object* o = f[i];
     if (!o) fail(name, at, "rollout record without " + where(kKnown[i]));

@@ -1,5 +1,7 @@
 #include "moe/format/route_dump.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cinttypes>
 #include <cmath>
@@ -144,6 +146,8 @@ void show(io::Input& in, io::Output& out, const ShowOptions& opt) {
     cols = select_layers(meta, opt.layers, r.name());
   }
   const int64_t vocab = rollout_vocab_size(h);
+  // On a terminal, show each record as soon as it is decoded (e.g. behind a running moe-rollout).
+  const bool live = out.is_stdout() && ::isatty(1);
   Record raw;
   RoutingRecord rr;
   RolloutRecord ro;
@@ -159,6 +163,7 @@ void show(io::Input& in, io::Output& out, const ShowOptions& opt) {
       if (opt.jsonl) write_json_line(out, rollout_to_json(ro));
       else show_rollout_text(out, ro);
     }
+    if (live) out.flush();  // before the next read, which may wait for the producer
   }
 }
 
@@ -184,15 +189,16 @@ void stats_routing(StreamReader& r, io::Output& out, const StatsOptions& opt) {
         const size_t base = (size_t(t) * L + l) * K;
         for (size_t k = 0; k < K; ++k) ++counts[l * E + rec.experts[base + k]];
         if (rec.probs.empty()) continue;
-        double sum = 0;
-        for (size_t k = 0; k < K; ++k) sum += std::max(0.0f, rec.probs[base + k]);
-        if (!(sum > 0) || !std::isfinite(sum)) continue;
-        double hsum = 0;
+        // H = -sum q ln q with q = p / S equals ln S - (sum p ln p) / S: one log per probability, in float
+        // (ample for a mean over positions), accumulated in double.
+        float sum = 0, plogp = 0;
         for (size_t k = 0; k < K; ++k) {
-          double q = std::max(0.0f, rec.probs[base + k]) / sum;
-          if (q > 0) hsum -= q * std::log(q);
+          const float p = std::max(0.0f, rec.probs[base + k]);
+          sum += p;
+          if (p > 0) plogp += p * std::log(p);
         }
-        entropy[l] += hsum;
+        if (!(sum > 0) || !std::isfinite(sum)) continue;
+        entropy[l] += std::max(0.0, double(std::log(sum)) - double(plogp) / double(sum));
         mass[l] += sum;
         ++prob_rows[l];
       }
@@ -344,7 +350,9 @@ struct Differ {
   std::vector<LayerAcc> layers;
   uint64_t records = 0, tokens = 0, tokens_diff = 0, diff_layers = 0;
   uint64_t only_a_records = 0, only_b_records = 0, only_a_pos = 0, only_b_pos = 0;
-  std::vector<std::pair<uint16_t, float>> ra, rb;
+  std::vector<uint32_t> seen;  // per expert: == tag when in A's current (position, layer) set
+  std::vector<float> prob_a;   // per expert: A's probability in the current set
+  uint32_t tag = 0;
 
   void compare(const RoutingRecord& a, const RoutingRecord& b) {
     ++records;
@@ -355,31 +363,33 @@ struct Differ {
     only_b_pos += uint64_t(b.n_pos - overlap);
     const size_t L = m.num_layers, K = m.top_k;
     const bool probs = !a.probs.empty() && !b.probs.empty();
-    ra.resize(K);
-    rb.resize(K);
+    if (seen.size() != size_t(m.num_experts)) {
+      seen.assign(size_t(m.num_experts), 0);
+      prob_a.assign(size_t(m.num_experts), 0.f);
+      tag = 0;
+    }
     for (int64_t t = lo; t < hi; ++t) {
       uint64_t differing = 0;
       for (size_t l = 0; l < L; ++l) {
         const size_t ia = (size_t(t - a.first_pos) * L + l) * K, ib = (size_t(t - b.first_pos) * L + l) * K;
-        for (size_t k = 0; k < K; ++k) {
-          ra[k] = {a.experts[ia + k], probs ? a.probs[ia + k] : 0.f};
-          rb[k] = {b.experts[ib + k], probs ? b.probs[ib + k] : 0.f};
+        // Mark A's experts (a stamp per expert: no clearing, no sorting), then look B's up.
+        if (++tag == 0) {
+          std::fill(seen.begin(), seen.end(), 0);
+          tag = 1;
         }
-        std::sort(ra.begin(), ra.end());
-        std::sort(rb.begin(), rb.end());
+        for (size_t k = 0; k < K; ++k) {
+          seen[a.experts[ia + k]] = tag;
+          if (probs) prob_a[a.experts[ia + k]] = a.probs[ia + k];
+        }
         size_t inter = 0;
         LayerAcc& acc = layers[l];
-        for (size_t i = 0, j = 0; i < K && j < K;) {
-          if (ra[i].first < rb[j].first) ++i;
-          else if (rb[j].first < ra[i].first) ++j;
-          else {
-            ++inter;
-            if (probs) {
-              acc.prob_abs += std::fabs(double(ra[i].second) - double(rb[j].second));
-              ++acc.prob_n;
-            }
-            ++i;
-            ++j;
+        for (size_t k = 0; k < K; ++k) {
+          const uint16_t e = b.experts[ib + k];
+          if (seen[e] != tag) continue;
+          ++inter;
+          if (probs) {
+            acc.prob_abs += std::fabs(double(prob_a[e]) - double(b.probs[ib + k]));
+            ++acc.prob_n;
           }
         }
         ++acc.pairs;

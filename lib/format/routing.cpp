@@ -65,6 +65,8 @@ RoutingMeta RoutingMeta::from_json(const nlohmann::json& j) {
   for (const auto& x : *ids) {
     if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > 1000000)
       throw bad("\"layer_ids\" holds a value that is not a layer index");
+    if (std::find(m.layer_ids.begin(), m.layer_ids.end(), x.get<int>()) != m.layer_ids.end())
+      throw bad("\"layer_ids\" lists layer " + std::to_string(x.get<int>()) + " twice");
     m.layer_ids.push_back(x.get<int>());
   }
   if (m.index_dtype != "u8" && m.index_dtype != "u16") throw bad("index_dtype \"" + m.index_dtype + "\" is not u8 or u16");
@@ -74,7 +76,31 @@ RoutingMeta RoutingMeta::from_json(const nlohmann::json& j) {
   return m;
 }
 
+#ifdef __SSE2__
+// Rows of exactly 8 experts (the common top-8): one SSE2 register per row. A duplicate pair sits at lane
+// distance d or 8 - d for some d in 1..4, so comparing the row with its rotations by 1..4 lanes finds it;
+// out of range is a saturating subtract of num_experts - 1. True when every row is fine.
+static bool rows_ok_k8(const uint16_t* e, size_t rows, int num_experts) {
+  const __m128i last = _mm_set1_epi16(static_cast<short>(num_experts - 1));
+  const __m128i zero = _mm_setzero_si128();
+  __m128i bad = zero;
+  for (size_t r = 0; r < rows; ++r) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(e + 8 * r));
+    __m128i acc = _mm_subs_epu16(v, last);  // nonzero lanes: index > num_experts - 1
+    acc = _mm_or_si128(acc, _mm_cmpeq_epi16(v, _mm_or_si128(_mm_srli_si128(v, 2), _mm_slli_si128(v, 14))));
+    acc = _mm_or_si128(acc, _mm_cmpeq_epi16(v, _mm_or_si128(_mm_srli_si128(v, 4), _mm_slli_si128(v, 12))));
+    acc = _mm_or_si128(acc, _mm_cmpeq_epi16(v, _mm_or_si128(_mm_srli_si128(v, 6), _mm_slli_si128(v, 10))));
+    acc = _mm_or_si128(acc, _mm_cmpeq_epi16(v, _mm_shuffle_epi32(v, 0x4e)));  // rotate by 4 lanes
+    bad = _mm_or_si128(bad, acc);
+  }
+  return _mm_movemask_epi8(_mm_cmpeq_epi8(bad, zero)) == 0xffff;
+}
+#endif
+
 int64_t check_expert_rows(const uint16_t* e, size_t rows, int k, int num_experts, std::string* why) {
+#ifdef __SSE2__
+  if (k == 8 && num_experts >= 8 && rows_ok_k8(e, rows, num_experts)) return -1;  // else: find and name the fault
+#endif
   // One stamp per expert id: stamp == the row's tag means "already seen in this row", so nothing is
   // cleared between rows. The per-thread table is fetched once (thread_local access is not free).
   thread_local std::vector<uint32_t> seen_table(kMaxExperts, 0);
@@ -213,7 +239,8 @@ void decode_routing(const std::string& name, const RoutingMeta& m, const Record&
   };
   rec.id = need_uint(id, "id");
   uint64_t fp = need_uint(first, "first_pos"), np = need_uint(npos, "n_pos");
-  if (fp > (uint64_t(1) << 40) || np > (uint64_t(1) << 40)) fail(name, at, "first_pos or n_pos is implausibly large");
+  // Bounds keep n_pos * layers * k * 4 bytes far from overflowing 64 bits (2^36 * 2^12 * 2^10 * 4 = 2^60).
+  if (fp > (uint64_t(1) << 36) || np > (uint64_t(1) << 36)) fail(name, at, "first_pos or n_pos is implausibly large (> 2^36)");
   rec.first_pos = int64_t(fp);
   rec.n_pos = int64_t(np);
   const size_t cells = size_t(np) * m.num_layers * m.top_k;

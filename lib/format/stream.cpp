@@ -251,7 +251,12 @@ struct StreamReader::Impl {
       } else {
         need = 1;
       }
-      if (!decompress_some(std::max<size_t>(need > avail ? need - avail : 1, ZSTD_DStreamOutSize()))) {
+      // Grow the window by at most about what it already holds: a declared length is trusted only as fast
+      // as bytes arrive, so a short stream claiming a huge record never gets a huge buffer.
+      const size_t want = need > avail ? need - avail : 1;
+      const size_t room = std::max<size_t>(std::min<size_t>(want, std::max<size_t>(avail, size_t(1) << 20)),
+                                           ZSTD_DStreamOutSize());
+      if (!decompress_some(room)) {
         if (avail > 0)
           fail(off, std::string("truncated ") + what + ": the stream ends after " + std::to_string(avail) +
                         " of at least " + std::to_string(need) + " bytes");
@@ -270,8 +275,10 @@ struct StreamReader::Impl {
   }
 
   // Unpacks the located object into rec; its str and bin values point into the window, which rec keeps alive.
-  void take(Record& rec, size_t size) {
-    auto zone = std::make_unique<msgpack::zone>();
+  // `zone` may be a previous record's zone: it is cleared and reused (one allocation less per record).
+  void take(Record& rec, size_t size, std::unique_ptr<msgpack::zone> zone = nullptr) {
+    if (zone) zone->clear();
+    else zone = std::make_unique<msgpack::zone>();
     const char* copy = buf().data() + beg;
     size_t pos = 0;
     msgpack::unpack_limit limit(size, size, size, size, size, detail::kMaxDepth);
@@ -364,13 +371,33 @@ struct StreamReader::Impl {
                    " (records corrupted)");
   }
 
-  // After the trailer: nothing may follow, neither decompressed bytes nor further compressed input.
+  // Makes at least n compressed bytes available at inbuf[in_pos] unless the input ends first.
+  void peek_input(size_t n) {
+    while (in_len - in_pos < n && !in_eof) {
+      std::memmove(inbuf.data(), inbuf.data() + in_pos, in_len - in_pos);
+      in_base += in_pos;
+      in_len -= in_pos;
+      in_pos = 0;
+      size_t got = in.read(inbuf.data() + in_len, inbuf.size() - in_len);
+      if (got == 0) in_eof = true;
+      in_len += got;
+    }
+  }
+
+  // After the trailer: nothing may follow, neither decompressed bytes nor further compressed input except
+  // zstd skippable frames (e.g. a seek table appended by the zstd seekable format).
   void check_end() {
     for (;;) {
       if (end > beg) fail(off, "trailing data after the trailer");
       if (frame_left == 0) {
-        if (in_pos < in_len || read_input())
-          fail_compressed("trailing data after the trailer (after the last zstd frame)");
+        peek_input(4);
+        if (in_pos == in_len) return;
+        const auto* p = reinterpret_cast<const unsigned char*>(inbuf.data() + in_pos);
+        bool skippable = in_len - in_pos >= 4 && (uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 |
+                                                  uint32_t(p[3]) << 24) >> 4 == 0x184D2A5u;
+        if (!skippable) fail_compressed("trailing data after the trailer (after the last zstd frame)");
+        if (decompress_some(ZSTD_DStreamOutSize())) continue;  // output: a data frame followed the skippable one
+        if (frame_left != 0) fail_compressed("truncated stream: the input ends inside a skippable frame");
         return;
       }
       if (!decompress_some(ZSTD_DStreamOutSize())) {
@@ -400,12 +427,13 @@ void StreamReader::fail(uint64_t offset, const std::string& what) const { impl_-
 
 bool StreamReader::next(Record& rec) {
   Impl& r = *impl_;
-  // Let go of the previous record's window first, so the reader can reuse it in place.
+  // Let go of the previous record's window first, so the reader can reuse it in place; keep its zone.
+  std::unique_ptr<msgpack::zone> zone = std::move(rec.handle.zone());
   rec.handle = msgpack::object_handle();
   rec.keepalive.reset();
   if (r.done) return false;
   size_t size = r.locate("record");
-  r.take(rec, size);
+  r.take(rec, size, std::move(zone));
   const msgpack::object& m = rec.map();
   if (m.type != msgpack::type::MAP) r.fail(r.off, std::string("record is not a map (found ") + detail::type_name(m) + ")");
   // Keys are strings and unique: a reader must not depend on which duplicate a decoder happens to pick.

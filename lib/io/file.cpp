@@ -143,9 +143,8 @@ void Output::write(const void* data, size_t n) {
   if (closed_) throw Error(name_ + ": write after close");
   if (buf_.size() + n > cap_) {
     flush();
-    if (n >= cap_) {  // large writes go straight through
-      buf_.assign(static_cast<const char*>(data), n);
-      flush();
+    if (n >= cap_) {  // large writes go straight through, without a copy into the buffer
+      write_fd(static_cast<const char*>(data), n);
       return;
     }
   }
@@ -153,8 +152,11 @@ void Output::write(const void* data, size_t n) {
 }
 
 void Output::flush() {
-  const char* p = buf_.data();
-  size_t left = buf_.size();
+  write_fd(buf_.data(), buf_.size());
+  buf_.clear();
+}
+
+void Output::write_fd(const char* p, size_t left) {
   while (left > 0) {
     ssize_t w = ::write(fd_, p, left);
     if (w < 0) {
@@ -165,7 +167,6 @@ void Output::flush() {
     p += w;
     left -= static_cast<size_t>(w);
   }
-  buf_.clear();
 }
 
 void Output::close() {

@@ -126,6 +126,28 @@ Figures read_raw(const std::string& path) {  // container only: zstd, msgpack fr
   return f;
 }
 
+// libzstd alone, in process: stream the file through ZSTD_decompressStream into a 1 MiB buffer and drop
+// the output. The floor of any reader built on libzstd.
+Figures read_libzstd(const std::string& path) {
+  Figures f;
+  double t0 = now();
+  moe::io::Input in(path);
+  ZSTD_DCtx* d = ZSTD_createDCtx();
+  std::vector<char> ibuf(ZSTD_DStreamInSize()), obuf(1 << 20);
+  for (size_t n; (n = in.read(ibuf.data(), ibuf.size())) > 0;) {
+    ZSTD_inBuffer zin{ibuf.data(), n, 0};
+    while (zin.pos < zin.size) {
+      ZSTD_outBuffer zout{obuf.data(), obuf.size(), 0};
+      size_t ret = ZSTD_decompressStream(d, &zout, &zin);
+      if (ZSTD_isError(ret)) std::exit(1);
+      f.bytes += zout.pos;
+    }
+  }
+  ZSTD_freeDCtx(d);
+  f.seconds = now() - t0;
+  return f;
+}
+
 // `zstd -d` of the same file to /dev/null, wall time (best of `runs`).
 double zstd_cli_seconds(const std::string& path, int runs) {
   double best = 1e30;
@@ -193,13 +215,15 @@ int main(int argc, char** argv) {
     Figures w = in_child([&] { return write_stream(path, n, seq_len, level); });
     // Warm the page cache once so the reader and zstd -d see the same state; best of `runs` each.
     zstd_cli_seconds(path, 1);
-    Figures r, raw;
-    r.seconds = raw.seconds = 1e30;
+    Figures r, raw, lib;
+    r.seconds = raw.seconds = lib.seconds = 1e30;
     for (int i = 0; i < runs; ++i) {
       Figures x = in_child([&] { return read_typed(path); });
       if (x.seconds < r.seconds) r = x;
       Figures y = in_child([&] { return read_raw(path); });
       if (y.seconds < raw.seconds) raw = y;
+      Figures z = read_libzstd(path);
+      if (z.seconds < lib.seconds) lib = z;
     }
     double z = zstd_cli_seconds(path, runs);
     const uint64_t csize = file_size(path);
@@ -214,7 +238,9 @@ int main(int argc, char** argv) {
                    (unsigned long long)w.bytes);
       return 1;
     }
-    std::printf("%10s (synthetic data generation, not timed: %.1f s; reader checksum %llu)\n", "",
+    std::printf("%10s libzstd alone in process: %.1f MB/s of decompressed stream (typed read = %.0f%% of it); "
+                "synthetic data generation (not timed) %.1f s; reader checksum %llu\n", "",
+                double(lib.bytes) / 1e6 / lib.seconds, 100.0 * lib.seconds / r.seconds * double(w.bytes) / double(lib.bytes),
                 w.gen_seconds, (unsigned long long)r.checksum);
     if (!keep) std::remove(path.c_str());
   }

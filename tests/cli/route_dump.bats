@@ -94,6 +94,25 @@ assert all(len(r['probs'][0][0])==2 for r in recs)
   [ "$n" -ge 13 ]
 }
 
+@test "u16 indices, f32 and absent probabilities work end to end" {
+  for opts in "--index-dtype u16 --prob-dtype f32" "--experts 1000 --prob-dtype none" "--prob-dtype f16"; do
+    $GEN --records 5 --positions 6 --layers 3 $opts -o "$TMP/a.zst"
+    $GEN --records 5 --positions 6 --layers 3 $opts --perturb 1 -o "$TMP/b.zst"
+    run moe-route-dump stats --json "$TMP/a.zst"
+    [ "$status" -eq 0 ]
+    [ "$(json_get <(echo "$output") "j['positions']")" = "30" ]
+    run bash -c "moe-route-dump diff --json '$TMP/a.zst' '$TMP/b.zst' > '$TMP/d.json'"
+    [ "$status" -eq 0 ]
+    # every row perturbed: every (token, layer) pair differs
+    [ "$(json_get "$TMP/d.json" "j['overall']['mismatch'], j['token_mismatch']")" = "1.0 1.0" ]
+    run moe-route-dump show --jsonl --id 4 "$TMP/b.zst"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *'"id":4'* ]]
+  done
+  run moe-route-dump show --header "$TMP/a.zst"
+  [[ "$output" == *'"prob_dtype":"f16"'* ]]
+}
+
 @test "truncated and trailer-less streams from the generator are errors" {
   run bash -c "$GEN --records 50 --no-trailer | moe-route-dump stats"
   [ "$status" -eq 1 ]
@@ -134,6 +153,7 @@ for l in j['layers']:
     assert sum(l['counts'])==4000, l['counts']
     assert abs(sum(l['share'])-1)<1e-9
     assert 0 < l['entropy'] <= math.log(4)+1e-9
+    assert 0.5 - 1e-3 <= l['topk_mass'] <= 0.95 + 1e-3
     assert l['cv'] > 0.2   # skewed popularity, not uniform
 " "$TMP/s.json"
   [ "$status" -eq 0 ]

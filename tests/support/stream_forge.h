@@ -170,11 +170,15 @@ class RoutingSynth {
         for (int k = 0; k < K_; ++k) used[row[k]] = 0;
         if (with_probs) {
           float* p = &rec.probs[(size_t(t) * L_ + l) * K_];
-          double v = 0.15 + 0.35 * double((s = splitmix(s)) >> 11) * 0x1.0p-53;
+          // Descending probabilities whose top-k mass is 0.5 .. 0.95 (a softmax over all experts sums to 1).
+          double v = 1, sum = 0;
           for (int k = 0; k < K_; ++k) {
             p[k] = float(v);
+            sum += v;
             v *= 0.5 + 0.45 * double((s = splitmix(s)) >> 11) * 0x1.0p-53;
           }
+          const double mass = 0.5 + 0.45 * double((s = splitmix(s)) >> 11) * 0x1.0p-53;
+          for (int k = 0; k < K_; ++k) p[k] = float(p[k] * mass / sum);
         }
       }
   }

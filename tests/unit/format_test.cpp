@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <string>
 
@@ -643,5 +644,135 @@ TEST_CASE("a Record stays valid while later records are read (payloads are refer
     decode_routing(r.name(), m, held[i], got);
     CHECK(got.experts == written[i].experts);
     CHECK(got.probs == written[i].probs);
+  }
+}
+
+TEST_CASE("skippable frames after the trailer are allowed, data frames are not", "[format][stream]") {
+  Forge f = good_forge();
+  std::string skippable = std::string("\x5e\x2a\x4d\x18\x04\x00\x00\x00" "seek", 12);
+  CHECK(read_all(put("skip-after.zst", f.zst() + skippable)) == 2);
+  require_error(put("skip-then-data.zst", f.zst() + skippable + f.zst()), "trailing data after the trailer");
+  require_error(put("skip-cut.zst", f.zst() + skippable.substr(0, 10)), "inside a skippable frame");
+}
+
+TEST_CASE("mutated streams are read or rejected with moe::Error, never anything worse", "[format][fuzz]") {
+  // A valid routing stream and a valid rollout stream, mutated at the msgpack level (then compressed) and at
+  // the zstd level. Every outcome must be a clean read or a moe::Error naming the file.
+  std::vector<std::string> raws;
+  raws.push_back(good_forge().raw());
+  {
+    std::string path = scratch_dir() + "/fuzz-rollout.zst";
+    moe::io::Output out(path);
+    Header h = test_header();
+    h.meta = {{"vocab_size", 100}};
+    RolloutWriter w(out, h);
+    RolloutRecord r;
+    r.prompt_tokens = {1, 2, 3};
+    r.response_tokens = {4, 5};
+    r.logprobs = {-1, -2};
+    r.task = {{"a", {1, "x", nullptr}}};
+    r.reward = 0.5;
+    r.extra.push_back({"k", moe::testing::pack_json(json{{"z", 1.5}})});
+    for (uint64_t i = 0; i < 3; ++i) {
+      r.id = i;
+      w.write(r);
+    }
+    w.finish();
+    out.close();
+    std::string z = moe::io::read_file(path);
+    std::string raw;  // the writer's frame is streamed (no content size): decompress by streaming
+    ZSTD_DCtx* d = ZSTD_createDCtx();
+    ZSTD_inBuffer in{z.data(), z.size(), 0};
+    std::vector<char> buf(1 << 16);
+    while (in.pos < in.size) {
+      ZSTD_outBuffer o{buf.data(), buf.size(), 0};
+      REQUIRE_FALSE(ZSTD_isError(ZSTD_decompressStream(d, &o, &in)));
+      raw.append(buf.data(), o.pos);
+    }
+    ZSTD_freeDCtx(d);
+    raws.push_back(raw);
+  }
+  std::mt19937_64 rng(2024);
+  int ok = 0, rejected = 0;
+  std::string path = scratch_dir() + "/fuzz.zst";
+  for (int iter = 0; iter < 3000; ++iter) {
+    std::string raw = raws[iter % raws.size()];
+    std::string bytes;
+    int mode = int(rng() % 4);
+    if (mode < 3) {  // msgpack-level: flip / overwrite / delete bytes
+      int edits = 1 + int(rng() % 4);
+      for (int e = 0; e < edits && !raw.empty(); ++e) {
+        size_t at = rng() % raw.size();
+        if (mode == 0) raw[at] = char(raw[at] ^ (1 << (rng() % 8)));
+        else if (mode == 1) raw[at] = char(rng());
+        else raw.erase(at, 1 + rng() % 8);
+      }
+      bytes = Forge::compress_frames(raw, {});
+    } else {  // zstd-level: corrupt the compressed bytes
+      bytes = Forge::compress_frames(raw, {raw.size() / 2});
+      size_t at = rng() % bytes.size();
+      bytes[at] = char(bytes[at] ^ (1 << (rng() % 8)));
+    }
+    {
+      std::remove(path.c_str());  // a fresh file each round: rewriting in place makes ext4 flush on close
+      std::ofstream f(path, std::ios::binary);  // no fsync: 3000 rounds
+      f.write(bytes.data(), std::streamsize(bytes.size()));
+    }
+    try {
+      read_all(path);
+      ++ok;
+    } catch (const moe::Error& e) {
+      ++rejected;
+      if (std::string(e.what()).find(path) == std::string::npos) FAIL("message without the file name: " << e.what());
+    }
+  }
+  CHECK(rejected > 2000);  // almost every mutation is detected (the checksum sees payload flips)
+  INFO("clean reads " << ok);
+}
+
+#include <sys/resource.h>
+
+TEST_CASE("a short stream declaring a huge record does not get a huge buffer", "[format][bad]") {
+  Forge f = good_forge();
+  f.trailer = false;
+  f.records.push_back(std::string("\x81\xa1x\xc6\x3f\xf0\x00\x00", 8) + std::string(1000, 'x'));  // bin32 of 1023 MiB
+  std::string path = put("huge-claim.zst", f.zst());
+  rusage before{}, after{};
+  getrusage(RUSAGE_SELF, &before);
+  require_error(path, "truncated record");
+  getrusage(RUSAGE_SELF, &after);
+  CHECK(after.ru_maxrss - before.ru_maxrss < 64 * 1024);  // KiB: far below the 1 GiB claimed
+}
+
+TEST_CASE("expert row checks: every duplicate distance and range edge, top-8 fast path and generic", "[format][routing]") {
+  for (int k : {8, 7, 2}) {
+    for (int experts : {8, 16, 300, 65536}) {
+      if (experts < k) continue;
+      std::vector<uint16_t> rows(5 * size_t(k));  // 5 valid rows, each of k distinct experts
+      for (int r = 0; r < 5; ++r)
+        for (int j = 0; j < k; ++j) rows[r * k + j] = uint16_t((j * (experts / k) + r % std::max(1, experts / k)) % experts);
+      INFO("k " << k << " experts " << experts);
+      REQUIRE(check_expert_rows(rows.data(), 5, k, experts, nullptr) == -1);
+      for (int a = 0; a < k; ++a)
+        for (int b = 0; b < k; ++b) {
+          if (a == b) continue;
+          auto bad = rows;
+          bad[3 * k + b] = bad[3 * k + a];  // duplicate in row 3
+          std::string why;
+          int64_t at = check_expert_rows(bad.data(), 5, k, experts, &why);
+          CHECK(at == 3 * k + std::max(a, b));
+          CHECK(why.find("twice") != std::string::npos);
+        }
+      if (experts < 65536) {
+        for (uint16_t v : {uint16_t(experts), uint16_t(experts + 1), uint16_t(65535), uint16_t(32768)}) {
+          if (v < experts) continue;
+          auto bad = rows;
+          bad[4 * k + k - 1] = v;
+          std::string why;
+          CHECK(check_expert_rows(bad.data(), 5, k, experts, &why) == 4 * k + k - 1);
+          CHECK(why.find("out of range") != std::string::npos);
+        }
+      }
+    }
   }
 }

@@ -3,7 +3,6 @@
 // moe::UsageError on options that do not fit the stream (exit 2).
 #pragma once
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <vector>
 

@@ -47,6 +47,7 @@ class Output {
   bool is_stdout() const { return fd_ == 1; }
 
  private:
+  void write_fd(const char* p, size_t n);  // every byte or an exception
   int fd_ = -1;
   std::string name_, path_, tmp_path_;
   std::string buf_;
