@@ -15,50 +15,18 @@
 #include "moe/model/config.h"
 #include "moe/model/qwen3_moe.h"
 #include "moe/rollout/generate.h"
+#include "moe/rollout/prompts.h"
 #include "moe/tokenizer/char_tokenizer.h"
 
 namespace moe::eval {
 namespace {
 
-struct Prompt {
-  int64_t lineno = 0;  // in its file, for messages
-  std::string text;
-  nlohmann::json task;
-  std::vector<int64_t> tokens;
-};
+using rollout::Prompt;
 
-std::vector<Prompt> read_prompts(const std::string& path, const std::string& prompt_key,
-                                 const tokenizer::CharTokenizer& tok) {
-  io::Input in(path);
-  std::vector<Prompt> prompts;
-  std::string line;
-  for (int64_t lineno = 1; in.getline(line); ++lineno) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = in.name() + ":" + std::to_string(lineno) + ": ";
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw Error(where + "malformed JSON (" + e.what() + ")");
-    }
-    if (!j.is_object()) throw Error(where + "expected a JSON object");
-    auto it = j.find(prompt_key);
-    if (it == j.end()) throw Error(where + "no \"" + prompt_key + "\" key (see --prompt-key)");
-    if (!it->is_string()) throw Error(where + "\"" + prompt_key + "\" is not a string");
-    Prompt p;
-    p.lineno = lineno;
-    p.text = it->get<std::string>();
-    if (p.text.empty()) throw Error(where + "empty prompt");
-    j.erase(it);
-    p.task = std::move(j);
-    try {
-      p.tokens = tok.encode(p.text);
-    } catch (const Error& e) {
-      throw Error(where + e.what());
-    }
-    prompts.push_back(std::move(p));
-  }
-  if (prompts.empty()) throw Error(in.name() + ": no prompts");
+std::vector<Prompt> read_prompt_set(const std::string& path, const std::string& prompt_key,
+                                    const tokenizer::CharTokenizer& tok) {
+  std::vector<Prompt> prompts = rollout::read_prompts(path, prompt_key, tok);
+  if (prompts.empty()) throw Error((path == "-" || path.empty() ? std::string("<stdin>") : path) + ": no prompts");
   return prompts;
 }
 
@@ -107,7 +75,7 @@ EvalResult run_eval(const EvalRun& run) {
 
   // Every dataset is read (and checked) before the first token is generated.
   std::vector<std::vector<Prompt>> sets;
-  for (const auto& path : run.data) sets.push_back(read_prompts(path, run.prompt_key, tok));
+  for (const auto& path : run.data) sets.push_back(read_prompt_set(path, run.prompt_key, tok));
   // A payload the checker cannot use fails now, not after generating everything before it: the checkers
   // look at the payload before the response.
   for (size_t d = 0; d < sets.size(); ++d)

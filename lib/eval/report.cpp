@@ -21,6 +21,7 @@
 #include "moe/cli/app.h"
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/io/jsonl.h"
 
 extern char** environ;
 
@@ -163,22 +164,14 @@ const std::vector<std::string>& report_metrics() {
 }
 
 RunMetrics read_metrics(const std::string& path, const std::string& label) {
-  io::Input in(path);
+  io::JsonlReader in(path);
   RunMetrics run;
   run.label = label;
   run.path = in.name();
   Series updates, summaries;
-  std::string line;
-  for (int64_t lineno = 1; in.getline(line); ++lineno) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = in.name() + ":" + std::to_string(lineno) + ": ";
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw Error(where + "malformed JSON (" + e.what() + ")");
-    }
-    if (!j.is_object()) throw Error(where + "expected a JSON object");
+  nlohmann::json j;
+  while (in.next(j)) {
+    const std::string where = in.where();
     auto st = j.find("step");
     if (st == j.end() || !st->is_number() || !std::isfinite(st->get<double>()))
       throw Error(where + "no numeric \"step\" (is this a moe-train-step metrics file?)");

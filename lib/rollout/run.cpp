@@ -11,48 +11,11 @@
 #include "moe/io/file.h"
 #include "moe/model/config.h"
 #include "moe/model/qwen3_moe.h"
+#include "moe/rollout/prompts.h"
 #include "moe/tokenizer/char_tokenizer.h"
 
 namespace moe::rollout {
 namespace {
-
-struct Prompt {
-  std::string text;
-  nlohmann::json task;
-  std::vector<int64_t> tokens;
-};
-
-std::vector<Prompt> read_prompts(const RolloutRun& run, const tokenizer::CharTokenizer& tok) {
-  io::Input in(run.input);
-  std::vector<Prompt> prompts;
-  std::string line;
-  for (int64_t lineno = 1; in.getline(line); ++lineno) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = in.name() + ":" + std::to_string(lineno) + ": ";
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw Error(where + "malformed JSON (" + e.what() + ")");
-    }
-    if (!j.is_object()) throw Error(where + "expected a JSON object");
-    auto it = j.find(run.prompt_key);
-    if (it == j.end()) throw Error(where + "no \"" + run.prompt_key + "\" key (see --prompt-key)");
-    if (!it->is_string()) throw Error(where + "\"" + run.prompt_key + "\" is not a string");
-    Prompt p;
-    p.text = it->get<std::string>();
-    if (p.text.empty()) throw Error(where + "empty prompt");
-    j.erase(it);
-    p.task = std::move(j);
-    try {
-      p.tokens = tok.encode(p.text);
-    } catch (const Error& e) {
-      throw Error(where + e.what());
-    }
-    prompts.push_back(std::move(p));
-  }
-  return prompts;
-}
 
 std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
 std::vector<int64_t> to_i64(const std::vector<int32_t>& v) { return std::vector<int64_t>(v.begin(), v.end()); }
@@ -142,7 +105,7 @@ void check_run(const RolloutRun& run) {
 void run_sample(const RolloutRun& run) {
   check_run(run);
   Loaded l = load(run);
-  std::vector<Prompt> prompts = read_prompts(run, l.tok);
+  std::vector<Prompt> prompts = read_prompts(run.input, run.prompt_key, l.tok);
 
   GenerateOptions gen = run.gen;
   gen.eos_id = l.tok.eos_id();

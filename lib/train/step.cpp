@@ -24,6 +24,7 @@
 #include "moe/format/routing.h"
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/io/jsonl.h"
 #include "moe/model/config.h"
 #include "moe/tokenizer/char_tokenizer.h"
 #include "moe/train/step.h"
@@ -97,15 +98,9 @@ void read_sft_jsonl(const std::string& name, const std::string& text, const toke
     if (e == std::string::npos) e = text.size();
     std::string line = text.substr(pos, e - pos);
     pos = e + 1;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string at = name + ":" + std::to_string(lineno) + ": ";
     nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& ex) {
-      throw Error(at + "malformed JSON (" + ex.what() + ")");
-    }
-    if (!j.is_object()) throw Error(at + "expected a JSON object");
+    if (!io::parse_jsonl_line(line, at, j)) continue;
     for (const std::string* k : {&cfg.prompt_key, &cfg.solution_key})
       if (!j.contains(*k) || !j[*k].is_string()) throw Error(at + "no string \"" + *k + "\" (SFT JSONL needs prompt and solution)");
     Sequence s;

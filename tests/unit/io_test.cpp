@@ -72,3 +72,21 @@ TEST_CASE("replace_dir swaps a staged directory in", "[io]") {
   moe::io::replace_dir(staged, dir + "/other");
   CHECK(moe::io::read_file(dir + "/other/w") == "fresh");
 }
+
+#include "moe/io/jsonl.h"
+
+TEST_CASE("JsonlReader skips blank lines and names file and line in errors", "[io]") {
+  std::string dir = scratch_dir();
+  moe::io::write_file_atomic(dir + "/a.jsonl", "{\"a\": 1}\n\n  \n{\"a\": 2}\n[1, 2]\n{bad\n");
+  moe::io::JsonlReader in(dir + "/a.jsonl");
+  nlohmann::json j;
+  REQUIRE(in.next(j));
+  CHECK(j["a"] == 1);
+  CHECK(in.lineno() == 1);
+  REQUIRE(in.next(j));
+  CHECK(j["a"] == 2);
+  CHECK(in.lineno() == 4);
+  CHECK_THROWS_WITH(in.next(j), Catch::Contains("a.jsonl:5: expected a JSON object"));
+  CHECK_THROWS_WITH(in.next(j), Catch::Contains("a.jsonl:6: malformed JSON"));
+  CHECK_FALSE(in.next(j));
+}
