@@ -112,7 +112,11 @@ int run_tool(const char* prog, int argc, char** argv, const std::function<void(C
     print_error("out of memory");
     return kExitError;
   } catch (const std::exception& e) {
-    print_error(e.what());
+    // libtorch's errors (c10::Error) append a C++ backtrace that means nothing to a user: keep the message.
+    std::string msg = e.what();
+    auto bt = msg.find("\nException raised from ");
+    if (bt != std::string::npos) msg.resize(bt);
+    print_error(msg);
     return kExitError;
   }
   return close_stdout(code);

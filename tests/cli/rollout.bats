@@ -174,3 +174,12 @@ PY
   [ "$status" -eq 2 ]
   [[ "$output" == *"refusing to write a binary rollout stream to a terminal"* ]]
 }
+
+@test "a device this libtorch lacks is a one-line error, not a backtrace" {
+  run moe-rollout -m "$TMP/m" "$TMP/p.jsonl" --device cuda -o "$TMP/o.zst"
+  if [ "$status" -eq 0 ]; then skip "this libtorch has CUDA and a device"; fi
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"cuda"* ]]
+  [[ "$output" != *"frame #"* ]]
+  [ "$(wc -l <<<"$output")" -eq 1 ]
+}
