@@ -1,0 +1,159 @@
+// The train-step driver of moe-train-step: old pass, mini-batch updates with AdamW, checkpoint and
+// optimizer state, metrics, data parallel over c10d. The tool's main only fills a StepConfig.
+//
+// Positions: a sequence of n = P + R tokens (P prompt, R response) is forwarded as its first n - 1 tokens;
+// input position p predicts token p + 1, so the R response tokens are predicted at input positions
+// P-1 .. P+R-2. Those are the "response-producing" positions: log-probs, router probabilities of the router
+// shift, routing agreement and the loss all live there. Routing (rollout stream, old pass, replay) covers
+// every input position 0 .. P+R-2, as moe-rollout's routing stream does (formats/routing.md).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "moe/algo/loss.h"
+#include "moe/model/qwen3_moe.h"
+
+namespace moe::train {
+
+// --router (algorithms.md "Router control").
+enum class RouterControl { free, freeze, replay_old, replay_rollout, copy_old_logits };
+RouterControl parse_router_control(const std::string& name);  // throws moe::UsageError
+const char* to_string(RouterControl r);
+
+struct OptimConfig {
+  double lr = 1e-4;            // peak learning rate (AdamW)
+  double weight_decay = 0.0;   // decoupled (AdamW)
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double grad_clip = 1.0;      // max global L2 norm; <= 0: no clipping (the norm is still measured)
+  int64_t warmup = 0;          // linear warmup over this many optimizer steps (global step counter), then constant
+};
+// lr of optimizer step `global_step` (0-based): lr * min(1, (global_step + 1) / warmup), or lr when warmup <= 0.
+double scheduled_lr(const OptimConfig& o, int64_t global_step);
+
+// One training sequence.
+struct Sequence {
+  uint64_t id = 0;
+  std::vector<int64_t> prompt, response;  // P >= 1, R >= 1 tokens
+  double advantage = 0;                   // RL only
+  std::vector<float> logp_roll;           // [R] rollout log-probs, or empty
+  at::Tensor rollout_routing;             // [P+R-1, L, K] int64 experts recorded by the rollout, or undefined
+};
+
+// What the old pass leaves on each sequence (CPU tensors, all detached).
+struct OldPass {
+  at::Tensor logp_old;     // [R] float32, under softmax(logits / T)
+  at::Tensor idx;          // [P+R-1, L, K] int64 experts used by the old pass (native, or replayed for R3)
+  at::Tensor prob;         // [R, L, K] float32 full-softmax probability of idx at response-producing positions
+  at::Tensor native_idx;   // [R, L, K] int64 native top-K of the old pass's router at response-producing positions
+  at::Tensor logits;       // [P+R-1, L, E] float32 router logits (copy-old-logits only)
+  at::Tensor logp_ref;     // [R] float32 reference-model log-probs (with a reference model)
+  at::Tensor routing_idx, routing_prob;  // [P+R-1, L, K] native top-K and its full-softmax probabilities at
+                                         // every input position (TrainConfig::record_routing only)
+};
+
+class Communicator;  // data-parallel group (lib/train/dist.h); nullptr = one process
+
+struct TrainConfig {
+  bool sft = false;
+  algo::LossConfig loss;  // RL only
+  RouterControl router = RouterControl::free;
+  OptimConfig optim;
+  double temperature = 1.0;   // log-probs under softmax(logits / T); SFT uses T = 1
+  int64_t micro_batch = 64;   // sequences per forward of the old pass
+  bool record_routing = false;  // old pass keeps OldPass::routing_idx/routing_prob (--routing-out)
+};
+
+// Model + AdamW + the step's bookkeeping. Deterministic for a seed and thread count.
+class Trainer {
+ public:
+  Trainer(model::Qwen3Moe model, TrainConfig cfg, Communicator* comm = nullptr);
+  ~Trainer();
+
+  // Loads optimizer.safetensors / trainer_state.json of a model dir when present (else fresh state).
+  // A moment whose shape differs from its parameter is an error naming the tensor.
+  void load_state(const std::string& dir);
+  // Writes the model, optimizer.safetensors and trainer_state.json into `dir` atomically (staged dir +
+  // replace_dir); `extra_files` are copied in (e.g. tokenizer.json). Only rank 0 writes.
+  void save(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
+            const nlohmann::json& state_extra = nlohmann::json::object());
+
+  // No-grad pass with the current weights: fills old[i] for seqs[i] (see OldPass). R3 replays the rollout
+  // routing, so every sequence needs rollout_routing then. `ref` (optional) gives logp_ref.
+  void old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, model::Qwen3Moe* ref = nullptr);
+
+  // One optimizer update on this rank's share `local` (indices into seqs/old) of a mini-batch whose sizes
+  // over all ranks are `global_rows` sequences, `global_tokens` response tokens and `global_max_len` longest
+  // response. The gradient equals that of the single-process loss on the whole mini-batch (see step.cpp).
+  // Throws moe::Error on a non-finite loss or gradient (weights untouched then).
+  algo::Metrics update(const std::vector<Sequence>& seqs, const std::vector<OldPass>& old,
+                       const std::vector<size_t>& local, int64_t global_rows, int64_t global_tokens,
+                       int64_t global_max_len);
+
+  model::Qwen3Moe& model() { return model_; }
+  int64_t global_step() const { return global_step_; }
+  const nlohmann::json& state() const { return state_; }
+  // Parameters the optimizer updates, with their checkpoint names (router weights excluded under
+  // freeze and copy-old-logits).
+  const std::vector<std::pair<std::string, at::Tensor>>& trained() const { return trained_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  model::Qwen3Moe model_;
+  TrainConfig cfg_;
+  Communicator* comm_;
+  std::vector<std::pair<std::string, at::Tensor>> trained_;
+  int64_t global_step_ = 0;
+  nlohmann::json state_ = nlohmann::json::object();
+};
+
+// The data-parallel group: torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or flags.
+struct DistConfig {
+  int rank = 0, world_size = 1;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  std::string init_file;     // FileStore rendezvous instead of TCP when set
+  double timeout_s = 120;    // collective and rendezvous timeout
+  std::string backend = "gloo";  // gloo | nccl (CUDA builds only)
+};
+// Fills rank/world/master from the environment for the fields that were not given (< 0 / empty).
+DistConfig dist_from_env(std::optional<int> rank, std::optional<int> world, const std::string& addr,
+                         std::optional<int> port);
+
+// Everything moe-train-step does.
+struct StepConfig {
+  std::string model_dir;
+  std::string output_dir;      // "" = replace model_dir
+  std::string input = "-";     // rollout stream, or (SFT) prompt+solution JSONL; detected by magic bytes
+  std::string routing;         // rollout routing stream ("" = none)
+  std::string routing_out;     // write the old pass's native routing here ("" = no)
+  std::string ref_dir;         // reference model for --kl-coef
+  std::string metrics_path;    // append JSON lines here ("" = none)
+  TrainConfig train;
+  int64_t mini_batches = 2, epochs = 1;
+  bool shuffle = true;          // shuffle sequences before splitting into mini-batches (by seed and epoch)
+  int64_t sft_steps = 0, sft_batch_size = 0;  // SFT: run this many steps of this many examples (0 = one pass)
+  uint64_t seed = 0;
+  int threads = 0;
+  std::string device = "cpu";
+  std::string prompt_key = "prompt", solution_key = "solution";
+  DistConfig dist;
+  nlohmann::json producer;  // header of --routing-out
+};
+
+// Runs one train step (or SFT). Returns the summary metrics. Throws moe::Error (exit 1) or moe::UsageError.
+algo::Metrics run_train_step(const StepConfig& cfg);
+
+// Reads a rewarded rollout stream (and joins a routing stream by id) into sequences. `need_advantage`
+// makes a record without advantage an error. Returns the stream's temperature (1 when absent).
+double read_rollouts(const std::string& path, const std::string& routing_path, const model::ModelConfig& mc,
+                     bool need_advantage, std::vector<Sequence>& out);
+
+}  // namespace moe::train

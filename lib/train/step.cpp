@@ -1,0 +1,555 @@
+// The moe-train-step driver: inputs, old pass, mini-batches over epochs (or SFT steps), metrics lines,
+// checkpoint. Data parallel: every rank reads the whole input and owns the sequences i with
+// i % world_size == rank (their old pass and their share of every mini-batch); mini-batch composition and
+// shuffling are identical on every rank, so N processes compute the single-process update (trainer.cpp).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <random>
+
+#include "dist.h"
+#include "moe/algo/router.h"
+#include "moe/cli/app.h"
+#include "moe/format/rollout.h"
+#include "moe/format/routing.h"
+#include "moe/io/error.h"
+#include "moe/io/file.h"
+#include "moe/model/config.h"
+#include "moe/tokenizer/char_tokenizer.h"
+#include "moe/train/step.h"
+
+namespace moe::train {
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string where(const std::string& name, uint64_t offset) { return name + ": offset " + std::to_string(offset) + ": "; }
+
+// Input kind by magic bytes: a zstd frame (rollout stream) or JSON lines.
+enum class InputKind { stream, jsonl };
+
+struct Spooled {
+  std::string path;  // a path io::Input can open (a memfd for stdin)
+  InputKind kind = InputKind::stream;
+  std::string text;  // JSONL contents when read from stdin
+  int fd = -1;
+  ~Spooled() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+InputKind kind_of(const unsigned char* p, size_t n, const std::string& name) {
+  if (n >= 4 && p[0] == 0x28 && p[1] == 0xb5 && p[2] == 0x2f && p[3] == 0xfd) return InputKind::stream;
+  size_t i = 0;
+  while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n')) ++i;
+  if (i < n && p[i] == '{') return InputKind::jsonl;
+  if (n == 0) throw Error(name + ": empty input");
+  throw Error(name + ": neither a rollout stream (zstd) nor prompt+solution JSONL");
+}
+
+void detect(const std::string& path, Spooled& s) {
+  if (path.empty() || path == "-") {
+    io::Input in("-");
+    std::string all;
+    char buf[1 << 16];
+    for (size_t n; (n = in.read(buf, sizeof buf)) > 0;) all.append(buf, n);
+    s.kind = kind_of(reinterpret_cast<const unsigned char*>(all.data()), all.size(), "<stdin>");
+    if (s.kind == InputKind::jsonl) {
+      s.text = std::move(all);
+      return;
+    }
+    s.fd = ::memfd_create("moe-train-step-stdin", 0);
+    if (s.fd < 0) throw Error(std::string("<stdin>: cannot spool: ") + std::strerror(errno));
+    for (size_t off = 0; off < all.size();) {
+      ssize_t w = ::write(s.fd, all.data() + off, all.size() - off);
+      if (w <= 0) throw Error(std::string("<stdin>: cannot spool: ") + std::strerror(errno));
+      off += static_cast<size_t>(w);
+    }
+    s.path = "/proc/self/fd/" + std::to_string(s.fd);
+    return;
+  }
+  io::Input in(path);
+  unsigned char head[256];
+  size_t n = 0;
+  for (size_t r; n < sizeof head && (r = in.read(head + n, sizeof head - n)) > 0;) n += r;
+  s.kind = kind_of(head, n, in.name());
+  s.path = path;
+}
+
+// prompt+solution JSONL -> sequences (response = solution tokens + eos).
+void read_sft_jsonl(const std::string& name, const std::string& text, const tokenizer::CharTokenizer& tok,
+                    const StepConfig& cfg, std::vector<Sequence>& out) {
+  size_t pos = 0;
+  for (int64_t lineno = 1; pos < text.size(); ++lineno) {
+    size_t e = text.find('\n', pos);
+    if (e == std::string::npos) e = text.size();
+    std::string line = text.substr(pos, e - pos);
+    pos = e + 1;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string at = name + ":" + std::to_string(lineno) + ": ";
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& ex) {
+      throw Error(at + "malformed JSON (" + ex.what() + ")");
+    }
+    if (!j.is_object()) throw Error(at + "expected a JSON object");
+    for (const std::string* k : {&cfg.prompt_key, &cfg.solution_key})
+      if (!j.contains(*k) || !j[*k].is_string()) throw Error(at + "no string \"" + *k + "\" (SFT JSONL needs prompt and solution)");
+    Sequence s;
+    s.id = out.size();
+    try {
+      s.prompt = tok.encode(j[cfg.prompt_key].get<std::string>());
+      s.response = tok.encode(j[cfg.solution_key].get<std::string>());
+    } catch (const Error& ex) {
+      throw Error(at + ex.what());
+    }
+    if (s.prompt.empty()) throw Error(at + "empty prompt");
+    s.response.push_back(tok.eos_id());
+    out.push_back(std::move(s));
+  }
+}
+
+struct MetricsSink {
+  std::FILE* f = nullptr;
+  bool to_stderr = false;
+  std::string path;
+  ~MetricsSink() {
+    if (f) std::fclose(f);
+  }
+  void line(const nlohmann::json& j, bool also_stderr) {
+    const std::string s = j.dump() + "\n";
+    if (f && (std::fwrite(s.data(), 1, s.size(), f) != s.size() || std::fflush(f) != 0))
+      throw Error(path + ": cannot write metrics: " + std::strerror(errno));
+    if (also_stderr) std::fputs(s.c_str(), stderr);
+  }
+};
+
+nlohmann::json metrics_json(const algo::Metrics& m) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [k, v] : m) {
+    if (std::isfinite(v)) j[k] = v;
+    else j[k] = nullptr;
+  }
+  return j;
+}
+
+void fault_hook(int rank, int64_t update) {
+  // Test hook (tests/cli/train.bats): MOEKIT_TRAIN_FAULT=RANK:UPDATE kills that rank before that update.
+  const char* f = std::getenv("MOEKIT_TRAIN_FAULT");
+  if (!f) return;
+  int r = -1;
+  long long u = -1;
+  if (std::sscanf(f, "%d:%lld", &r, &u) == 2 && r == rank && u == update) {
+    std::fprintf(stderr, "moe-train-step: MOEKIT_TRAIN_FAULT: rank %d exits before update %lld\n", r, u);
+    std::fflush(stderr);
+    ::_exit(3);
+  }
+}
+
+}  // namespace
+
+DistConfig dist_from_env(std::optional<int> rank, std::optional<int> world, const std::string& addr, std::optional<int> port) {
+  DistConfig d;
+  auto env_int = [](const char* k, int fallback) {
+    const char* v = std::getenv(k);
+    if (!v || !*v) return fallback;
+    char* end = nullptr;
+    long x = std::strtol(v, &end, 10);
+    if (*end) throw UsageError(std::string("environment ") + k + "='" + v + "' is not an integer");
+    return static_cast<int>(x);
+  };
+  d.rank = rank ? *rank : env_int("RANK", 0);
+  d.world_size = world ? *world : env_int("WORLD_SIZE", 1);
+  if (!addr.empty()) d.master_addr = addr;
+  else if (const char* a = std::getenv("MASTER_ADDR"); a && *a) d.master_addr = a;
+  d.master_port = port ? *port : env_int("MASTER_PORT", 29500);
+  if (d.world_size < 1) throw UsageError("world size must be >= 1");
+  if (d.rank < 0 || d.rank >= d.world_size)
+    throw UsageError("rank " + std::to_string(d.rank) + " outside [0, " + std::to_string(d.world_size) + ")");
+  return d;
+}
+
+double read_rollouts(const std::string& path, const std::string& routing_path, const model::ModelConfig& mc,
+                     bool need_advantage, std::vector<Sequence>& out) {
+  const int64_t L = mc.num_moe_layers(), K = mc.num_experts_per_tok, E = mc.num_experts;
+  const std::string digest = model::config_digest(mc);
+  io::Input in(path);
+  format::RolloutReader r(in);
+  const auto& meta = r.header().meta;
+  double temperature = 1.0;
+  if (meta.contains("temperature") && meta["temperature"].is_number()) temperature = meta["temperature"].get<double>();
+  if (!(temperature > 0)) throw Error(r.name() + ": header temperature must be > 0");
+  if (meta.contains("vocab_size") && meta["vocab_size"].is_number_integer() && meta["vocab_size"].get<int64_t>() > mc.vocab_size)
+    throw Error(r.name() + ": rollouts use a vocabulary of " + std::to_string(meta["vocab_size"].get<int64_t>()) +
+                " tokens, the model has " + std::to_string(mc.vocab_size));
+  if (meta.contains("model_digest") && meta["model_digest"].is_string() && meta["model_digest"] != digest)
+    cli::warn(r.name() + ": rollouts come from a model of another shape (digest " + meta["model_digest"].get<std::string>() +
+              ", this model " + digest + ")");
+  format::RolloutRecord rec;
+  std::map<uint64_t, bool> seen;
+  while (r.next(rec)) {
+    const std::string at = where(r.name(), r.offset());
+    if (!seen.emplace(rec.id, true).second) throw Error(at + "duplicate record id " + std::to_string(rec.id));
+    Sequence s;
+    s.id = rec.id;
+    s.prompt.assign(rec.prompt_tokens.begin(), rec.prompt_tokens.end());
+    s.response.assign(rec.response_tokens.begin(), rec.response_tokens.end());
+    if (s.prompt.empty()) throw Error(at + "record " + std::to_string(rec.id) + " has no prompt tokens");
+    if (s.response.empty()) throw Error(at + "record " + std::to_string(rec.id) + " has no response tokens");
+    for (const auto* v : {&s.prompt, &s.response})
+      for (int64_t t : *v)
+        if (t < 0 || t >= mc.vocab_size)
+          throw Error(at + "record " + std::to_string(rec.id) + ": token " + std::to_string(t) + " outside the model vocabulary");
+    if (need_advantage) {
+      if (!rec.advantage) throw Error(at + "record " + std::to_string(rec.id) + " has no advantage (pipe the rollouts through moe-reward)");
+      s.advantage = *rec.advantage;
+    }
+    if (!rec.logprobs.empty()) {
+      if (rec.logprobs.size() != s.response.size())
+        throw Error(at + "record " + std::to_string(rec.id) + " has " + std::to_string(rec.logprobs.size()) + " log-probs for " +
+                    std::to_string(s.response.size()) + " response tokens");
+      s.logp_roll = rec.logprobs;
+    }
+    out.push_back(std::move(s));
+    rec = format::RolloutRecord{};
+  }
+  // The routing stream is opened only after the rollout stream reached its end: in
+  // `moe-rollout --routing-out R | moe-reward | moe-train-step --routing R`, R is complete (renamed into
+  // place) before moe-rollout closes its stdout.
+  if (routing_path.empty()) return temperature;
+  std::map<uint64_t, std::pair<int64_t, at::Tensor>> routes;  // id -> (first_pos, [n_pos, L, K])
+  std::string rname;
+  if (!routing_path.empty()) {
+    io::Input rin(routing_path);
+    format::RoutingReader rr(rin);
+    rname = rr.name();
+    const auto& m = rr.meta();
+    std::vector<int> ids = mc.moe_layer_ids();
+    if (m.num_layers != L || m.top_k != K || m.num_experts != E || m.layer_ids != ids)
+      throw Error(rname + ": routing stream shape (" + std::to_string(m.num_layers) + " MoE layers, top-" + std::to_string(m.top_k) +
+                  " of " + std::to_string(m.num_experts) + " experts) does not match the model (" + std::to_string(L) +
+                  " MoE layers, top-" + std::to_string(K) + " of " + std::to_string(E) + ")");
+    if (!m.model_digest.empty() && m.model_digest != digest)
+      throw Error(rname + ": routing stream comes from another model (model_digest " + m.model_digest + ", this model " + digest + ")");
+    format::RoutingRecord rec;
+    while (rr.next(rec)) {
+      at::Tensor t = at::empty({rec.n_pos, L, K}, at::kLong);
+      int64_t* p = t.data_ptr<int64_t>();
+      for (size_t i = 0; i < rec.experts.size(); ++i) p[i] = rec.experts[i];
+      if (!routes.emplace(rec.id, std::make_pair(rec.first_pos, t)).second)
+        throw Error(where(rname, rr.offset()) + "duplicate routing record id " + std::to_string(rec.id));
+    }
+  }
+
+  for (auto& s : out) {
+    auto it = routes.find(s.id);
+    if (it == routes.end()) throw Error(rname + ": no routing record for rollout id " + std::to_string(s.id));
+    const int64_t need = static_cast<int64_t>(s.prompt.size() + s.response.size()) - 1;
+    const int64_t first = it->second.first, n = it->second.second.size(0);
+    if (first > 0 || first + n < need)
+      throw Error(rname + ": routing record " + std::to_string(s.id) + " covers positions " + std::to_string(first) + ".." +
+                  std::to_string(first + n - 1) + ", training needs 0.." + std::to_string(need - 1));
+    s.rollout_routing = it->second.second.narrow(0, -first, need).contiguous();
+  }
+  return temperature;
+}
+
+algo::Metrics run_train_step(const StepConfig& cfg_in) {
+  StepConfig cfg = cfg_in;
+  TrainConfig& tc = cfg.train;
+  if (cfg.mini_batches < 1) throw UsageError("--mini-batches must be >= 1");
+  if (cfg.epochs < 1) throw UsageError("--epochs must be >= 1");
+  if (tc.micro_batch < 1) throw UsageError("--micro-batch must be >= 1");
+  if (cfg.sft_steps < 0 || cfg.sft_batch_size < 0) throw UsageError("--steps and --batch-size must be >= 0");
+  if (!tc.sft && cfg.sft_steps > 0) throw UsageError("--steps applies to --algo sft only");
+  if (tc.router == RouterControl::replay_rollout && cfg.routing.empty())
+    throw UsageError("--router replay-rollout needs the rollout's routing stream (--routing FILE)");
+  if (tc.sft && tc.router != RouterControl::free) throw UsageError("--router applies to RL algorithms, not --algo sft");
+  if (!tc.sft) {
+    tc.loss = algo::with_defaults(tc.loss);
+    if (tc.loss.kl_coef != 0 && cfg.ref_dir.empty()) throw UsageError("--kl-coef needs a reference model (--ref DIR)");
+  }
+  if (!(tc.optim.lr > 0)) throw UsageError("--lr must be > 0");
+  if (cfg.threads > 0) at::set_num_threads(cfg.threads);
+  at::manual_seed(cfg.seed);
+  const double t_start = now_s();
+
+  std::unique_ptr<Communicator> comm;
+  if (cfg.dist.world_size > 1) {
+    if (!cfg.routing_out.empty()) throw UsageError("--routing-out is not supported with data parallel (world size > 1)");
+    comm = std::make_unique<Communicator>(cfg.dist);
+  }
+  const int rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;
+
+  model::Qwen3Moe model = model::load_model(cfg.model_dir, model::parse_device(cfg.device), at::kFloat);
+  const model::ModelConfig& mc = model->config();
+  std::vector<std::pair<std::string, std::string>> extra;
+  std::string tok_text;
+  try {
+    tok_text = io::read_file(cfg.model_dir + "/tokenizer.json");
+    extra.emplace_back("tokenizer.json", tok_text);
+  } catch (const Error&) {
+    if (tc.sft) throw;
+  }
+
+  // Inputs.
+  std::vector<Sequence> seqs;
+  {
+    Spooled sp;
+    if (tc.sft) detect(cfg.input, sp);
+    if (tc.sft && !cfg.routing.empty()) throw UsageError("--routing applies to RL algorithms");
+    if (tc.sft && sp.kind == InputKind::jsonl) {
+      auto tok = tokenizer::CharTokenizer::from_json(tok_text, cfg.model_dir + "/tokenizer.json");
+      std::string text = sp.text;
+      std::string name = "<stdin>";
+      if (!sp.path.empty()) {
+        text = io::read_file(sp.path);
+        name = sp.path;
+      }
+      read_sft_jsonl(name, text, tok, cfg, seqs);
+    } else {
+      const double T = read_rollouts(sp.path.empty() ? cfg.input : sp.path, cfg.routing, mc, !tc.sft, seqs);
+      if (!tc.sft) tc.temperature = T;
+    }
+  }
+  if (seqs.empty()) throw Error((cfg.input == "-" ? std::string("<stdin>") : cfg.input) + ": no records to train on");
+  if (tc.sft && cfg.sft_steps == 0 && cfg.sft_batch_size > 0) throw UsageError("--batch-size needs --steps");
+  tc.record_routing = !cfg.routing_out.empty();
+
+  std::unique_ptr<model::Qwen3Moe> ref;
+  if (!cfg.ref_dir.empty()) {
+    ref = std::make_unique<model::Qwen3Moe>(model::load_model(cfg.ref_dir, model::parse_device(cfg.device), at::kFloat));
+    if (model::config_digest((*ref)->config()) != model::config_digest(mc) || (*ref)->config().vocab_size != mc.vocab_size)
+      throw Error(cfg.ref_dir + ": the reference model has another shape than " + cfg.model_dir);
+  }
+
+  Trainer trainer(model, tc, comm.get());
+  trainer.load_state(cfg.model_dir);
+
+  MetricsSink sink;
+  if (rank == 0) {
+    if (!cfg.metrics_path.empty()) {
+      sink.path = cfg.metrics_path;
+      sink.f = std::fopen(cfg.metrics_path.c_str(), "a");
+      if (!sink.f) throw Error(cfg.metrics_path + ": cannot open for appending: " + std::strerror(errno));
+    }
+    sink.to_stderr = !cli::quiet() && (cfg.metrics_path.empty() ? !tc.sft || cfg.sft_steps == 0 : false);
+  }
+
+  // Ownership: sequence i belongs to rank i % world.
+  std::vector<size_t> owned;
+  for (size_t i = 0; i < seqs.size(); ++i)
+    if (static_cast<int>(i % world) == rank) owned.push_back(i);
+
+  // Old pass on owned sequences (RL), scattered back into a full-size vector.
+  std::vector<OldPass> old(seqs.size());
+  double t_old = 0;
+  if (!tc.sft) {
+    const double t0 = now_s();
+    std::vector<Sequence> mine;
+    for (size_t i : owned) mine.push_back(seqs[i]);
+    std::vector<OldPass> o;
+    trainer.old_pass(mine, o, ref.get());
+    for (size_t j = 0; j < owned.size(); ++j) old[owned[j]] = std::move(o[j]);
+    t_old = now_s() - t0;
+  }
+
+  // The whole-step mismatch/* and routing/* metrics over all sequences (weighted over ranks by tokens).
+  algo::Metrics summary;
+  double owned_tokens = 0;
+  for (size_t i : owned) owned_tokens += static_cast<double>(seqs[i].response.size());
+  double total_tokens_all = 0;
+  for (const auto& s : seqs) total_tokens_all += static_cast<double>(s.response.size());
+  if (!tc.sft) {
+    bool roll = true, routes = true;
+    for (const auto& s : seqs) {
+      roll &= !s.logp_roll.empty();
+      routes &= s.rollout_routing.defined();
+    }
+    algo::Metrics part;
+    if (!owned.empty() && (roll || routes)) {
+      std::vector<at::Tensor> lo, lr, ri, ni;
+      int64_t R = 0;
+      for (size_t i : owned) R = std::max<int64_t>(R, seqs[i].response.size());
+      std::vector<at::Tensor> masks;
+      for (size_t i : owned) {
+        const int64_t r = seqs[i].response.size(), pad = R - r;
+        masks.push_back(at::cat({at::ones({r}), at::zeros({pad})}));
+        lo.push_back(at::cat({old[i].logp_old, at::zeros({pad})}));
+        if (roll) lr.push_back(at::cat({at::tensor(seqs[i].logp_roll, at::kFloat), at::zeros({pad})}));
+        if (routes) {
+          at::Tensor rr = seqs[i].rollout_routing.narrow(0, seqs[i].prompt.size() - 1, r);
+          ri.push_back(at::cat({rr, at::zeros({pad, rr.size(1), rr.size(2)}, at::kLong)}));
+          ni.push_back(at::cat({old[i].native_idx, at::zeros({pad, rr.size(1), rr.size(2)}, at::kLong)}));
+        }
+      }
+      at::Tensor m = at::stack(masks);
+      if (roll) part = algo::mismatch_metrics(at::stack(lo), at::stack(lr), m);
+      if (routes) {
+        algo::Metrics ra = algo::routing_agreement(at::stack(ri), at::stack(ni), m);
+        part.insert(ra.begin(), ra.end());
+      }
+    }
+    if (comm) {
+      std::vector<std::string> keys;
+      if (roll) keys = {"mismatch/kl", "mismatch/k3_kl", "mismatch/extreme_frac", "mismatch/chi2_token"};
+      if (routes) for (const char* k : {"routing/layer_mismatch", "routing/token_mismatch", "routing/layers_differing_mean"}) keys.push_back(k);
+      if (!keys.empty()) {
+        std::vector<float> v;
+        for (auto& k : keys) v.push_back(static_cast<float>((part.count(k) ? part[k] : 0.0) * owned_tokens));
+        std::vector<at::Tensor> t{at::tensor(v, at::kFloat)};
+        comm->all_reduce_sum(t);
+        for (size_t i = 0; i < keys.size(); ++i) part[keys[i]] = t[0][i].item<double>() / total_tokens_all;
+      }
+    }
+    summary.insert(part.begin(), part.end());
+  }
+
+  // Updates.
+  const double t_upd0 = now_s();
+  int64_t updates = 0;
+  double loss_sum = 0, trained_tokens = 0;
+  std::mt19937_64 rng(cfg.seed);
+  auto permutation = [&](size_t n) {
+    std::vector<size_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    if (cfg.shuffle) std::shuffle(order.begin(), order.end(), rng);
+    return order;
+  };
+  auto run_update = [&](const std::vector<size_t>& mb, nlohmann::json where_) {
+    std::vector<size_t> local;
+    int64_t tokens = 0, max_len = 0;
+    for (size_t i : mb) {
+      if (static_cast<int>(i % world) == rank) local.push_back(i);
+      tokens += static_cast<int64_t>(seqs[i].response.size());
+      max_len = std::max<int64_t>(max_len, seqs[i].response.size());
+    }
+    fault_hook(rank, updates + 1);
+    const double t0 = now_s();
+    algo::Metrics m = trainer.update(seqs, old, local, static_cast<int64_t>(mb.size()), tokens, max_len);
+    m["seconds"] = now_s() - t0;
+    ++updates;
+    loss_sum += m["loss"];
+    trained_tokens += static_cast<double>(tokens);
+    nlohmann::json j = metrics_json(m);
+    j["kind"] = "update";
+    for (auto& [k, v] : where_.items()) j[k] = v;
+    j["sequences"] = mb.size();
+    if (rank == 0) sink.line(j, sink.to_stderr);
+  };
+
+  if (tc.sft && cfg.sft_steps > 0) {
+    const size_t bs = cfg.sft_batch_size > 0 ? static_cast<size_t>(cfg.sft_batch_size) : std::min<size_t>(32, seqs.size());
+    cli::Progress progress("sft", cfg.sft_steps, "step");
+    std::vector<size_t> order = permutation(seqs.size());
+    size_t pos = 0;
+    int64_t pass = 0;
+    for (int64_t step = 0; step < cfg.sft_steps; ++step) {
+      std::vector<size_t> mb;
+      while (mb.size() < std::min(bs, seqs.size())) {
+        if (pos == order.size()) {
+          order = permutation(seqs.size());
+          pos = 0;
+          ++pass;
+        }
+        mb.push_back(order[pos++]);
+      }
+      int64_t tok = 0;
+      for (size_t i : mb) tok += static_cast<int64_t>(seqs[i].response.size());
+      run_update(mb, {{"epoch", pass}, {"mini_batch", step}});
+      progress.add(1, tok);
+    }
+    progress.finish();
+  } else {
+    for (int64_t e = 0; e < cfg.epochs; ++e) {
+      std::vector<size_t> order = permutation(seqs.size());
+      const int64_t N = static_cast<int64_t>(order.size()), K = std::min<int64_t>(cfg.mini_batches, N);
+      for (int64_t k = 0; k < K; ++k) {
+        std::vector<size_t> mb(order.begin() + k * N / K, order.begin() + (k + 1) * N / K);
+        run_update(mb, {{"epoch", e}, {"mini_batch", k}});
+      }
+    }
+  }
+  const double t_upd = now_s() - t_upd0;
+
+  // Checkpoint (rank 0), then every rank learns that it was written.
+  const std::string out_dir = cfg.output_dir.empty() ? cfg.model_dir : cfg.output_dir;
+  const double t_save0 = now_s();
+  nlohmann::json st_extra = {{"seed", cfg.seed},
+                             {"algo", tc.sft ? std::string("sft") : std::string(algo::to_string(tc.loss.algo))},
+                             {"router", to_string(tc.router)},
+                             {"world_size", world},
+                             {"train_steps", trainer.state().value("train_steps", 0) + 1}};
+  if (rank == 0) trainer.save(out_dir, extra, st_extra);
+  if (comm) comm->sum(1.0);
+  const double t_save = now_s() - t_save0;
+
+  // --routing-out: the old pass's native routing, positions 0 .. P+R-2 as moe-rollout writes them.
+  if (!cfg.routing_out.empty()) {
+    io::Output rout(cfg.routing_out);
+    format::RoutingMeta meta;
+    meta.layer_ids = mc.moe_layer_ids();
+    meta.num_layers = static_cast<int>(meta.layer_ids.size());
+    meta.num_experts = static_cast<int>(mc.num_experts);
+    meta.top_k = static_cast<int>(mc.num_experts_per_tok);
+    meta.prob_dtype = "f32";
+    meta.model_digest = model::config_digest(mc);
+    format::Header h;
+    h.producer = cfg.producer;
+    h.meta["dtype"] = "f32";
+    h.meta["source"] = "moe-train-step old pass (native routing)";
+    format::RoutingWriter w(rout, h, meta);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const OldPass& o = old[i];
+      format::RoutingRecord rr;
+      rr.id = seqs[i].id;
+      rr.first_pos = 0;
+      rr.n_pos = o.routing_idx.size(0);
+      at::Tensor idx = o.routing_idx.contiguous();
+      at::Tensor pr = o.routing_prob.contiguous();
+      rr.experts.assign(idx.numel(), 0);
+      const int64_t* ip = idx.data_ptr<int64_t>();
+      for (size_t k = 0; k < rr.experts.size(); ++k) rr.experts[k] = static_cast<uint16_t>(ip[k]);
+      rr.probs.assign(pr.data_ptr<float>(), pr.data_ptr<float>() + pr.numel());
+      w.write(rr);
+    }
+    w.finish();
+    rout.close();
+  }
+
+  summary["loss"] = updates ? loss_sum / static_cast<double>(updates) : 0.0;
+  summary["updates"] = static_cast<double>(updates);
+  summary["sequences"] = static_cast<double>(seqs.size());
+  summary["tokens"] = trained_tokens;  // response tokens trained on, summed over updates (epochs, steps)
+  summary["step"] = static_cast<double>(trainer.global_step());
+  summary["time/old_pass"] = t_old;
+  summary["time/updates"] = t_upd;
+  summary["time/save"] = t_save;
+  summary["seconds"] = now_s() - t_start;
+  if (t_upd + t_old > 0) summary["tokens_per_s"] = trained_tokens / (t_upd + t_old);
+  nlohmann::json j = metrics_json(summary);
+  j["kind"] = "summary";
+  j["algo"] = st_extra["algo"];
+  j["router"] = st_extra["router"];
+  j["world_size"] = world;
+  j["output"] = out_dir;
+  if (rank == 0) {
+    sink.line(j, !cli::quiet());
+  }
+  return summary;
+}
+
+}  // namespace moe::train

@@ -1,0 +1,552 @@
+#include <ATen/ATen.h>
+#include <c10/util/string_utils.h>
+#include <torch/optim/adamw.h>
+
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <set>
+#include <sys/stat.h>
+
+#include "dist.h"
+#include "moe/algo/router.h"
+#include "moe/algo/terms.h"
+#include "moe/io/error.h"
+#include "moe/io/file.h"
+#include "moe/model/safetensors.h"
+#include "moe/train/step.h"
+
+namespace moe::train {
+
+RouterControl parse_router_control(const std::string& n) {
+  if (n == "free") return RouterControl::free;
+  if (n == "freeze") return RouterControl::freeze;
+  if (n == "replay-old" || n == "r2") return RouterControl::replay_old;
+  if (n == "replay-rollout" || n == "r3") return RouterControl::replay_rollout;
+  if (n == "copy-old-logits") return RouterControl::copy_old_logits;
+  throw UsageError("unknown --router '" + n + "' (expected free, freeze, replay-old, replay-rollout or copy-old-logits)");
+}
+
+const char* to_string(RouterControl r) {
+  switch (r) {
+    case RouterControl::free: return "free";
+    case RouterControl::freeze: return "freeze";
+    case RouterControl::replay_old: return "replay-old";
+    case RouterControl::replay_rollout: return "replay-rollout";
+    case RouterControl::copy_old_logits: return "copy-old-logits";
+  }
+  return "?";
+}
+
+double scheduled_lr(const OptimConfig& o, int64_t global_step) {
+  if (o.warmup <= 0) return o.lr;
+  return o.lr * std::min(1.0, static_cast<double>(global_step + 1) / static_cast<double>(o.warmup));
+}
+
+namespace {
+
+bool file_exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+// Right-padded batch of sequences forwarded as their first n-1 tokens.
+struct Batch {
+  at::Tensor input, amask, target, resp;  // [B, T] int64, int64, int64, float32
+  std::vector<int64_t> P, R;
+  int64_t T = 0;
+};
+
+Batch make_batch(const std::vector<const Sequence*>& seqs, const c10::Device& dev) {
+  Batch b;
+  const int64_t B = static_cast<int64_t>(seqs.size());
+  for (const Sequence* s : seqs) {
+    b.P.push_back(static_cast<int64_t>(s->prompt.size()));
+    b.R.push_back(static_cast<int64_t>(s->response.size()));
+    b.T = std::max<int64_t>(b.T, b.P.back() + b.R.back() - 1);
+  }
+  std::vector<int64_t> ids(B * b.T, 0), mask(B * b.T, 0), tgt(B * b.T, 0);
+  std::vector<float> resp(B * b.T, 0.f);
+  for (int64_t i = 0; i < B; ++i) {
+    std::vector<int64_t> all(seqs[i]->prompt);
+    all.insert(all.end(), seqs[i]->response.begin(), seqs[i]->response.end());
+    const int64_t n = static_cast<int64_t>(all.size());
+    for (int64_t p = 0; p + 1 < n; ++p) {
+      ids[i * b.T + p] = all[p];
+      mask[i * b.T + p] = 1;
+      tgt[i * b.T + p] = all[p + 1];
+      if (p >= b.P[i] - 1) resp[i * b.T + p] = 1.f;
+    }
+  }
+  auto lo = at::TensorOptions().dtype(at::kLong);
+  b.input = at::tensor(ids, lo).view({B, b.T}).to(dev);
+  b.amask = at::tensor(mask, lo).view({B, b.T}).to(dev);
+  b.target = at::tensor(tgt, lo).view({B, b.T}).to(dev);
+  b.resp = at::tensor(resp, at::TensorOptions().dtype(at::kFloat)).view({B, b.T}).to(dev);
+  return b;
+}
+
+// Per-sequence [n_i - 1, ...] tensors -> [B, T, ...], rows padded with `fill`.
+at::Tensor pad_full(const std::vector<at::Tensor>& parts, int64_t T, double fill, const c10::Device& dev) {
+  std::vector<at::Tensor> rows;
+  for (const auto& p : parts) {
+    std::vector<int64_t> shape = p.sizes().vec();
+    shape[0] = T - p.size(0);
+    rows.push_back(shape[0] > 0 ? at::cat({p, at::full(shape, fill, p.options())}) : p);
+  }
+  return at::stack(rows).to(dev);
+}
+
+// Per-sequence [R_i, ...] tensors placed at the response-producing positions P_i-1 .. P_i+R_i-2 of [B, T, ...].
+at::Tensor scatter_resp(const std::vector<at::Tensor>& parts, const Batch& b, double fill, const c10::Device& dev) {
+  std::vector<at::Tensor> rows;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const at::Tensor& p = parts[i];
+    std::vector<int64_t> shape = p.sizes().vec();
+    std::vector<at::Tensor> pieces;
+    shape[0] = b.P[i] - 1;
+    if (shape[0] > 0) pieces.push_back(at::full(shape, fill, p.options()));
+    pieces.push_back(p);
+    shape[0] = b.T - (b.P[i] - 1) - p.size(0);
+    if (shape[0] > 0) pieces.push_back(at::full(shape, fill, p.options()));
+    rows.push_back(at::cat(pieces));
+  }
+  return at::stack(rows).to(dev);
+}
+
+// Native top-K expert ids from router logits [..., E] (the model's order: top-k of the fp32 softmax).
+at::Tensor native_topk(const at::Tensor& router_logits, int64_t K) {
+  return std::get<1>(at::softmax(router_logits.to(at::kFloat), -1).topk(K, -1));
+}
+
+c10::Device device_of(model::Qwen3Moe& m) { return m->embed_weight.device(); }
+
+std::string impl_key(const at::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
+
+}  // namespace
+
+struct Trainer::Impl {
+  std::unique_ptr<torch::optim::AdamW> opt;
+  std::map<std::string, at::Tensor> carried;  // optimizer tensors of parameters not trained in this step
+};
+
+Trainer::Trainer(model::Qwen3Moe model, TrainConfig cfg, Communicator* comm)
+    : impl_(std::make_unique<Impl>()), model_(std::move(model)), cfg_(std::move(cfg)), comm_(comm) {
+  if (!cfg_.sft) cfg_.loss = algo::with_defaults(cfg_.loss);
+  if (!(cfg_.temperature > 0)) throw Error("temperature must be > 0");
+  std::set<const void*> router;
+  if (cfg_.router == RouterControl::freeze || cfg_.router == RouterControl::copy_old_logits)
+    for (auto& w : model_->router_parameters()) router.insert(w.unsafeGetTensorImpl());
+  std::vector<at::Tensor> params;
+  for (auto& [name, p] : model::named_weights(model_)) {
+    if (router.count(p.unsafeGetTensorImpl())) continue;
+    trained_.emplace_back(name, p);
+    params.push_back(p);
+  }
+  torch::optim::AdamWOptions o(cfg_.optim.lr);
+  o.betas(std::make_tuple(cfg_.optim.beta1, cfg_.optim.beta2)).eps(cfg_.optim.eps).weight_decay(cfg_.optim.weight_decay);
+  impl_->opt = std::make_unique<torch::optim::AdamW>(params, o);
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::load_state(const std::string& dir) {
+  const std::string st_path = dir + "/trainer_state.json";
+  if (file_exists(st_path)) {
+    try {
+      state_ = nlohmann::json::parse(io::read_file(st_path));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(st_path + ": malformed JSON (" + e.what() + ")");
+    }
+    if (!state_.is_object() || !state_.contains("global_step") || !state_["global_step"].is_number_integer())
+      throw Error(st_path + ": no integer \"global_step\"");
+    global_step_ = state_["global_step"].get<int64_t>();
+  }
+  const std::string opt_path = dir + "/optimizer.safetensors";
+  if (!file_exists(opt_path)) return;
+  model::SafetensorsFile f(opt_path);
+  std::set<std::string> used;
+  auto& st = impl_->opt->state();
+  for (auto& [name, p] : trained_) {
+    const std::string a = name + ".exp_avg", s = name + ".exp_avg_sq", k = name + ".step";
+    if (!f.has(a) && !f.has(s)) continue;
+    if (!f.has(a) || !f.has(s) || !f.has(k)) throw Error(opt_path + ": incomplete AdamW state of " + name);
+    auto ps = std::make_unique<torch::optim::AdamWParamState>();
+    at::Tensor ea = f.get(a, p.scalar_type()), es = f.get(s, p.scalar_type());
+    if (ea.sizes() != p.sizes() || es.sizes() != p.sizes())
+      throw Error(opt_path + ": AdamW state of " + name + " has another shape than the parameter");
+    at::Tensor step = f.get(k);
+    if (step.numel() != 1) throw Error(opt_path + ": " + k + " must hold one integer");
+    ps->step(step.to(at::kLong).item<int64_t>());
+    ps->exp_avg(ea.to(p.device()));
+    ps->exp_avg_sq(es.to(p.device()));
+    st[impl_key(p)] = std::move(ps);
+    used.insert(a);
+    used.insert(s);
+    used.insert(k);
+  }
+  for (const auto& n : f.names())
+    if (!used.count(n)) impl_->carried[n] = f.get(n);  // e.g. moments of a router frozen in this step
+}
+
+void Trainer::save(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
+                   const nlohmann::json& state_extra) {
+  if (comm_ && comm_->rank() != 0) return;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  std::set<std::string> names;
+  auto& st = impl_->opt->state();
+  for (auto& [name, p] : trained_) {
+    auto it = st.find(impl_key(p));
+    if (it == st.end()) continue;
+    auto& ps = static_cast<torch::optim::AdamWParamState&>(*it->second);
+    tensors.emplace_back(name + ".exp_avg", ps.exp_avg());
+    tensors.emplace_back(name + ".exp_avg_sq", ps.exp_avg_sq());
+    tensors.emplace_back(name + ".step", at::full({1}, ps.step(), at::kLong));
+    names.insert(name + ".exp_avg");
+  }
+  for (auto& [n, t] : impl_->carried)
+    if (!names.count(n)) tensors.emplace_back(n, t);
+  nlohmann::json state = state_;
+  state["format"] = "moekit-trainer-state";
+  state["version"] = 1;
+  state["global_step"] = global_step_;
+  state["optimizer"] = {{"name", "adamw"},
+                        {"lr", cfg_.optim.lr},
+                        {"betas", {cfg_.optim.beta1, cfg_.optim.beta2}},
+                        {"eps", cfg_.optim.eps},
+                        {"weight_decay", cfg_.optim.weight_decay},
+                        {"warmup", cfg_.optim.warmup}};
+  for (auto& [k, v] : state_extra.items()) state[k] = v;
+  state_ = state;
+  auto files = extra_files;
+  files.emplace_back("trainer_state.json", state.dump(2) + "\n");
+  model::save_model(model_, dir, files, [&](const std::string& staged) {
+    model::write_safetensors(staged + "/optimizer.safetensors", tensors,
+                             {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}});
+  });
+}
+
+void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, model::Qwen3Moe* ref) {
+  at::NoGradGuard ng;
+  old.assign(seqs.size(), OldPass{});
+  const c10::Device dev = device_of(model_);
+  const int64_t K = model_->config().num_experts_per_tok;
+  const int64_t chunk = std::max<int64_t>(1, cfg_.micro_batch);
+  const bool r3 = cfg_.router == RouterControl::replay_rollout;
+  for (size_t first = 0; first < seqs.size(); first += chunk) {
+    const size_t last = std::min(seqs.size(), first + static_cast<size_t>(chunk));
+    std::vector<const Sequence*> part;
+    for (size_t i = first; i < last; ++i) part.push_back(&seqs[i]);
+    Batch b = make_batch(part, dev);
+    model::RoutingPlan plan = model::RoutingPlan::native();
+    if (r3) {
+      std::vector<at::Tensor> idx;
+      for (const Sequence* s : part) {
+        if (!s->rollout_routing.defined())
+          throw Error("--router replay-rollout: no rollout routing for record " + std::to_string(s->id));
+        idx.push_back(s->rollout_routing);
+      }
+      plan = model::RoutingPlan::replay(pad_full(idx, b.T, 0, dev));
+    }
+    model::ForwardOptions fo;
+    fo.capture_routing = !cfg_.sft;
+    fo.return_router_logits = !cfg_.sft && (r3 || cfg_.router == RouterControl::copy_old_logits || cfg_.record_routing);
+    model::ForwardOutput fw = model_->forward(b.input, b.amask, plan, fo);
+    const double T = cfg_.sft ? 1.0 : cfg_.temperature;
+    at::Tensor logp = algo::token_logprobs(fw.logits.to(at::kFloat) / T, b.target).to(at::kCPU);
+    at::Tensor ridx, rprob, rlog, native;
+    if (!cfg_.sft) {
+      ridx = fw.routing_indices.to(at::kCPU);
+      rprob = fw.routing_probs.to(at::kCPU, at::kFloat);
+      if (fo.return_router_logits) rlog = fw.router_logits.to(at::kCPU, at::kFloat);
+      native = r3 ? native_topk(rlog, K) : ridx;
+    }
+    at::Tensor lref;
+    if (ref) {
+      model::ForwardOutput rf = (*ref)->forward(b.input.to(device_of(*ref)), b.amask.to(device_of(*ref)));
+      lref = algo::token_logprobs(rf.logits.to(at::kFloat) / T, b.target.to(device_of(*ref))).to(at::kCPU);
+    }
+    for (size_t j = 0; j < part.size(); ++j) {
+      OldPass& o = old[first + j];
+      const int64_t P = b.P[j], R = b.R[j], n1 = P + R - 1;
+      o.logp_old = logp[j].narrow(0, P - 1, R).clone();
+      if (ref) o.logp_ref = lref[j].narrow(0, P - 1, R).clone();
+      if (cfg_.sft) continue;
+      o.idx = ridx[j].narrow(0, 0, n1).clone();
+      o.prob = rprob[j].narrow(0, P - 1, R).clone();
+      o.native_idx = native[j].narrow(0, P - 1, R).clone();
+      if (cfg_.router == RouterControl::copy_old_logits) o.logits = rlog[j].narrow(0, 0, n1).clone();
+      if (cfg_.record_routing) {
+        if (r3) {
+          o.routing_idx = native[j].narrow(0, 0, n1).clone();
+          o.routing_prob = at::softmax(rlog[j].narrow(0, 0, n1), -1).gather(-1, o.routing_idx);
+        } else {
+          o.routing_idx = o.idx;
+          o.routing_prob = rprob[j].narrow(0, 0, n1).clone();
+        }
+      }
+    }
+  }
+}
+
+algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vector<OldPass>& old,
+                              const std::vector<size_t>& local, int64_t global_rows, int64_t global_tokens,
+                              int64_t global_max_len) {
+  const c10::Device dev = device_of(model_);
+  const int64_t K = model_->config().num_experts_per_tok;
+  const bool dp = comm_ && comm_->world_size() > 1;
+  const double T = cfg_.sft ? 1.0 : cfg_.temperature;
+  for (auto& kv : model_->named_parameters(true)) kv.value().mutable_grad().reset();
+  auto clock = [] { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
+  const double t0 = clock();
+
+  algo::Metrics metrics;
+  at::Tensor loss;
+  double local_tokens = 0;
+  if (!local.empty()) {
+    std::vector<const Sequence*> part;
+    for (size_t i : local) part.push_back(&seqs[i]);
+    Batch b = make_batch(part, dev);
+    local_tokens = b.resp.sum().item<double>();
+    if (cfg_.sft) {
+      model::ForwardOutput fw = model_->forward(b.input, b.amask);
+      at::Tensor logits = fw.logits.to(at::kFloat);
+      loss = algo::sft_loss(logits, b.target, b.resp);
+      metrics["sft_loss"] = loss.item<double>();
+      {
+        at::NoGradGuard ng;
+        at::Tensor ent = algo::token_entropy(logits.detach());
+        metrics["entropy"] = (ent * b.resp).sum().item<double>() / std::max(1.0, local_tokens);
+      }
+      // token-mean over the global mini-batch: this rank's share of the tokens.
+      if (dp) loss = loss * (local_tokens / std::max<double>(1, global_tokens));
+    } else {
+      std::vector<at::Tensor> old_idx, v;
+      const bool shift = cfg_.loss.router_shift;
+      model::RoutingPlan plan;
+      switch (cfg_.router) {
+        case RouterControl::free: plan = model::RoutingPlan::native(); break;
+        case RouterControl::freeze: plan = model::RoutingPlan::frozen(); break;
+        case RouterControl::replay_old:
+          for (size_t i : local) v.push_back(old[i].idx);
+          plan = model::RoutingPlan::replay(pad_full(v, b.T, 0, dev));
+          break;
+        case RouterControl::replay_rollout:
+          for (size_t i : local) {
+            if (!seqs[i].rollout_routing.defined())
+              throw Error("--router replay-rollout: no rollout routing for record " + std::to_string(seqs[i].id));
+            v.push_back(seqs[i].rollout_routing);
+          }
+          plan = model::RoutingPlan::replay(pad_full(v, b.T, 0, dev));
+          break;
+        case RouterControl::copy_old_logits:
+          for (size_t i : local) v.push_back(old[i].logits);
+          plan = model::RoutingPlan::use_logits(pad_full(v, b.T, 0, dev));
+          break;
+      }
+      const bool replayed = cfg_.router == RouterControl::replay_old || cfg_.router == RouterControl::replay_rollout ||
+                            cfg_.router == RouterControl::copy_old_logits;
+      model::ForwardOptions fo;
+      at::Tensor idx_old_full;
+      if (shift) {
+        for (size_t i : local) old_idx.push_back(old[i].idx);
+        idx_old_full = pad_full(old_idx, b.T, 0, dev);
+        // Pad rows need K distinct in-range ids only to pass the shape checks; they are masked out.
+        fo.probs_at = idx_old_full;
+        fo.capture_routing = !replayed;
+      }
+      fo.return_router_logits = cfg_.loss.aux_coef != 0 || (shift && replayed);
+      model::ForwardOutput fw = model_->forward(b.input, b.amask, plan, fo);
+      at::Tensor logits = fw.logits.to(at::kFloat) / T;
+      at::Tensor logp = algo::token_logprobs(logits, b.target);
+
+      algo::LossInputs in;
+      in.logp = logp;
+      std::vector<at::Tensor> lo, lr, lref, po;
+      std::vector<double> adv;
+      bool all_roll = true, any_ref = true;
+      for (size_t i : local) {
+        lo.push_back(old[i].logp_old);
+        adv.push_back(seqs[i].advantage);
+        if (seqs[i].logp_roll.empty()) all_roll = false;
+        else lr.push_back(at::tensor(seqs[i].logp_roll, at::TensorOptions().dtype(at::kFloat)));
+        if (!old[i].logp_ref.defined()) any_ref = false;
+        else lref.push_back(old[i].logp_ref);
+        if (shift) po.push_back(old[i].prob);
+      }
+      in.logp_old = scatter_resp(lo, b, 0, dev);
+      in.advantages = at::tensor(adv, at::TensorOptions().dtype(at::kFloat)).to(dev);
+      in.mask = b.resp;
+      if (all_roll) in.logp_roll = scatter_resp(lr, b, 0, dev);
+      if (any_ref) in.logp_ref = scatter_resp(lref, b, 0, dev);
+      in.logits = logits;
+      if (shift) {
+        in.router_p_old = scatter_resp(po, b, 1, dev);
+        in.router_p_new = fw.probs_at;
+        in.router_idx_old = idx_old_full;
+        in.router_idx_new = replayed ? native_topk(fw.router_logits.detach(), K) : fw.routing_indices;
+      }
+      if (cfg_.loss.aux_coef != 0) {
+        // Switch loss of the native (un-replayed) scores, averaged over MoE layers, over every real token.
+        at::Tensor rl = fw.router_logits;  // [B, T, L, E]
+        at::Tensor nat = native_topk(rl.detach(), K);
+        std::vector<at::Tensor> per_layer;
+        for (int64_t l = 0; l < rl.size(2); ++l)
+          per_layer.push_back(algo::load_balancing_loss(rl.select(2, l), nat.select(2, l), b.amask));
+        in.aux_loss = per_layer.empty() ? at::zeros({}, at::kFloat) : at::stack(per_layer).mean();
+      }
+      // routing agreement of the rollout's routing with the old pass's native top-K, this mini-batch.
+      {
+        std::vector<at::Tensor> ri, ni;
+        bool all = true;
+        for (size_t i : local) {
+          if (!seqs[i].rollout_routing.defined()) { all = false; break; }
+          ri.push_back(seqs[i].rollout_routing.narrow(0, seqs[i].prompt.size() - 1, seqs[i].response.size()));
+          ni.push_back(old[i].native_idx);
+        }
+        if (all) {
+          algo::Metrics ra = algo::routing_agreement(scatter_resp(ri, b, 0, dev), scatter_resp(ni, b, 0, dev), b.resp);
+          metrics.insert(ra.begin(), ra.end());
+        }
+      }
+
+      if (!dp) {
+        algo::LossOutputs lo_ = algo::compute_policy_loss(cfg_.loss, in);
+        loss = lo_.loss;
+        metrics.insert(lo_.metrics.begin(), lo_.metrics.end());
+      } else {
+        // Exact data parallel: every term is rescaled from this rank's denominator to the global one, so
+        // that the sum of the ranks' gradients is the gradient of the single-process loss. Denominators of
+        // token-mean and seq-mean aggregations count the tokens/rows that train (--rs-mask and --mis drops
+        // removed), mirroring compute_policy_loss.
+        algo::LossConfig c = cfg_.loss;
+        const algo::Agg agg = algo::effective_agg(c);
+        at::Tensor eff = b.resp > 0;
+        if (c.router_shift && c.rs.mask_below > 0)
+          eff = eff & algo::router_shift(in.router_p_old, in.router_p_new.detach(), in.mask, c.rs).keep;
+        if (c.is.active() && in.logp_roll.defined())
+          eff = eff & algo::importance_weights(in.logp_old, in.logp_roll, in.mask, c.is).keep;
+        const double eff_tokens = eff.sum().item<double>();
+        const double eff_rows = eff.any(1).sum().item<double>();
+        const double all_rows = static_cast<double>(local.size());
+        std::vector<at::Tensor> den{at::tensor({eff_tokens, eff_rows}, at::kFloat)};
+        comm_->all_reduce_sum(den);
+        const double g_tokens = den[0][0].item<double>(), g_rows = den[0][1].item<double>();
+        // seq-mean-token-sum-norm without --loss-scale: the longest kept row of the whole mini-batch.
+        if (agg == algo::Agg::seq_mean_token_sum_norm && c.loss_scale <= 0)
+          c.loss_scale = comm_->max(eff.sum(1).max().item<double>());
+        algo::LossConfig pc = c;
+        pc.kl_coef = 0;
+        pc.entropy_coef = 0;
+        pc.aux_coef = 0;
+        algo::LossOutputs lo_ = algo::compute_policy_loss(pc, in);
+        metrics.insert(lo_.metrics.begin(), lo_.metrics.end());
+        auto share = [](double l, double g) { return g > 0 ? l / g : 0.0; };
+        double agg_scale = 1;
+        if (agg == algo::Agg::token_mean) agg_scale = share(eff_tokens, g_tokens);
+        else if (agg == algo::Agg::seq_mean_token_mean || agg == algo::Agg::seq_mean_token_sum) agg_scale = share(eff_rows, g_rows);
+        const bool gmpo = c.algo == algo::Algo::gmpo || c.algo == algo::Algo::rspo;
+        const double pg_scale = gmpo ? share(all_rows, static_cast<double>(global_rows)) : agg_scale;
+        loss = lo_.loss * pg_scale;
+        if (c.kl_coef != 0)
+          loss = loss + c.kl_coef * agg_scale * algo::aggregate(algo::kl_k3(logp, in.logp_ref), eff, agg, c.loss_scale);
+        if (c.entropy_coef != 0)
+          loss = loss - c.entropy_coef * agg_scale * algo::aggregate(algo::token_entropy(logits), eff, agg, c.loss_scale);
+        if (c.aux_coef != 0) loss = loss + c.aux_coef * in.aux_loss / static_cast<double>(comm_->world_size());
+      }
+    }
+  } else {
+    if (!dp) throw Error("update: empty mini-batch");
+    // No sequences on this rank: contribute zero to the collectives the others make.
+    if (!cfg_.sft) {
+      std::vector<at::Tensor> den{at::zeros({2}, at::kFloat)};
+      comm_->all_reduce_sum(den);
+      if (algo::effective_agg(cfg_.loss) == algo::Agg::seq_mean_token_sum_norm && cfg_.loss.loss_scale <= 0) comm_->max(0);
+    }
+  }
+
+  const double local_loss = loss.defined() ? loss.item<double>() : 0.0;
+  if (!std::isfinite(local_loss))
+    throw Error("non-finite loss (" + std::to_string(local_loss) + ") at optimizer step " + std::to_string(global_step_ + 1) +
+                ": step aborted, checkpoint left untouched");
+  const double t1 = clock();
+  if (loss.defined() && loss.requires_grad()) loss.backward();
+
+  std::vector<at::Tensor> params;
+  for (auto& [n, p] : trained_) params.push_back(p);
+  if (dp) {
+    // Sum gradients, and which parameters have one at all (an expert no rank routed to stays without).
+    std::vector<at::Tensor> bufs;
+    std::vector<float> has;
+    for (auto& p : params) has.push_back(p.grad().defined() ? 1.f : 0.f);
+    bufs.push_back(at::tensor(has, at::kFloat));
+    for (auto& p : params) bufs.push_back(p.grad().defined() ? p.grad() : at::zeros_like(p));
+    comm_->all_reduce_sum(bufs);
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (bufs[0][i].item<float>() == 0.f) {
+        params[i].mutable_grad().reset();
+      } else {
+        if (!params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
+        params[i].mutable_grad().copy_(bufs[i + 1]);
+      }
+    }
+  }
+  const double t2 = clock();
+  // Global L2 norm, clipped as torch.nn.utils.clip_grad_norm_ does.
+  double norm = 0;
+  {
+    at::NoGradGuard ng;
+    std::vector<at::Tensor> norms;
+    for (auto& p : params)
+      if (p.grad().defined()) norms.push_back(p.grad().norm(2));
+    if (!norms.empty()) {
+      at::Tensor total = at::stack(norms).norm(2);
+      norm = total.item<double>();
+      if (!std::isfinite(norm))
+        throw Error("non-finite gradient norm at optimizer step " + std::to_string(global_step_ + 1) +
+                    ": step aborted, checkpoint left untouched");
+      if (cfg_.optim.grad_clip > 0) {
+        at::Tensor coef = at::clamp(cfg_.optim.grad_clip / (total + 1e-6), c10::nullopt, 1.0);
+        for (auto& p : params)
+          if (p.grad().defined()) p.grad().mul_(coef);
+      }
+    }
+  }
+  const double lr = scheduled_lr(cfg_.optim, global_step_);
+  for (auto& g : impl_->opt->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+  impl_->opt->step();
+  ++global_step_;
+  const double t3 = clock();
+
+  // Metrics: this rank's means, combined over ranks weighted by response tokens.
+  metrics["loss"] = local_loss;
+  if (dp) {
+    std::vector<std::string> keys;
+    std::vector<float> vals;
+    for (auto& [k, v] : metrics) {
+      if (k == "loss") continue;
+      keys.push_back(k);
+      vals.push_back(static_cast<float>(v * local_tokens));
+    }
+    // A rank without sequences has no policy metrics: combine only when every rank has the same key count.
+    const double n = static_cast<double>(keys.size());
+    const double kmax = comm_->max(n), kmin = -comm_->max(-n);
+    if (kmax == kmin && n > 0) {
+      std::vector<at::Tensor> t{at::tensor(vals, at::kFloat)};
+      comm_->all_reduce_sum(t);
+      for (size_t i = 0; i < keys.size(); ++i) metrics[keys[i]] = t[0][i].item<double>() / std::max<double>(1, global_tokens);
+    }
+    metrics["loss"] = comm_->sum(local_loss);
+  }
+  metrics["grad_norm"] = norm;
+  metrics["time/forward"] = t1 - t0;    // forward + loss
+  metrics["time/backward"] = t2 - t1;   // backward + gradient all-reduce
+  metrics["time/optimizer"] = t3 - t2;  // clip + AdamW
+  metrics["lr"] = lr;
+  metrics["tokens"] = static_cast<double>(global_tokens);
+  metrics["response_len_max"] = static_cast<double>(global_max_len);
+  metrics["step"] = static_cast<double>(global_step_);
+  return metrics;
+}
+
+}  // namespace moe::train

@@ -1,0 +1,106 @@
+// Benchmark of one train step (prints, never fails): tokens/s and the time split old pass / forward (+loss) /
+// backward / optimizer, and peak RSS, on the tiny preset and a small-real-MoE-shaped preset ("small", with
+// its layer count cut so that weights + Adam state fit a laptop; the per-layer shapes are the real ones).
+//
+//   bench_train_step [--threads N] [--seqs N] [--prompt P] [--response R] [--small-layers L] [--algo A]
+//
+// 1 vs 2 processes: tests/bench/bench_train_dp.sh (needs the moe-* binaries).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "moe/model/config.h"
+#include "moe/model/qwen3_moe.h"
+#include "moe/train/step.h"
+
+using namespace moe;
+
+namespace {
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss / 1024.0;
+}
+
+void bench(const std::string& label, model::ModelConfig c, int seqs, int P, int R, const std::string& algo) {
+  model::Qwen3Moe m(c);
+  model::init_weights(m, 1);
+  int64_t params = 0;
+  for (auto& p : m->parameters()) params += p.numel();
+  std::mt19937_64 g(7);
+  std::vector<train::Sequence> data;
+  for (int i = 0; i < seqs; ++i) {
+    train::Sequence s;
+    s.id = i;
+    for (int k = 0; k < P; ++k) s.prompt.push_back(3 + g() % (c.vocab_size - 3));
+    for (int k = 0; k < R; ++k) s.response.push_back(3 + g() % (c.vocab_size - 3));
+    s.advantage = (i % 2) ? 1.0 : -1.0;
+    data.push_back(s);
+  }
+  train::TrainConfig tc;
+  tc.loss.algo = algo::parse_algo(algo);
+  train::Trainer t(m, tc);
+  const int K = 2;  // mini-batches, as the default step
+  double t_old = 0, t_fwd = 0, t_bwd = 0, t_opt = 0, t_total = 0;
+  const int reps = 2;  // the first step warms up allocators; report the second
+  for (int rep = 0; rep < reps; ++rep) {
+    const double s0 = now();
+    std::vector<train::OldPass> old;
+    t.old_pass(data, old);
+    const double s1 = now();
+    double f = 0, b = 0, o = 0;
+    for (int k = 0; k < K; ++k) {
+      std::vector<size_t> mb;
+      for (int i = k * seqs / K; i < (k + 1) * seqs / K; ++i) mb.push_back(i);
+      auto met = t.update(data, old, mb, mb.size(), static_cast<int64_t>(mb.size()) * R, R);
+      f += met["time/forward"];
+      b += met["time/backward"];
+      o += met["time/optimizer"];
+    }
+    t_old = s1 - s0;
+    t_fwd = f;
+    t_bwd = b;
+    t_opt = o;
+    t_total = now() - s0;
+  }
+  const double tokens = static_cast<double>(seqs) * (P + R);
+  std::printf("%-8s %7.2fM params  %3d seqs x (%d+%d) tok  step %7.3f s  %8.0f tok/s (all positions)  %7.0f resp tok/s\n",
+              label.c_str(), params / 1e6, seqs, P, R, t_total, tokens / t_total, seqs * R / t_total);
+  std::printf("         split: old pass %.3f s  forward+loss %.3f s  backward %.3f s  optimizer %.3f s   peak RSS %.0f MB\n",
+              t_old, t_fwd, t_bwd, t_opt, peak_rss_mb());
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 2, seqs = 64, P = 12, R = 24, small_layers = 2;
+  std::string algo = "rspo";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string a = argv[i];
+    int v = std::atoi(argv[i + 1]);
+    if (a == "--threads") threads = v;
+    else if (a == "--seqs") seqs = v;
+    else if (a == "--prompt") P = v;
+    else if (a == "--response") R = v;
+    else if (a == "--small-layers") small_layers = v;
+    else if (a == "--algo") algo = argv[i + 1];
+    else {
+      std::fprintf(stderr, "unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+  at::set_num_threads(threads);
+  std::printf("bench_train_step: threads %d, algo %s, K=2 mini-batches, E=1, fp32 CPU\n", threads, algo.c_str());
+  bench("tiny", model::preset_config("tiny", 98), seqs, P, R, algo);
+  auto small = model::preset_config("small", 98);
+  small.num_hidden_layers = small_layers;
+  bench("small/" + std::to_string(small_layers) + "L", small, std::max(4, seqs / 8), P, R, algo);
+  return 0;
+}

@@ -1,0 +1,278 @@
+#!/usr/bin/env bats
+# moe-train-step through real pipes: moe-data | moe-rollout | moe-reward | moe-train-step for every algorithm
+# and router mode on the tiny preset; broken inputs and unwritable outputs leave the checkpoint intact;
+# SFT; 2-process data parallel equals 1 process; a dying rank makes the others fail without writing.
+# Rewards of a random model are all 0, so most tests reward through tests/support/moe_fake_reward and
+# `moe-reward --task keep` (non-zero advantages).
+
+load common
+
+setup_file() {
+  load common
+  setup_common
+  export W="$BATS_FILE_TMPDIR"
+  moe-init --preset tiny -o "$W/m0" --seed 1 -q
+  moe-data countdown -n 3 --seed 3 > "$W/p.jsonl"
+  moe-rollout -m "$W/m0" -G 2 --max-new-tokens 6 --seed 1 --routing-out "$W/r.zst" -q "$W/p.jsonl" > "$W/roll.zst"
+  moe_fake_reward "$W/roll.zst" | moe-reward --task keep -q > "$W/rew.zst"
+}
+
+setup() {
+  setup_common
+  W="$BATS_FILE_TMPDIR"
+}
+
+# Copies the initial model to $1.
+fresh() { rm -rf "$1"; cp -r "$W/m0" "$1"; }
+
+# Every file of dir $1 equals the one of dir $2 (and no file is added or missing).
+same_dir() {
+  [ "$(ls "$1")" = "$(ls "$2")" ] || return 1
+  for f in "$2"/*; do cmp -s "$f" "$1/$(basename "$f")" || return 1; done
+}
+
+@test "moe-train-step --help lists the options; --version" {
+  run moe-train-step --help
+  [ "$status" -eq 0 ]
+  for o in --algo --router --routing --mini-batches --epochs --lr --weight-decay --grad-clip --warmup --metrics \
+           --router-shift --tis --mis --loss-agg --clip-low --clip-high --dual-clip --kl-coef --ref --entropy-coef \
+           --aux-coef --rs-floor --rs-form --rs-layer-agg --rs-mask --routing-out --steps --batch-size --world-size; do
+    [[ "$output" == *"$o"* ]] || { echo "missing $o"; return 1; }
+  done
+  run moe-train-step --version
+  [ "$status" -eq 0 ]
+  [[ "$output" == "moe-train-step (moekit) "* ]]
+}
+
+@test "usage errors exit 2 and leave the model alone" {
+  fresh "$TMP/m"
+  cp -r "$TMP/m" "$TMP/orig"
+  for args in "--algo ppo" "--router sometimes" "--router replay-rollout" "--mis 2" "--mis 3,1" "--tis word" \
+              "--loss-agg mean" "--algo gspo --loss-agg token-mean" "--mini-batches 0" "--kl-coef 0.1" "--bogus"; do
+    run moe-train-step -m "$TMP/m" $args "$W/rew.zst"
+    echo "$args -> $status: $output"
+    [ "$status" -eq 2 ]
+    [[ "$output" == *"moe-train-step: error:"* ]]
+  done
+  run moe-train-step "$W/rew.zst"
+  [ "$status" -eq 2 ]
+  same_dir "$TMP/m" "$TMP/orig"
+}
+
+@test "the real pipe moe-data | moe-rollout | moe-reward | moe-train-step runs, writes state and metrics" {
+  fresh "$TMP/m"
+  moe-data countdown -n 2 --seed 5 \
+    | moe-rollout -m "$TMP/m" -G 2 --max-new-tokens 5 --seed 2 --routing-out "$TMP/routes.zst" -q \
+    | moe-reward --task countdown -q \
+    | moe-train-step -m "$TMP/m" --algo rspo --router replay-rollout --routing "$TMP/routes.zst" --metrics "$TMP/m.jsonl" -q
+  [ -f "$TMP/m/optimizer.safetensors" ]
+  grep -q '"global_step": 2' "$TMP/m/trainer_state.json"
+  [ "$(grep -c '"kind":"update"' "$TMP/m.jsonl")" -eq 2 ]
+  [ "$(grep -c '"kind":"summary"' "$TMP/m.jsonl")" -eq 1 ]
+  for k in loss grad_norm entropy lr tokens seconds step pg_loss ppo_kl pg_clipfrac 'router_shift/gamma_mean' \
+           'router_shift/unshifted_frac' 'mismatch/kl' 'mismatch/k3_kl' 'routing/layer_mismatch' 'routing/token_mismatch'; do
+    grep '"kind":"update"' "$TMP/m.jsonl" | head -1 | grep -q "\"$k\"" || { echo "missing $k"; return 1; }
+  done
+}
+
+@test "every algorithm x router mode trains on the tiny preset (model changes; router only where it may)" {
+  for algo in grpo dapo drgrpo gspo gmpo rspo; do
+    for router in free freeze replay-old replay-rollout copy-old-logits; do
+      fresh "$TMP/m"
+      run moe-train-step -m "$TMP/m" "$W/rew.zst" --routing "$W/r.zst" --algo "$algo" --router "$router" \
+        --lr 1e-3 --metrics "$TMP/m.jsonl" -q
+      echo "$algo $router: $output"
+      [ "$status" -eq 0 ]
+      ! cmp -s "$TMP/m/model.safetensors" "$W/m0/model.safetensors"
+      # router weights: bit-identical under freeze and copy-old-logits, trained otherwise
+      d=$(moe_tensor_diff --match mlp.gate.weight "$TMP/m/model.safetensors" "$W/m0/model.safetensors")
+      if [ "$router" = freeze ] || [ "$router" = copy-old-logits ]; then [ "$d" = 0 ]; else [ "$d" != 0 ]; fi
+    done
+  done
+  [ "$(grep -c '"kind":"summary"' "$TMP/m.jsonl")" -eq 30 ]
+  # routing agreement is logged even without replay
+  grep '"router":"free"' "$TMP/m.jsonl" | grep -q 'routing/layer_mismatch'
+}
+
+@test "TIS, MIS, KL to a reference, entropy and aux terms run and log their metrics" {
+  fresh "$TMP/m"
+  moe-train-step -m "$TMP/m" "$W/rew.zst" --tis token --metrics "$TMP/a.jsonl" -q
+  grep -q 'tis/w_mean' "$TMP/a.jsonl"
+  fresh "$TMP/m"
+  moe-train-step -m "$TMP/m" "$W/rew.zst" --tis seq --mis 0.5,2 --metrics "$TMP/b.jsonl" -q
+  grep -q 'tis/clip_frac' "$TMP/b.jsonl"
+  fresh "$TMP/m"
+  moe-train-step -m "$TMP/m" "$W/rew.zst" --kl-coef 0.1 --ref "$W/m0" --entropy-coef 0.01 --aux-coef 0.01 \
+    --router-shift --metrics "$TMP/c.jsonl" -q
+  grep '"kind":"update"' "$TMP/c.jsonl" | head -1 | grep -q '"kl"'
+  grep '"kind":"update"' "$TMP/c.jsonl" | head -1 | grep -q '"aux_loss"'
+}
+
+@test "optimizer state persists: a second step continues the global step; -o leaves -m untouched" {
+  fresh "$TMP/m"
+  cp -r "$TMP/m" "$TMP/orig"
+  moe-train-step -m "$TMP/m" "$W/rew.zst" -o "$TMP/out" --warmup 10 -q --metrics "$TMP/m.jsonl"
+  same_dir "$TMP/m" "$TMP/orig"
+  [ -f "$TMP/out/tokenizer.json" ]
+  grep -q '"global_step": 2' "$TMP/out/trainer_state.json"
+  moe-train-step -m "$TMP/out" "$W/rew.zst" --warmup 10 -q --metrics "$TMP/m.jsonl"
+  grep -q '"global_step": 4' "$TMP/out/trainer_state.json"
+  # warmup: lr of step 4 is 4/10 of the peak
+  grep '"step":4.0' "$TMP/m.jsonl" | grep -q '"lr":4e-05'
+}
+
+@test "deterministic: the same seed and threads give byte-identical checkpoints" {
+  fresh "$TMP/a"
+  fresh "$TMP/b"
+  moe-train-step -m "$TMP/a" "$W/rew.zst" --seed 3 --threads 1 --algo rspo -q
+  moe-train-step -m "$TMP/b" "$W/rew.zst" --seed 3 --threads 1 --algo rspo -q
+  cmp "$TMP/a/model.safetensors" "$TMP/b/model.safetensors"
+  cmp "$TMP/a/optimizer.safetensors" "$TMP/b/optimizer.safetensors"
+}
+
+@test "bad input: truncated stream, wrong kind, no advantage, mismatched routing -> exit 1, checkpoint intact" {
+  fresh "$TMP/m"
+  cp -r "$TMP/m" "$TMP/orig"
+  head -c 300 "$W/rew.zst" > "$TMP/trunc.zst"
+  run moe-train-step -m "$TMP/m" "$TMP/trunc.zst"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"moe-train-step: error:"* ]]
+  run moe-train-step -m "$TMP/m" "$W/r.zst"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"kind"* ]]
+  run moe-train-step -m "$TMP/m" "$W/roll.zst"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"has no advantage"* ]]
+  # a routing stream of another model shape (4 layers instead of the tiny preset's 3)
+  moe_gen_routing --records 6 --positions 40 --layers 4 -o "$TMP/other.zst"
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --routing "$TMP/other.zst"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"does not match the model"* ]]
+  # a routing stream missing ids (routing of other rollouts)
+  moe-data countdown -n 1 --seed 9 | moe-rollout -m "$TMP/m" -G 1 --max-new-tokens 4 --routing-out "$TMP/few.zst" -q > /dev/null
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --routing "$TMP/few.zst" --router replay-rollout
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"no routing record"* || "$output" == *"covers positions"* ]]
+  run moe-train-step -m "$TMP/m" "$SRC/tests/data/bad/not_zstd.txt"
+  [ "$status" -eq 1 ]
+  same_dir "$TMP/m" "$TMP/orig"
+}
+
+@test "unwritable output: read-only parent, parent not a dir, a file-size limit -> exit 1, checkpoint intact" {
+  mkdir -p "$TMP/ro"
+  fresh "$TMP/ro/m"
+  cp -r "$TMP/ro/m" "$TMP/orig"
+  if [ "$(id -u)" -ne 0 ]; then  # root ignores directory permissions
+    chmod a-w "$TMP/ro"
+    run moe-train-step -m "$TMP/ro/m" "$W/rew.zst"
+    chmod u+w "$TMP/ro"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    same_dir "$TMP/ro/m" "$TMP/orig"
+  fi
+  touch "$TMP/plainfile"
+  run moe-train-step -m "$TMP/ro/m" "$W/rew.zst" -o "$TMP/plainfile/out" -q
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"moe-train-step: error:"* ]]
+  same_dir "$TMP/ro/m" "$TMP/orig"
+  # "disk full": the checkpoint write hits RLIMIT_FSIZE (EFBIG) half-way through model.safetensors
+  fresh "$TMP/m"
+  run bash -c 'trap "" XFSZ; ulimit -f 200; moe-train-step -m "$0" "$1"' "$TMP/m" "$W/rew.zst"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  same_dir "$TMP/m" "$TMP/orig"
+  [ -z "$(ls "$TMP" | grep 'tmp-')" ]
+}
+
+@test "sft: moe-data --solutions JSONL on stdin, several steps in one process" {
+  fresh "$TMP/m"
+  moe-data countdown -n 16 --seed 4 --solutions \
+    | moe-train-step -m "$TMP/m" --algo sft --steps 6 --batch-size 4 --metrics "$TMP/s.jsonl" -q
+  [ "$(grep -c '"kind":"update"' "$TMP/s.jsonl")" -eq 6 ]
+  grep -q '"sft_loss"' "$TMP/s.jsonl"
+  grep -q '"global_step": 6' "$TMP/m/trainer_state.json"
+  grep -q '"algo": "sft"' "$TMP/m/trainer_state.json"
+  # a rollout stream is SFT input too (responses as targets)
+  moe-train-step -m "$TMP/m" --algo sft "$W/roll.zst" -q
+  grep -q '"global_step": 8' "$TMP/m/trainer_state.json"
+  # JSONL without a solution
+  echo '{"prompt":"1 2 3=6|"}' > "$TMP/bad.jsonl"
+  run moe-train-step -m "$TMP/m" --algo sft "$TMP/bad.jsonl"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"bad.jsonl:1:"* ]]
+}
+
+@test "--routing-out writes the training forward's routing; moe-route-dump diffs it against the rollout's" {
+  fresh "$TMP/m"
+  moe-train-step -m "$TMP/m" "$W/rew.zst" --routing-out "$TMP/train-routes.zst" -q
+  run moe-route-dump diff "$W/r.zst" "$TMP/train-routes.zst" --json
+  echo "$output"
+  [ "$status" -eq 0 ]
+}
+
+@test "data parallel: 2 processes give the weights of 1 process (1e-5)" {
+  fresh "$TMP/one"
+  fresh "$TMP/two"
+  moe-train-step -m "$TMP/one" "$W/rew.zst" --routing "$W/r.zst" --algo rspo --router replay-rollout --seed 2 --threads 1 -q
+  port=$((20000 + RANDOM % 20000))
+  moe-train-step -m "$TMP/two" "$W/rew.zst" --routing "$W/r.zst" --algo rspo --router replay-rollout --seed 2 --threads 1 -q \
+    --rank 1 --world-size 2 --master-port "$port" &
+  pid=$!
+  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+    moe-train-step -m "$TMP/two" "$W/rew.zst" --routing "$W/r.zst" --algo rspo --router replay-rollout --seed 2 --threads 1 -q
+  wait "$pid"
+  d=$(moe_tensor_diff "$TMP/one/model.safetensors" "$TMP/two/model.safetensors")
+  echo "max diff $d"
+  awk -v d="$d" 'BEGIN { exit !(d < 1e-5) }'
+  ! cmp -s "$TMP/one/model.safetensors" "$W/m0/model.safetensors"
+  d=$(moe_tensor_diff "$TMP/one/optimizer.safetensors" "$TMP/two/optimizer.safetensors")
+  awk -v d="$d" 'BEGIN { exit !(d < 1e-5) }'
+}
+
+@test "data parallel: 3 processes (uneven shares) with drgrpo + KL + entropy give the weights of 1 process" {
+  fresh "$TMP/one"
+  fresh "$TMP/three"
+  args=(--algo drgrpo --kl-coef 0.1 --ref "$W/m0" --entropy-coef 0.01 --seed 4 --threads 1 -q)
+  moe-train-step -m "$TMP/one" "$W/rew.zst" "${args[@]}"
+  port=$((20000 + RANDOM % 20000))
+  pids=()
+  for r in 1 2; do
+    moe-train-step -m "$TMP/three" "$W/rew.zst" "${args[@]}" --rank $r --world-size 3 --master-port "$port" &
+    pids+=($!)
+  done
+  moe-train-step -m "$TMP/three" "$W/rew.zst" "${args[@]}" --rank 0 --world-size 3 --master-port "$port"
+  for p in "${pids[@]}"; do wait "$p"; done
+  d=$(moe_tensor_diff "$TMP/one/model.safetensors" "$TMP/three/model.safetensors")
+  echo "max diff $d"
+  awk -v d="$d" 'BEGIN { exit !(d < 1e-5) }'
+}
+
+@test "data parallel: a rank that dies makes the other exit non-zero without writing" {
+  fresh "$TMP/m"
+  cp -r "$TMP/m" "$TMP/orig"
+  port=$((20000 + RANDOM % 20000))
+  MOEKIT_TRAIN_FAULT=1:2 moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 1 --world-size 2 --master-port "$port" \
+    --dist-timeout 30 -q 2> "$TMP/r1.err" &
+  pid=$!
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 0 --world-size 2 --master-port "$port" --dist-timeout 30 -q
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"data parallel"* ]]
+  run wait "$pid"
+  [ "$status" -ne 0 ]
+  same_dir "$TMP/m" "$TMP/orig"
+}
+
+@test "shell_examples/rl_loop.sh runs 2 steps of the pipeline" {
+  fresh "$TMP/m"
+  run bash "$SRC/shell_examples/rl_loop.sh" "$TMP/m" 2 2
+  echo "$output"
+  [ "$status" -eq 0 ]
+  grep -q '"global_step": 4' "$TMP/m/trainer_state.json"
+  [ "$(grep -c '"kind":"summary"' "$TMP/m.metrics.jsonl")" -eq 2 ]
+}

@@ -1,0 +1,420 @@
+// lib/train: router modes, on-policy sanity, NaN abort, optimizer state round trip, stream joins.
+#include <ATen/ATen.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include "moe/format/rollout.h"
+#include "moe/format/routing.h"
+#include "moe/io/error.h"
+#include "moe/io/file.h"
+#include "moe/model/config.h"
+#include "moe/model/qwen3_moe.h"
+#include "moe/model/safetensors.h"
+#include "moe/tokenizer/char_tokenizer.h"
+#include "moe/train/step.h"
+
+using namespace moe;
+using train::OldPass;
+using train::RouterControl;
+using train::Sequence;
+using train::Trainer;
+using train::TrainConfig;
+
+namespace {
+
+model::Qwen3Moe tiny_model(uint64_t seed = 1) {
+  model::ModelConfig c = model::preset_config("tiny", 98);
+  model::Qwen3Moe m(c);
+  model::init_weights(m, seed);
+  return m;
+}
+
+// Sequences of random printable tokens with alternating advantages.
+std::vector<Sequence> make_seqs(int n, uint64_t seed = 3) {
+  std::mt19937_64 g(seed);
+  std::vector<Sequence> v;
+  for (int i = 0; i < n; ++i) {
+    Sequence s;
+    s.id = i;
+    int P = 3 + static_cast<int>(g() % 4), R = 2 + static_cast<int>(g() % 5);
+    for (int k = 0; k < P; ++k) s.prompt.push_back(3 + g() % 90);
+    for (int k = 0; k < R; ++k) s.response.push_back(3 + g() % 90);
+    s.advantage = (i % 2) ? 1.0 : -0.5;
+    v.push_back(s);
+  }
+  return v;
+}
+
+std::vector<size_t> all_of(const std::vector<Sequence>& s) {
+  std::vector<size_t> v(s.size());
+  for (size_t i = 0; i < v.size(); ++i) v[i] = i;
+  return v;
+}
+
+int64_t tokens_of(const std::vector<Sequence>& s) {
+  int64_t t = 0;
+  for (auto& x : s) t += static_cast<int64_t>(x.response.size());
+  return t;
+}
+int64_t max_len(const std::vector<Sequence>& s) {
+  int64_t t = 0;
+  for (auto& x : s) t = std::max<int64_t>(t, x.response.size());
+  return t;
+}
+
+std::vector<at::Tensor> clone_all(const std::vector<at::Tensor>& v) {
+  std::vector<at::Tensor> r;
+  for (auto& t : v) r.push_back(t.detach().clone());
+  return r;
+}
+
+std::string temp_dir() {
+  char buf[] = "/tmp/moe-train-test-XXXXXX";
+  REQUIRE(::mkdtemp(buf) != nullptr);
+  return buf;
+}
+
+// The same sequences' rollout routing: for every position the native experts shifted by one (never native).
+void add_foreign_routing(model::Qwen3Moe& m, std::vector<Sequence>& seqs) {
+  at::NoGradGuard ng;
+  const int64_t E = m->config().num_experts;
+  for (auto& s : seqs) {
+    std::vector<int64_t> all(s.prompt);
+    all.insert(all.end(), s.response.begin(), s.response.end());
+    at::Tensor in = at::tensor(std::vector<int64_t>(all.begin(), all.end() - 1), at::kLong).unsqueeze(0);
+    model::ForwardOptions fo;
+    fo.capture_routing = true;
+    auto fw = m->forward(in, {}, model::RoutingPlan::native(), fo);
+    s.rollout_routing = ((fw.routing_indices[0] + 1) % E).contiguous();
+  }
+}
+
+algo::Metrics one_update(Trainer& t, const std::vector<Sequence>& seqs) {
+  std::vector<OldPass> old;
+  t.old_pass(seqs, old);
+  return t.update(seqs, old, all_of(seqs), static_cast<int64_t>(seqs.size()), tokens_of(seqs), max_len(seqs));
+}
+
+bool any_nonzero_grad(const std::vector<at::Tensor>& ps) {
+  for (auto& p : ps)
+    if (p.grad().defined() && p.grad().abs().sum().item<double>() > 0) return true;
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("freeze leaves router weights bit-identical and updates the rest", "[train]") {
+  auto m = tiny_model();
+  auto seqs = make_seqs(6);
+  auto routers0 = clone_all(m->router_parameters());
+  auto embed0 = m->embed_weight.detach().clone();
+  TrainConfig tc;
+  tc.router = RouterControl::freeze;
+  tc.optim.lr = 1e-2;
+  Trainer t(m, tc);
+  for (auto& [n, p] : t.trained()) CHECK(n.find("mlp.gate.weight") == std::string::npos);
+  one_update(t, seqs);
+  one_update(t, seqs);
+  auto routers1 = m->router_parameters();
+  for (size_t i = 0; i < routers0.size(); ++i) CHECK(at::equal(routers0[i], routers1[i]));
+  CHECK_FALSE(any_nonzero_grad(routers1));
+  CHECK_FALSE(at::equal(embed0, m->embed_weight.detach()));
+}
+
+TEST_CASE("free mode trains the router", "[train]") {
+  auto m = tiny_model();
+  auto seqs = make_seqs(6);
+  auto routers0 = clone_all(m->router_parameters());
+  TrainConfig tc;
+  tc.optim.lr = 1e-2;
+  Trainer t(m, tc);
+  one_update(t, seqs);
+  CHECK(any_nonzero_grad(m->router_parameters()));
+  CHECK_FALSE(at::equal(routers0[0], m->router_parameters()[0].detach()));
+}
+
+TEST_CASE("replay-rollout replays exactly the given indices and gradients reach the router", "[train]") {
+  auto m = tiny_model();
+  auto seqs = make_seqs(4);
+  add_foreign_routing(m, seqs);
+  TrainConfig tc;
+  tc.router = RouterControl::replay_rollout;
+  tc.loss.algo = algo::Algo::rspo;  // router shift: probabilities at the (replayed) old indices
+  Trainer t(m, tc);
+  std::vector<OldPass> old;
+  t.old_pass(seqs, old);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    // The old pass used exactly the rollout's experts at every position ...
+    CHECK(at::equal(old[i].idx, seqs[i].rollout_routing));
+    // ... and its log-probs are those of a forward replaying them, not of the native forward.
+    std::vector<int64_t> all(seqs[i].prompt);
+    all.insert(all.end(), seqs[i].response.begin(), seqs[i].response.end());
+    at::Tensor in = at::tensor(std::vector<int64_t>(all.begin(), all.end() - 1), at::kLong).unsqueeze(0);
+    at::Tensor tgt = at::tensor(std::vector<int64_t>(all.begin() + 1, all.end()), at::kLong).unsqueeze(0);
+    at::NoGradGuard ng;
+    auto rep = m->forward(in, {}, model::RoutingPlan::replay(seqs[i].rollout_routing.unsqueeze(0)));
+    auto nat = m->forward(in);
+    const int64_t P = seqs[i].prompt.size(), R = seqs[i].response.size();
+    at::Tensor lr = at::log_softmax(rep.logits.to(at::kFloat), -1).gather(2, tgt.unsqueeze(-1)).squeeze(-1)[0].narrow(0, P - 1, R);
+    at::Tensor ln = at::log_softmax(nat.logits.to(at::kFloat), -1).gather(2, tgt.unsqueeze(-1)).squeeze(-1)[0].narrow(0, P - 1, R);
+    CHECK(at::allclose(old[i].logp_old, lr, 0, 1e-6));
+    CHECK_FALSE(at::allclose(old[i].logp_old, ln, 0, 1e-6));
+  }
+  // On-policy first update: the current forward replays the same experts, so the ratio is exactly 1.
+  auto met = t.update(seqs, old, all_of(seqs), seqs.size(), tokens_of(seqs), max_len(seqs));
+  CHECK(met.at("ppo_kl") == Approx(0).margin(1e-7));
+  CHECK(met.at("router_shift/gamma_min") == Approx(1).margin(1e-6));
+  CHECK(any_nonzero_grad(m->router_parameters()));
+}
+
+TEST_CASE("replay-old replays the old pass native experts and the router gets gradients", "[train]") {
+  auto m = tiny_model();
+  auto seqs = make_seqs(4);
+  TrainConfig tc;
+  tc.router = RouterControl::replay_old;
+  Trainer t(m, tc);
+  auto met = one_update(t, seqs);
+  CHECK(met.at("ppo_kl") == Approx(0).margin(1e-7));
+  CHECK(any_nonzero_grad(m->router_parameters()));
+}
+
+TEST_CASE("copy-old-logits gives zero router gradient and leaves the router unchanged", "[train]") {
+  auto m = tiny_model();
+  auto seqs = make_seqs(6);
+  auto routers0 = clone_all(m->router_parameters());
+  TrainConfig tc;
+  tc.router = RouterControl::copy_old_logits;
+  tc.loss.router_shift = true;
+  tc.optim.lr = 1e-2;
+  Trainer t(m, tc);
+  std::vector<OldPass> old;
+  t.old_pass(seqs, old);
+  for (auto& o : old) CHECK(o.logits.dim() == 3);
+  t.update(seqs, old, all_of(seqs), seqs.size(), tokens_of(seqs), max_len(seqs));
+  CHECK_FALSE(any_nonzero_grad(m->router_parameters()));
+  auto routers1 = m->router_parameters();
+  for (size_t i = 0; i < routers0.size(); ++i) CHECK(at::equal(routers0[i], routers1[i]));
+}
+
+TEST_CASE("on-policy sanity: K = 1, E = 1 gives ratio 1 and the on-policy loss forms", "[train]") {
+  auto seqs = make_seqs(5);
+  double num = 0, den = 0, rows = 0;
+  for (auto& s : seqs) {
+    num += s.advantage * s.response.size();
+    den += s.response.size();
+    rows += s.advantage;
+  }
+  for (auto a : {algo::Algo::grpo, algo::Algo::gspo, algo::Algo::gmpo, algo::Algo::rspo}) {
+    auto m = tiny_model();
+    TrainConfig tc;
+    tc.loss.algo = a;
+    Trainer t(m, tc);
+    auto met = one_update(t, seqs);
+    CHECK(met.at("ppo_kl") == 0.0);
+    CHECK(met.at("pg_clipfrac") == 0.0);
+    // grpo token-mean: -sum A / tokens; gspo seq-mean-token-mean and gmpo: -(1/B) sum_i A_i.
+    const double want = a == algo::Algo::grpo ? -num / den : -rows / seqs.size();
+    CHECK(met.at("pg_loss") == Approx(want).epsilon(1e-5));
+    CHECK(met.at("step") == 1.0);
+    CHECK(met.at("grad_norm") > 0);
+  }
+}
+
+TEST_CASE("scheduled_lr warms up linearly, then stays constant", "[train]") {
+  train::OptimConfig o;
+  o.lr = 1e-3;
+  CHECK(train::scheduled_lr(o, 0) == 1e-3);
+  o.warmup = 4;
+  CHECK(train::scheduled_lr(o, 0) == Approx(2.5e-4));
+  CHECK(train::scheduled_lr(o, 3) == Approx(1e-3));
+  CHECK(train::scheduled_lr(o, 100) == Approx(1e-3));
+}
+
+TEST_CASE("optimizer state round trip: moments and step persist across steps", "[train]") {
+  const std::string dir = temp_dir();
+  auto seqs = make_seqs(4);
+  {
+    auto m = tiny_model();
+    Trainer t(m, TrainConfig{});
+    one_update(t, seqs);
+    one_update(t, seqs);
+    t.save(dir + "/a", {});
+  }
+  model::SafetensorsFile fa(dir + "/a/optimizer.safetensors");
+  CHECK(fa.has("model.embed_tokens.weight.exp_avg"));
+  CHECK(fa.get("model.embed_tokens.weight.step").item<int64_t>() == 2);
+  {
+    auto m = model::load_model(dir + "/a", c10::Device(c10::kCPU));
+    Trainer t(m, TrainConfig{});
+    t.load_state(dir + "/a");
+    CHECK(t.global_step() == 2);
+    t.save(dir + "/b", {});
+  }
+  model::SafetensorsFile fb(dir + "/b/optimizer.safetensors");
+  REQUIRE(fa.names() == fb.names());
+  for (auto& n : fa.names()) CHECK(at::equal(fa.get(n), fb.get(n)));
+  // A third step continues the moments: equal to three steps in one process.
+  auto m3 = model::load_model(dir + "/a", c10::Device(c10::kCPU));
+  Trainer t3(m3, TrainConfig{});
+  t3.load_state(dir + "/a");
+  one_update(t3, seqs);
+  auto mref = tiny_model();
+  Trainer tref(mref, TrainConfig{});
+  for (int i = 0; i < 3; ++i) one_update(tref, seqs);
+  CHECK(at::allclose(m3->embed_weight, mref->embed_weight, 0, 1e-6));
+  CHECK(t3.global_step() == 3);
+  std::system(("rm -rf " + dir).c_str());
+}
+
+namespace {
+// A rollout stream file (and optionally a routing stream) for run_train_step.
+void write_streams(const std::string& path, const std::vector<Sequence>& seqs, bool advantages,
+                   const model::ModelConfig& mc, const std::string& routing_path = "", int drop_routing_id = -1,
+                   int num_layers_override = 0) {
+  {
+    io::Output out(path);
+    format::Header h;
+    h.producer = {{"program", "train_test"}};
+    h.meta = {{"vocab_size", mc.vocab_size}, {"temperature", 1.0}, {"model_digest", model::config_digest(mc)}};
+    format::RolloutWriter w(out, h);
+    for (auto& s : seqs) {
+      format::RolloutRecord r;
+      r.id = s.id;
+      r.group = s.id / 2;
+      r.prompt_tokens.assign(s.prompt.begin(), s.prompt.end());
+      r.response_tokens.assign(s.response.begin(), s.response.end());
+      r.finish_reason = "length";
+      if (advantages) r.advantage = s.advantage;
+      w.write(r);
+    }
+    w.finish();
+    out.close();
+  }
+  if (routing_path.empty()) return;
+  io::Output out(routing_path);
+  format::RoutingMeta meta;
+  meta.layer_ids = mc.moe_layer_ids();
+  meta.num_layers = meta.layer_ids.size();
+  if (num_layers_override) {
+    meta.num_layers = num_layers_override;
+    meta.layer_ids.resize(num_layers_override);
+    for (int i = 0; i < num_layers_override; ++i) meta.layer_ids[i] = i;
+  }
+  meta.num_experts = mc.num_experts;
+  meta.top_k = mc.num_experts_per_tok;
+  meta.prob_dtype = "none";
+  meta.model_digest = model::config_digest(mc);
+  format::Header h;
+  format::RoutingWriter w(out, h, meta);
+  for (auto& s : seqs) {
+    if (static_cast<int>(s.id) == drop_routing_id) continue;
+    format::RoutingRecord r;
+    r.id = s.id;
+    r.n_pos = s.prompt.size() + s.response.size() - 1;
+    for (int64_t p = 0; p < r.n_pos; ++p)
+      for (int l = 0; l < meta.num_layers; ++l)
+        for (int k = 0; k < meta.top_k; ++k) r.experts.push_back(static_cast<uint16_t>((p + l + k) % meta.num_experts));
+    w.write(r);
+  }
+  w.finish();
+  out.close();
+}
+
+train::StepConfig step_config(const std::string& dir, const std::string& input) {
+  train::StepConfig c;
+  c.model_dir = dir;
+  c.input = input;
+  return c;
+}
+}  // namespace
+
+TEST_CASE("a NaN loss aborts the step and leaves the checkpoint untouched", "[train]") {
+  const std::string dir = temp_dir();
+  auto m = tiny_model();
+  auto seqs = make_seqs(4);
+  {
+    at::NoGradGuard ng;
+    m->embed_weight[seqs[0].prompt[0]].fill_(std::nan(""));
+  }
+  model::save_model(m, dir + "/m", {{"tokenizer.json", tokenizer::CharTokenizer::default_vocab().to_json()}});
+  write_streams(dir + "/r.zst", seqs, true, m->config());
+  const std::string before = io::read_file(dir + "/m/model.safetensors");
+  try {
+    train::run_train_step(step_config(dir + "/m", dir + "/r.zst"));
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("non-finite") != std::string::npos);
+  }
+  CHECK(io::read_file(dir + "/m/model.safetensors") == before);
+  CHECK(::access((dir + "/m/optimizer.safetensors").c_str(), F_OK) != 0);
+  std::system(("rm -rf " + dir).c_str());
+}
+
+TEST_CASE("run_train_step: input errors name the problem", "[train]") {
+  const std::string dir = temp_dir();
+  auto m = tiny_model();
+  auto seqs = make_seqs(4);
+  model::save_model(m, dir + "/m", {{"tokenizer.json", tokenizer::CharTokenizer::default_vocab().to_json()}});
+  const auto& mc = m->config();
+  auto expect_error = [&](train::StepConfig c, const std::string& what) {
+    try {
+      train::run_train_step(c);
+      FAIL("expected an error containing " << what);
+    } catch (const Error& e) {
+      CHECK_THAT(e.what(), Catch::Contains(what));
+    }
+  };
+  write_streams(dir + "/noadv.zst", seqs, false, mc);
+  expect_error(step_config(dir + "/m", dir + "/noadv.zst"), "has no advantage");
+
+  write_streams(dir + "/r.zst", seqs, true, mc, dir + "/missing.zst", 2);
+  auto c = step_config(dir + "/m", dir + "/r.zst");
+  c.routing = dir + "/missing.zst";
+  expect_error(c, "no routing record for rollout id 2");
+
+  write_streams(dir + "/r.zst", seqs, true, mc, dir + "/shape.zst", -1, 1);
+  c.routing = dir + "/shape.zst";
+  expect_error(c, "does not match the model");
+
+  // replay-rollout without a routing stream is a usage error.
+  auto u = step_config(dir + "/m", dir + "/r.zst");
+  u.train.router = RouterControl::replay_rollout;
+  CHECK_THROWS_AS(train::run_train_step(u), UsageError);
+
+  // A good routing stream: replay-rollout runs and writes optimizer state and trainer_state.json.
+  write_streams(dir + "/r.zst", seqs, true, mc, dir + "/good.zst");
+  u.routing = dir + "/good.zst";
+  u.output_dir = dir + "/out";
+  auto met = train::run_train_step(u);
+  CHECK(met.at("updates") == 2);
+  CHECK(met.count("routing/layer_mismatch") == 1);
+  CHECK(::access((dir + "/out/optimizer.safetensors").c_str(), F_OK) == 0);
+  CHECK(::access((dir + "/out/tokenizer.json").c_str(), F_OK) == 0);
+  auto st = nlohmann::json::parse(io::read_file(dir + "/out/trainer_state.json"));
+  CHECK(st["global_step"] == 2);
+  std::system(("rm -rf " + dir).c_str());
+}
+
+TEST_CASE("sft: JSONL prompt+solution trains on solution + eos", "[train]") {
+  const std::string dir = temp_dir();
+  auto m = tiny_model();
+  model::save_model(m, dir + "/m", {{"tokenizer.json", tokenizer::CharTokenizer::default_vocab().to_json()}});
+  io::write_file_atomic(dir + "/d.jsonl", "{\"prompt\":\"1 2 3=6|\",\"solution\":\"(1+2)+3\"}\n{\"prompt\":\"2 2 2=8|\",\"solution\":\"(2*2)*2\"}\n");
+  auto c = step_config(dir + "/m", dir + "/d.jsonl");
+  c.train.sft = true;
+  c.train.optim.lr = 1e-2;
+  c.sft_steps = 20;
+  c.sft_batch_size = 2;
+  auto met = train::run_train_step(c);
+  CHECK(met.at("updates") == 20);
+  CHECK(met.at("loss") < 4.0);
+  auto st = nlohmann::json::parse(io::read_file(dir + "/m/trainer_state.json"));
+  CHECK(st["global_step"] == 20);
+  CHECK(st["algo"] == "sft");
+  std::system(("rm -rf " + dir).c_str());
+}
