@@ -10,9 +10,10 @@
 # --quick: a tiny configuration that only checks the pipeline runs (seconds; accuracy meaningless).
 # Sizes come from the environment (defaults: the measured configuration of docs/results.md):
 #   SFT_STEPS (1200) SFT_BATCH (128)  RL_STEPS (40) PROMPTS (16, per RL step) G (8, samples per prompt)
-#   POOL (256, RL training prompts, cycled) LR (1e-4) TEMP (1.0, rollout and sampled-eval temperature)
+#   POOL (RL_STEPS x PROMPTS: each prompt seen once; smaller pools are cycled) POOL_EVAL (256: the first
+#   POOL_EVAL pool prompts are evaluated as "RL train prompts") LR (1e-4) TEMP (1.0, rollout and sampled-eval temperature)
 #   MAX_NEW (24) TEST_N (200, held-out prompts) K (8, samples per prompt for mean@k) THREADS (1)
-#   MOEKIT_DEMO_DIR (a new temporary dir, kept and printed)
+#   MOEKIT_DEMO_DIR (a new temporary dir, kept and printed), SFT_MODEL (skip init + SFT: start RL from this dir)
 # Progress goes to stderr; the before/after table goes to stdout. Everything is seeded by --seed (1).
 set -euo pipefail
 
@@ -27,10 +28,11 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$quick" = 1 ]; then
-  : "${SFT_STEPS:=20}" "${RL_STEPS:=2}" "${PROMPTS:=4}" "${G:=4}" "${POOL:=8}" "${TEST_N:=8}" "${K:=2}"
+  : "${SFT_STEPS:=20}" "${RL_STEPS:=2}" "${PROMPTS:=4}" "${G:=4}" "${POOL_EVAL:=8}" "${TEST_N:=8}" "${K:=2}"
 fi
 sft_steps=${SFT_STEPS:-1200} sft_batch=${SFT_BATCH:-128}
-rl_steps=${RL_STEPS:-40} prompts=${PROMPTS:-16} g=${G:-8} pool=${POOL:-256}
+rl_steps=${RL_STEPS:-40} prompts=${PROMPTS:-16} g=${G:-8}
+pool=${POOL:-$((rl_steps * prompts))} pool_eval=${POOL_EVAL:-256}
 lr=${LR:-1e-4} temp=${TEMP:-1.0} max_new=${MAX_NEW:-24} test_n=${TEST_N:-200} k=${K:-8}
 threads=${THREADS:-1}
 for tool in moe-init moe-data moe-train-step moe-rollout moe-reward moe-eval jq; do
@@ -46,29 +48,34 @@ say() { echo "demo [$((SECONDS - start))s]: $*" >&2; }
 model=$work/model
 metrics=$work/metrics.jsonl
 rm -rf "$model" "$metrics"
-moe-init --preset tiny --seed "$seed" -o "$model" -q
-
-say "SFT warm-up: $sft_steps steps of $sft_batch generated Countdown solutions"
-moe-data countdown -q -n $((sft_steps * sft_batch < 50000 ? sft_steps * sft_batch : 50000)) --solutions \
-    --seed "$seed" > "$work/sft.jsonl"
-moe-train-step -q -m "$model" "$work/sft.jsonl" --algo sft --steps "$sft_steps" --batch-size "$sft_batch" \
-    --seed "$seed" --threads "$threads" --metrics "$work/sft.metrics.jsonl"
-say "SFT done: last loss $(tail -n 1 "$work/sft.metrics.jsonl" | jq -r '.loss | . * 1000 | round / 1000')"
+if [ -n "${SFT_MODEL:-}" ]; then
+  say "starting from the SFT checkpoint $SFT_MODEL (SFT_MODEL)"
+  cp -r "$SFT_MODEL" "$model"
+else
+  moe-init --preset tiny --seed "$seed" -o "$model" -q
+  say "SFT warm-up: $sft_steps steps of $sft_batch generated Countdown solutions"
+  moe-data countdown -q -n $((sft_steps * sft_batch < 50000 ? sft_steps * sft_batch : 50000)) --solutions \
+      --seed "$seed" > "$work/sft.jsonl"
+  moe-train-step -q -m "$model" "$work/sft.jsonl" --algo sft --steps "$sft_steps" --batch-size "$sft_batch" \
+      --seed "$seed" --threads "$threads" --metrics "$work/sft.metrics.jsonl"
+  say "SFT done: last loss $(tail -n 1 "$work/sft.metrics.jsonl" | jq -r '.loss | . * 1000 | round / 1000')"
+fi
 
 # Held-out problems (the test split never occurs in any training set) and the RL training prompts.
 moe-data countdown -q -n "$test_n" --split test --unique --seed "$seed" > "$work/test.jsonl"
 moe-data countdown -q -n "$pool" --unique --seed $((seed + 1000)) > "$work/pool.jsonl"
+head -n "$pool_eval" "$work/pool.jsonl" > "$work/train-eval.jsonl"
 
 # evaluate NAME: greedy pass@1 and mean@k at the rollout temperature on both sets, as one JSON line
 evaluate() {
   local out=$work/eval.$1.json
-  moe-eval -q -m "$model" --task countdown --data "$work/test.jsonl" --data "$work/pool.jsonl" \
+  moe-eval -q -m "$model" --task countdown --data "$work/test.jsonl" --data "$work/train-eval.jsonl" \
       -k "$k" --temperature "$temp" --max-new-tokens "$max_new" --seed "$seed" --threads "$threads" \
       --json > "$out"
   jq -c '[.datasets[] | {(.name | sub(".*/"; "") | sub("\\.jsonl$"; "")):
            {pass1: .["pass@1"], mean_at_k: .["mean@k"]}}] | add' "$out"
 }
-say "evaluating before RL ($test_n held-out prompts, $pool training prompts, greedy + $k samples at T=$temp)"
+say "evaluating before RL ($test_n held-out prompts, $(wc -l < "$work/train-eval.jsonl") RL training prompts, greedy + $k samples at T=$temp)"
 before=$(evaluate before)
 say "before RL: $before"
 
@@ -99,11 +106,11 @@ say "after RL: $after"
 
 echo "Countdown accuracy, tiny MoE, seed $seed ($((SECONDS - start)) s; $sft_steps SFT steps, $rl_steps RSPO+R3 steps)"
 printf '%-36s %10s %10s\n' "" "before RL" "after RL"
-for set in test pool; do
-  name=$([ "$set" = test ] && echo "held-out test ($test_n)" || echo "RL train prompts ($pool)")
+for set in test train-eval; do
+  name=$([ "$set" = test ] && echo "held-out test ($test_n)" || echo "RL train prompts ($(wc -l < "$work/train-eval.jsonl"))")
   for m in pass1 mean_at_k; do
     label=$([ "$m" = pass1 ] && echo "greedy pass@1" || echo "mean@$k T=$temp")
-    printf '%-36s %10.3f %10.3f\n' "$name $label" "$(jq ".$set.$m" <<<"$before")" "$(jq ".$set.$m" <<<"$after")"
+    printf '%-36s %10.3f %10.3f\n' "$name $label" "$(jq ".[\"$set\"].$m" <<<"$before")" "$(jq ".[\"$set\"].$m" <<<"$after")"
   done
 done
 echo "metrics: $metrics; evals: $work/eval.before.json $work/eval.after.json" >&2
