@@ -14,7 +14,8 @@
 # prompts (greedy + 4 samples) every 5 steps, 1200 SFT steps unless --model gives an SFT checkpoint,
 # seed 1, 1 job at a time, OUT = compare-out. Every program runs with --threads 1.
 # OUT/<run>/metrics.jsonl gets moe-train-step's lines plus, per step, {"kind":"eval","step",reward} and
-# every E steps val/accuracy (greedy pass@1) and val/mean_at_k; OUT/report/ has report.md and the plots.
+# every E steps val/accuracy (greedy pass@1) and val/mean_at_k; OUT/report/ has report.md and the plots;
+# OUT/summary.md (also on stdout) one table line per run.
 set -euo pipefail
 
 steps=30 prompts=16 g=8 mb=2 lr=1e-4 temp=1.0 every=5 eval_n=100 eval_k=4 sft_steps=1200 sft=""
@@ -132,4 +133,29 @@ files=() labels=()
 while read -r name _; do files+=("$out/$name/metrics.jsonl"); labels+=(--label "$name"); done <<<"$all_runs"
 moe-eval report -q "${files[@]}" "${labels[@]}" --metric val/mean_at_k --metric mismatch/kl \
   --metric routing/layer_mismatch --metric router_shift/floor_frac -o "$out/report"
-say "done: $out/report/report.md"
+
+# One line per run: held-out accuracy before -> after, training reward of the first and last 10 steps,
+# and step means of the stability metrics (summary lines: whole-step mismatch and routing; update lines:
+# clipping, router shift), the last entropy and the largest gradient norm.
+summary() {
+  jq -rs --arg run "$1" '
+    def r3: if . == null then "n/a" else (. * 1000 | round / 1000 | tostring) end;
+    def sci: if . == null then "n/a" else (. * 1e7 | round / 1e7 | tostring) end;
+    def mean: if length == 0 then null else add / length end;
+    (map(select(.["val/accuracy"] != null))) as $v | (map(select(.reward != null) | .reward)) as $r |
+    (map(select(.kind == "summary"))) as $s | (map(select(.kind == "update"))) as $u |
+    "| \($run) | \($v[0]["val/accuracy"] | r3) -> \($v[-1]["val/accuracy"] | r3)" +
+    " | \($v[0]["val/mean_at_k"] | r3) -> \($v[-1]["val/mean_at_k"] | r3)" +
+    " | \($r[:10] | mean | r3) -> \($r[-10:] | mean | r3)" +
+    " | \($s | map(.["mismatch/k3_kl"]) | mean | sci) | \($s | map(.["routing/token_mismatch"]) | mean | r3)" +
+    " | \($u | map(.pg_clipfrac // empty) | mean | r3)" +
+    " | \($u | map(.["router_shift/gamma_mean"] // empty) | mean | r3)" +
+    " | \($u[0].entropy | r3) -> \($u[-1].entropy | r3) | \($u | map(.grad_norm) | max | r3) |"' "$2"
+}
+{
+  echo "| run | val/accuracy (greedy) | val/mean_at_k | train reward (first -> last 10 steps) | mismatch/k3_kl | routing/token_mismatch | pg_clipfrac | gamma_mean | entropy | max grad_norm |"
+  echo "|---|---|---|---|---:|---:|---:|---:|---|---:|"
+  while read -r name _; do summary "$name" "$out/$name/metrics.jsonl"; done <<<"$all_runs"
+} > "$out/summary.md"
+cat "$out/summary.md"
+say "done: $out/summary.md, $out/report/report.md"
