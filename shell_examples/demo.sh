@@ -9,7 +9,7 @@
 #
 # --quick: a tiny configuration that only checks the pipeline runs (seconds; accuracy meaningless).
 # Sizes come from the environment (defaults: the measured configuration of docs/results.md):
-#   SFT_STEPS (1200) SFT_BATCH (128)  RL_STEPS (40) PROMPTS (16, per RL step) G (8, samples per prompt)
+#   SFT_STEPS (1200) SFT_BATCH (128)  RL_STEPS (60) PROMPTS (16, per RL step) G (8, samples per prompt)
 #   POOL (RL_STEPS x PROMPTS: each prompt seen once; smaller pools are cycled) POOL_EVAL (256: the first
 #   POOL_EVAL pool prompts are evaluated as "RL train prompts") LR (1e-4) TEMP (1.0, rollout and sampled-eval temperature)
 #   MAX_NEW (24) TEST_N (200, held-out prompts) K (8, samples per prompt for mean@k) THREADS (1)
@@ -31,7 +31,7 @@ if [ "$quick" = 1 ]; then
   : "${SFT_STEPS:=20}" "${RL_STEPS:=2}" "${PROMPTS:=4}" "${G:=4}" "${POOL_EVAL:=8}" "${TEST_N:=8}" "${K:=2}"
 fi
 sft_steps=${SFT_STEPS:-1200} sft_batch=${SFT_BATCH:-128}
-rl_steps=${RL_STEPS:-40} prompts=${PROMPTS:-16} g=${G:-8}
+rl_steps=${RL_STEPS:-60} prompts=${PROMPTS:-16} g=${G:-8}
 pool=${POOL:-$((rl_steps * prompts))} pool_eval=${POOL_EVAL:-256}
 lr=${LR:-1e-4} temp=${TEMP:-1.0} max_new=${MAX_NEW:-24} test_n=${TEST_N:-200} k=${K:-8}
 threads=${THREADS:-1}
