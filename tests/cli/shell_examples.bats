@@ -48,9 +48,11 @@ setup() {
   [ "$ran" -ge 1 ]
 }
 
-@test "every shell_examples script is run by a test" {
+@test "every shell_examples script is run by a test (its own '# test:' line, or a .bats file naming it)" {
   for script in "$SRC"/shell_examples/*.sh; do
-    grep -q -e '^# test:' -e '^# needs: moe-route-dump$' "$script" || { echo "not run by any test: $script"; false; }
+    grep -q -e '^# test:' -e '^# needs: moe-route-dump$' "$script" \
+      || grep -q "shell_examples/$(basename "$script")" "$SRC"/tests/cli/*.bats \
+      || { echo "not run by any test: $script"; false; }
   done
 }
 
