@@ -116,17 +116,19 @@ run() {
 }
 
 pids=() names=()
+# a failed run stops the others (their background jobs would otherwise outlive this script)
+fail() { echo "compare.sh: run $1 failed" >&2; [ "${#pids[@]}" -eq 0 ] || kill "${pids[@]}" 2>/dev/null; exit 1; }
 while read -r name opts; do
   # shellcheck disable=SC2086  # opts are words
   run "$name" $opts &
   pids+=($!) names+=("$name")
   if [ "${#pids[@]}" -ge "$jobs" ]; then
-    wait "${pids[0]}" || { echo "compare.sh: run ${names[0]} failed" >&2; exit 1; }
+    wait "${pids[0]}" || fail "${names[0]}"
     pids=("${pids[@]:1}") names=("${names[@]:1}")
   fi
 done <<<"$all_runs"
 for j in "${!pids[@]}"; do
-  wait "${pids[$j]}" || { echo "compare.sh: run ${names[$j]} failed" >&2; exit 1; }
+  wait "${pids[$j]}" || fail "${names[$j]}"
 done
 
 files=() labels=()
