@@ -8,13 +8,14 @@
 #   cmake ninja-build ccache g++ pkg-config   the build
 #   zstd                       the reference decoder the stream benchmark compares against
 #   gnuplot-nox                plots for 'moe-eval report'
+#   jq                         JSON glue in shell_examples (eval lines, mean reward)
 set -euo pipefail
 
 packages=(
   cmake ninja-build ccache g++ pkg-config
   libtorch-dev libgloo-dev libopenblas0-openmp
   libcli11-dev libmsgpack-cxx-dev libzstd-dev nlohmann-json3-dev libxxhash-dev
-  catch2 bats zstd gnuplot-nox
+  catch2 bats zstd gnuplot-nox jq
 )
 
 missing=()

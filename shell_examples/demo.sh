@@ -1,27 +1,116 @@
 #!/usr/bin/env bash
-# test: 16
-# The embedded-default demo: a tiny Qwen3-MoE model, the Countdown task, and the routing tools.
-#   demo.sh [PROMPTS]    (default 64)
-# Makes a model, samples Countdown answers with a bf16 "inference engine" while recording its routing,
-# scores them, re-scores the same tokens in fp32 (the "training engine"), and shows how often the two
-# passes disagree on experts.
+# test: --quick
+# The quickstart: the embedded default end to end on CPU.
+#   moe-init --preset tiny -> SFT warm-up on generated Countdown solutions -> moe-eval (before RL)
+#   -> RL steps: bf16 rollout with routing | countdown reward | RSPO with rollout routing replay (R3)
+#   -> moe-eval (after RL), on a held-out test split and on the RL training prompts.
+#
+#   demo.sh [--quick] [--seed S]
+#
+# --quick: a tiny configuration that only checks the pipeline runs (seconds; accuracy meaningless).
+# Sizes come from the environment (defaults: the measured configuration of docs/results.md):
+#   SFT_STEPS (1200) SFT_BATCH (128)  RL_STEPS (60) PROMPTS (16, per RL step) G (8, samples per prompt)
+#   POOL (RL_STEPS x PROMPTS: each prompt seen once; smaller pools are cycled) POOL_EVAL (256: the first
+#   POOL_EVAL pool prompts are evaluated as "RL train prompts") LR (1e-4) TEMP (1.0, rollout and sampled-eval temperature)
+#   MAX_NEW (24) TEST_N (200, held-out prompts) K (8, samples per prompt for mean@k) THREADS (1)
+#   MOEKIT_DEMO_DIR (a new temporary dir, kept and printed), SFT_MODEL (skip init + SFT: start RL from this dir)
+# Progress goes to stderr; the before/after table goes to stdout. Everything is seeded by --seed (1).
 set -euo pipefail
-n=${1:-64}
+
+quick=0 seed=1
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --seed) seed=${2:?--seed needs a value}; shift ;;
+    -h|--help) sed -n '3,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "demo.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$quick" = 1 ]; then
+  : "${SFT_STEPS:=20}" "${RL_STEPS:=2}" "${PROMPTS:=4}" "${G:=4}" "${POOL_EVAL:=8}" "${TEST_N:=8}" "${K:=2}"
+fi
+sft_steps=${SFT_STEPS:-1200} sft_batch=${SFT_BATCH:-128}
+rl_steps=${RL_STEPS:-60} prompts=${PROMPTS:-16} g=${G:-8}
+pool=${POOL:-$((rl_steps * prompts))} pool_eval=${POOL_EVAL:-256}
+lr=${LR:-1e-4} temp=${TEMP:-1.0} max_new=${MAX_NEW:-24} test_n=${TEST_N:-200} k=${K:-8}
+threads=${THREADS:-1}
+for tool in moe-init moe-data moe-train-step moe-rollout moe-reward moe-eval jq; do
+  command -v "$tool" >/dev/null || { echo "demo.sh: $tool not found on PATH (build first: bash scripts/build.sh)" >&2; exit 1; }
+done
+
 work=${MOEKIT_DEMO_DIR:-$(mktemp -d)}
 mkdir -p "$work"
-echo "demo: working in $work" >&2
+echo "demo: working in $work (kept); seed $seed" >&2
+start=$SECONDS
+say() { echo "demo [$((SECONDS - start))s]: $*" >&2; }
 
-[ -d "$work/model" ] || moe-init --preset tiny --seed 1 -o "$work/model"
-moe-data countdown -n "$n" --seed 7 --split train > "$work/train.jsonl"
+model=$work/model
+metrics=$work/metrics.jsonl
+rm -rf "$model" "$metrics"
+if [ -n "${SFT_MODEL:-}" ]; then
+  say "starting from the SFT checkpoint $SFT_MODEL (SFT_MODEL)"
+  cp -r "$SFT_MODEL" "$model"
+else
+  moe-init --preset tiny --seed "$seed" -o "$model" -q
+  say "SFT warm-up: $sft_steps steps of $sft_batch generated Countdown solutions"
+  moe-data countdown -q -n $((sft_steps * sft_batch < 50000 ? sft_steps * sft_batch : 50000)) --solutions \
+      --seed "$seed" > "$work/sft.jsonl"
+  moe-train-step -q -m "$model" "$work/sft.jsonl" --algo sft --steps "$sft_steps" --batch-size "$sft_batch" \
+      --seed "$seed" --threads "$threads" --metrics "$work/sft.metrics.jsonl"
+  say "SFT done: last loss $(tail -n 1 "$work/sft.metrics.jsonl" | jq -r '.loss | . * 1000 | round / 1000')"
+fi
 
-moe-rollout -m "$work/model" "$work/train.jsonl" -G 8 --max-new-tokens 24 --dtype bf16 --seed 1 \
-    --routing-out "$work/rollout.routes.zst" \
-  | moe-reward --task countdown > "$work/rewarded.zst"
-moe-rollout -m "$work/model" --score "$work/rewarded.zst" --routing-out "$work/train.routes.zst" -o /dev/null
+# Held-out problems (the test split never occurs in any training set) and the RL training prompts.
+moe-data countdown -q -n "$test_n" --split test --unique --seed "$seed" > "$work/test.jsonl"
+moe-data countdown -q -n "$pool" --unique --seed $((seed + 1000)) > "$work/pool.jsonl"
+head -n "$pool_eval" "$work/pool.jsonl" > "$work/train-eval.jsonl"
 
-echo "== expert load of the rollout pass"
-moe-route-dump stats "$work/rollout.routes.zst"
-echo "== bf16 rollout vs fp32 re-score of the same tokens"
-moe-route-dump diff "$work/rollout.routes.zst" "$work/train.routes.zst"
-echo "== first rewarded rollout"
-moe-route-dump show "$work/rewarded.zst" | head -n 6
+# evaluate NAME: greedy pass@1 and mean@k at the rollout temperature on both sets, as one JSON line
+evaluate() {
+  local out=$work/eval.$1.json
+  moe-eval -q -m "$model" --task countdown --data "$work/test.jsonl" --data "$work/train-eval.jsonl" \
+      -k "$k" --temperature "$temp" --max-new-tokens "$max_new" --seed "$seed" --threads "$threads" \
+      --json > "$out"
+  jq -c '[.datasets[] | {(.name | sub(".*/"; "") | sub("\\.jsonl$"; "")):
+           {pass1: .["pass@1"], mean_at_k: .["mean@k"]}}] | add' "$out"
+}
+say "evaluating before RL ($test_n held-out prompts, $(wc -l < "$work/train-eval.jsonl") RL training prompts, greedy + $k samples at T=$temp)"
+before=$(evaluate before)
+say "before RL: $before"
+
+say "RL: $rl_steps steps x $prompts prompts x $g samples, bf16 rollout, RSPO + R3 (replay-rollout), lr $lr"
+touch "$metrics"
+for ((i = 0; i < rl_steps; i++)); do
+  lines=$(wc -l < "$metrics")
+  # this step's prompts: the next $prompts lines of the pool, cycling
+  awk -v a=$((i * prompts % pool)) -v n="$prompts" -v p="$pool" \
+      '{ l[NR - 1] = $0 } END { for (j = 0; j < n; j++) print l[(a + j) % p] }' "$work/pool.jsonl" \
+    | moe-rollout -q -m "$model" -G "$g" --temperature "$temp" --max-new-tokens "$max_new" --dtype bf16 \
+        --seed $((seed * 100000 + i)) --threads "$threads" --routing-out "$work/routes.zst" \
+    | moe-reward -q --task countdown \
+    | tee "$work/rewarded.zst" \
+    | moe-train-step -q -m "$model" --algo rspo --router replay-rollout --routing "$work/routes.zst" \
+        --lr "$lr" --seed "$((seed * 100000 + i))" --threads "$threads" --metrics "$metrics"
+  reward=$(moe-route-dump show --jsonl "$work/rewarded.zst" | jq -s 'map(.reward) | add / length')
+  step=$(tail -n +$((lines + 1)) "$metrics" | jq -s 'map(select(.kind == "summary")) | last | .step')
+  echo "{\"kind\":\"eval\",\"step\":$step,\"reward\":$reward}" >> "$metrics"
+  say "RL step $((i + 1))/$rl_steps: mean reward $(printf %.3f "$reward"), $(tail -n +$((lines + 1)) "$metrics" | jq -rs '
+      (map(select(.kind == "summary")) | last) as $s | (map(select(.kind == "update"))) as $u |
+      "mismatch/k3_kl \($s["mismatch/k3_kl"] * 1e6 | round / 1e6), routing/token_mismatch \($s["routing/token_mismatch"] * 1000 | round / 1000), gamma_mean \($u | map(.["router_shift/gamma_mean"]) | add / length * 1e4 | round / 1e4)"')"
+done
+
+say "evaluating after RL"
+after=$(evaluate after)
+say "after RL: $after"
+
+echo "Countdown accuracy, tiny MoE, seed $seed ($((SECONDS - start)) s; $sft_steps SFT steps, $rl_steps RSPO+R3 steps)"
+printf '%-36s %10s %10s\n' "" "before RL" "after RL"
+for set in test train-eval; do
+  name=$([ "$set" = test ] && echo "held-out test ($test_n)" || echo "RL train prompts ($(wc -l < "$work/train-eval.jsonl"))")
+  for m in pass1 mean_at_k; do
+    label=$([ "$m" = pass1 ] && echo "greedy pass@1" || echo "mean@$k T=$temp")
+    printf '%-36s %10.3f %10.3f\n' "$name $label" "$(jq ".[\"$set\"].$m" <<<"$before")" "$(jq ".[\"$set\"].$m" <<<"$after")"
+  done
+done
+echo "metrics: $metrics; evals: $work/eval.before.json $work/eval.after.json" >&2

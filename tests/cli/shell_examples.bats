@@ -48,7 +48,7 @@ setup() {
   [ "$ran" -ge 1 ]
 }
 
-@test "every shell_examples script is run by a test" {
+@test "every shell_examples script is run by a test (its own '# test:' line, or a .bats file naming it)" {
   for script in "$SRC"/shell_examples/*.sh; do
     # run above (a '# test:' line, or route-dump-only), or named by another Bats file that runs it
     grep -q -e '^# test:' -e '^# needs: moe-route-dump$' "$script" && continue
