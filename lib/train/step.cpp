@@ -290,7 +290,10 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   std::unique_ptr<Communicator> comm;
   if (cfg.dist.world_size > 1) {
     if (!cfg.routing_out.empty()) throw UsageError("--routing-out is not supported with data parallel (world size > 1)");
+    const double t0 = now_s();
     comm = std::make_unique<Communicator>(cfg.dist);
+    cli::debug("rank " + std::to_string(cfg.dist.rank) + " of " + std::to_string(cfg.dist.world_size) +
+               ": process group formed in " + std::to_string(now_s() - t0) + " s");
   }
   const int rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;
 
@@ -548,6 +551,11 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   j["output"] = out_dir;
   if (rank == 0) {
     sink.line(j, !cli::quiet());
+  }
+  if (comm) {
+    const double t0 = now_s();
+    comm.reset();
+    cli::debug("process group closed in " + std::to_string(now_s() - t0) + " s");
   }
   return summary;
 }

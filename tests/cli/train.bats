@@ -197,9 +197,14 @@ same_dir() {
   grep -q '"sft_loss"' "$TMP/s.jsonl"
   grep -q '"global_step": 6' "$TMP/m/trainer_state.json"
   grep -q '"algo": "sft"' "$TMP/m/trainer_state.json"
-  # a rollout stream is SFT input too (responses as targets)
+  # a rollout stream is SFT input too (responses as targets), from a file or stdin
   moe-train-step -m "$TMP/m" --algo sft "$W/roll.zst" -q
   grep -q '"global_step": 8' "$TMP/m/trainer_state.json"
+  moe-train-step -m "$TMP/m" --algo sft -q < "$W/roll.zst"
+  grep -q '"global_step": 10' "$TMP/m/trainer_state.json"
+  run bash -c 'echo garbage | moe-train-step -m "$0" --algo sft' "$TMP/m"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"neither a rollout stream"* ]]
   # JSONL without a solution
   echo '{"prompt":"1 2 3=6|"}' > "$TMP/bad.jsonl"
   run moe-train-step -m "$TMP/m" --algo sft "$TMP/bad.jsonl"
