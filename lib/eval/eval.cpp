@@ -1,6 +1,5 @@
 // run_eval: greedy and sampled generation over prompt datasets (lib/rollout generate()), scored by the
 // task checkers of lib/reward.
-#include <c10/util/Exception.h>
 #include <msgpack.hpp>
 
 #include <algorithm>
@@ -15,6 +14,7 @@
 #include "moe/model/config.h"
 #include "moe/model/qwen3_moe.h"
 #include "moe/rollout/generate.h"
+#include "moe/rollout/policy.h"
 #include "moe/rollout/prompts.h"
 #include "moe/tokenizer/char_tokenizer.h"
 
@@ -22,6 +22,7 @@ namespace moe::eval {
 namespace {
 
 using rollout::Prompt;
+using rollout::to_i32;
 
 std::vector<Prompt> read_prompt_set(const std::string& path, const std::string& prompt_key,
                                     const tokenizer::CharTokenizer& tok) {
@@ -54,24 +55,14 @@ std::string packed_eval_key(const std::string& dataset, const char* decode) {
 // A row's name: the path as given, "<stdin>" for standard input.
 std::string dataset_name(const std::string& path) { return path.empty() || path == "-" ? "<stdin>" : path; }
 
-std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
-
 }  // namespace
 
 EvalResult run_eval(const EvalRun& run) {
   check(run);
-  // The model first: its errors name what is missing from the directory.
-  model::Qwen3Moe m{nullptr};
-  try {
-    m = model::load_model(run.model_dir, model::parse_device(run.device), model::parse_dtype(run.dtype));
-  } catch (const c10::Error& e) {  // e.g. a CUDA device in a CPU-only build: the message, not torch's backtrace
-    throw Error(run.model_dir + ": " + e.what_without_backtrace());
-  }
-  const auto tok = tokenizer::CharTokenizer::load(run.model_dir + "/tokenizer.json");
-  if (tok.size() > m->config().vocab_size)
-    throw Error(run.model_dir + ": tokenizer has " + std::to_string(tok.size()) +
-                " tokens but config.json vocab_size is " + std::to_string(m->config().vocab_size));
-  const std::string digest = model::config_digest(m->config());
+  rollout::Policy policy = rollout::load_policy(run.model_dir, run.device, run.dtype);
+  model::Qwen3Moe& m = policy.model;
+  const tokenizer::CharTokenizer& tok = policy.tok;
+  const std::string& digest = policy.digest;
 
   // Every dataset is read (and checked) before the first token is generated.
   std::vector<std::vector<Prompt>> sets;

@@ -11,31 +11,12 @@
 #include "moe/io/file.h"
 #include "moe/model/config.h"
 #include "moe/model/qwen3_moe.h"
+#include "moe/rollout/policy.h"
 #include "moe/rollout/prompts.h"
 #include "moe/tokenizer/char_tokenizer.h"
 
 namespace moe::rollout {
 namespace {
-
-std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
-std::vector<int64_t> to_i64(const std::vector<int32_t>& v) { return std::vector<int64_t>(v.begin(), v.end()); }
-
-struct Loaded {
-  model::Qwen3Moe model{nullptr};
-  tokenizer::CharTokenizer tok;
-  std::string digest;
-};
-
-Loaded load(const RolloutRun& run) {
-  // The model first: its errors name what is missing from the directory.
-  model::Qwen3Moe m = model::load_model(run.model_dir, model::parse_device(run.device), model::parse_dtype(run.dtype));
-  Loaded l{m, tokenizer::CharTokenizer::load(run.model_dir + "/tokenizer.json"), ""};
-  if (l.tok.size() > l.model->config().vocab_size)
-    throw Error(run.model_dir + ": tokenizer has " + std::to_string(l.tok.size()) + " tokens but config.json vocab_size is " +
-                std::to_string(l.model->config().vocab_size));
-  l.digest = model::config_digest(l.model->config());
-  return l;
-}
 
 format::RoutingRecord routing_record(uint64_t id, SequenceRouting&& r, bool with_probs) {
   format::RoutingRecord rr;
@@ -56,7 +37,7 @@ struct Outputs {
   std::unique_ptr<format::RoutingWriter> rwriter;
   bool with_probs;
 
-  Outputs(const RolloutRun& run, const Loaded& l, format::Header h)
+  Outputs(const RolloutRun& run, const Policy& l, format::Header h)
       : out(run.output), writer(out, std::move(h)), with_probs(run.routing_probs != "none") {
     if (run.routing_out.empty()) return;
     rout = std::make_unique<io::Output>(run.routing_out);
@@ -104,7 +85,7 @@ void check_run(const RolloutRun& run) {
 
 void run_sample(const RolloutRun& run) {
   check_run(run);
-  Loaded l = load(run);
+  Policy l = load_policy(run.model_dir, run.device, run.dtype);
   std::vector<Prompt> prompts = read_prompts(run.input, run.prompt_key, l.tok);
 
   GenerateOptions gen = run.gen;
@@ -165,7 +146,7 @@ void run_sample(const RolloutRun& run) {
 
 void run_score(const RolloutRun& run) {
   check_run(run);
-  Loaded l = load(run);
+  Policy l = load_policy(run.model_dir, run.device, run.dtype);
   io::Input in(run.input);
   format::RolloutReader reader(in);
   const auto& in_meta = reader.header().meta;

@@ -1,0 +1,24 @@
+// The policy a sampling tool needs from a model directory: the model, its tokenizer and its digest.
+#pragma once
+#include <string>
+
+#include "moe/model/qwen3_moe.h"
+#include "moe/tokenizer/char_tokenizer.h"
+
+namespace moe::rollout {
+
+struct Policy {
+  model::Qwen3Moe model{nullptr};  // in eval mode
+  tokenizer::CharTokenizer tok;
+  std::string digest;  // model::config_digest of its config, for stream headers
+};
+
+// Loads config.json + weights (first: their errors name what the directory lacks), then tokenizer.json.
+// Throws moe::Error naming `dir` for a tokenizer larger than vocab_size or a device/dtype libtorch
+// cannot provide (the message without libtorch's backtrace); moe::UsageError for an unknown spelling.
+Policy load_policy(const std::string& dir, const std::string& device, const std::string& dtype);
+
+inline std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
+inline std::vector<int64_t> to_i64(const std::vector<int32_t>& v) { return std::vector<int64_t>(v.begin(), v.end()); }
+
+}  // namespace moe::rollout
