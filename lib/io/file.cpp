@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -83,29 +84,38 @@ size_t Input::read(void* buf, size_t n) {
     size_t k = std::min(n, buf_.size() - pos_);
     std::memcpy(buf, buf_.data() + pos_, k);
     pos_ += k;
+    offset_ += k;
     return k;
   }
   for (;;) {
     ssize_t r = ::read(fd_, buf, n);
-    if (r >= 0) return static_cast<size_t>(r);
+    if (r >= 0) {
+      offset_ += static_cast<uint64_t>(r);
+      return static_cast<size_t>(r);
+    }
     if (errno == EINTR) continue;
     throw Error(name_ + ": read error: " + errstr());
   }
 }
 
-bool Input::getline(std::string& line) {
+bool Input::getline(std::string& line, size_t max_bytes) {
   line.clear();
+  const uint64_t start = offset_;
+  ++lines_;
+  auto too_long = [&] {
+    throw Error(name_ + ": offset " + std::to_string(start) + ": line " + std::to_string(lines_) + " is longer than " +
+                std::to_string(max_bytes) + " bytes (the limit of one JSON Lines record)");
+  };
   for (;;) {
     if (pos_ < buf_.size()) {
-      const char* start = buf_.data() + pos_;
-      const void* nl = std::memchr(start, '\n', buf_.size() - pos_);
-      if (nl) {
-        size_t len = static_cast<const char*>(nl) - start;
-        line.append(start, len);
-        pos_ += len + 1;
-        return true;
-      }
-      line.append(start, buf_.size() - pos_);
+      const char* p = buf_.data() + pos_;
+      const void* nl = std::memchr(p, '\n', buf_.size() - pos_);
+      size_t len = nl ? static_cast<size_t>(static_cast<const char*>(nl) - p) : buf_.size() - pos_;
+      if (line.size() + len > max_bytes) too_long();
+      line.append(p, len);
+      pos_ += len + (nl ? 1 : 0);
+      offset_ += len + (nl ? 1 : 0);
+      if (nl) return true;
     }
     buf_.resize(1 << 16);
     pos_ = 0;
@@ -115,7 +125,10 @@ bool Input::getline(std::string& line) {
     } while (r < 0 && errno == EINTR);
     if (r < 0) throw Error(name_ + ": read error: " + errstr());
     buf_.resize(static_cast<size_t>(r));
-    if (r == 0) return !line.empty();
+    if (r == 0) {
+      if (line.empty()) --lines_;
+      return !line.empty();
+    }
   }
 }
 
@@ -127,16 +140,36 @@ Output::Output(const std::string& path, size_t buffer_bytes) : cap_(buffer_bytes
     return;
   }
   name_ = path_ = path;
-  tmp_path_ = path + ".tmp-" + random_suffix();
+  // Atomic replacement (temp + rename) is right only for a regular file or a new path. Anything else is
+  // opened and written in place: renaming over /dev/null, a FIFO or /proc/self/fd/1 would replace a device
+  // or a pipe by a regular file (for the whole machine when run as root).
+  struct stat lst, st;
+  const bool exists = ::lstat(path.c_str(), &lst) == 0;
+  const bool special_tree = path.rfind("/dev/", 0) == 0 || path.rfind("/proc/", 0) == 0;
+  if (exists && S_ISDIR(lst.st_mode)) throw Error(path + ": is a directory");
+  if (exists && (special_tree || ::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))) {
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) throw Error(path + ": is a directory");
+    // A dangling symlink creates its target (nothing to truncate: it did not exist).
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
+    if (fd_ < 0) throw Error(path + ": cannot open for writing: " + errstr());
+    in_place_ = true;
+    return;
+  }
+  if (exists && S_ISLNK(lst.st_mode)) {
+    // A symlink to a regular file: replace the target atomically, keep the link.
+    char* real = ::realpath(path.c_str(), nullptr);
+    if (!real) throw Error(path + ": cannot resolve symlink: " + errstr());
+    path_ = real;
+    std::free(real);
+  }
+  tmp_path_ = path_ + ".tmp-" + random_suffix();
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw Error(path + ": cannot create: " + errstr());
 }
 
 Output::~Output() {
-  if (fd_ > 1) {
-    ::close(fd_);
-    if (!closed_) ::unlink(tmp_path_.c_str());
-  }
+  if (fd_ > 1) ::close(fd_);
+  if (!closed_ && !in_place_ && !tmp_path_.empty()) ::unlink(tmp_path_.c_str());  // never committed
 }
 
 void Output::write(const void* data, size_t n) {
@@ -169,23 +202,42 @@ void Output::write_fd(const char* p, size_t left) {
   }
 }
 
+void Output::prepare() {
+  if (closed_ || prepared_) return;
+  if (in_place_ || fd_ <= 1) {
+    close();
+    return;
+  }
+  flush();
+  if (::fsync(fd_) != 0 && errno != EINVAL) throw Error(name_ + ": fsync failed: " + errstr());
+  int r = ::close(fd_);
+  fd_ = -1;
+  if (r != 0) throw Error(name_ + ": close failed: " + errstr());
+  prepared_ = true;
+}
+
+void Output::commit() {
+  if (closed_) return;
+  if (!prepared_) throw Error(name_ + ": internal error: commit() before prepare()");
+  if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) throw Error(name_ + ": cannot rename into place: " + errstr());
+  closed_ = true;
+  fsync_path(dirname_of(path_), true);
+}
+
 void Output::close() {
   if (closed_) return;
   flush();
-  if (fd_ > 1) {
-    if (::fsync(fd_) != 0 && errno != EINVAL) throw Error(name_ + ": fsync failed: " + errstr());
-    if (::close(fd_) != 0) {
-      fd_ = -1;
-      ::unlink(tmp_path_.c_str());
-      throw Error(name_ + ": close failed: " + errstr());
-    }
+  if (fd_ > 1 && in_place_) {
+    // Devices and pipes: nothing to rename. fsync means nothing to most of them (EINVAL) but reports a full
+    // disk behind /proc/self/fd/N of a regular file.
+    if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS) throw Error(name_ + ": fsync failed: " + errstr());
+    int r = ::close(fd_);
     fd_ = -1;
-    if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
-      int e = errno;
-      ::unlink(tmp_path_.c_str());
-      throw Error(name_ + ": cannot rename into place: " + std::strerror(e));
-    }
-    fsync_path(dirname_of(path_), true);
+    if (r != 0) throw Error(name_ + ": close failed: " + errstr());
+  } else if (fd_ > 1) {
+    prepare();
+    commit();
+    return;
   }
   closed_ = true;
 }

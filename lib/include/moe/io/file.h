@@ -17,8 +17,10 @@ class Input {
   Input& operator=(const Input&) = delete;
   // Reads up to n bytes; returns 0 at end of file. Throws moe::Error on a read error.
   size_t read(void* buf, size_t n);
-  // Reads one line without its '\n' into line; false at end of file.
-  bool getline(std::string& line);
+  // Reads one line without its '\n' into line; false at end of file. A line longer than max_bytes throws
+  // moe::Error "<name>: offset N: line L is longer than max_bytes bytes" (N: where the line starts).
+  bool getline(std::string& line, size_t max_bytes = size_t(256) << 20);
+  uint64_t offset() const { return offset_; }  // bytes consumed by read() and getline() so far
   const std::string& name() const { return name_; }  // the path, or "<stdin>"
 
  private:
@@ -27,12 +29,17 @@ class Input {
   std::string name_;
   std::string buf_;  // getline's read-ahead
   size_t pos_ = 0;
+  uint64_t offset_ = 0;
+  uint64_t lines_ = 0;
 };
 
 // A buffered byte sink: a file, or stdout for "-" or "". Every write error is an exception:
 // EPIPE throws moe::BrokenPipe (the reader went away), anything else moe::Error naming the file.
-// A file output is written to a temporary beside the target and renamed over it by close(), so a failed
-// run never leaves a complete-looking file; the destructor without close() removes the temporary.
+// A new path or a regular file is written to a temporary beside it and renamed over it by close(), so a
+// failed run never leaves a complete-looking file; the destructor without close() removes the temporary.
+// A symlink to a regular file replaces the target that way and keeps the link. Anything else (a character
+// device such as /dev/null, a FIFO, /dev/stdout, /proc/self/fd/N, any path under /dev/ or /proc/) is
+// opened and written in place, never renamed over, truncated or chmod-ed.
 class Output {
  public:
   explicit Output(const std::string& path, size_t buffer_bytes = 1 << 16);  // "-" or "" = stdout
@@ -45,6 +52,13 @@ class Output {
   void close();  // flush, fsync and rename a file; flush stdout. Idempotent.
   const std::string& name() const { return name_; }
   bool is_stdout() const { return fd_ == 1; }
+  bool in_place() const { return in_place_; }  // a device or pipe written in place (no temp, no rename)
+  // The temporary written until close() renames it into place ("" for stdout and in-place outputs).
+  const std::string& temp_path() const { return tmp_path_; }
+  // close() for a staged group of outputs: flush, fsync and close the temporary but leave it in place;
+  // commit() renames it over the target afterwards. For stdout and in-place outputs prepare() is close().
+  void prepare();
+  void commit();
 
  private:
   void write_fd(const char* p, size_t n);  // every byte or an exception
@@ -53,6 +67,8 @@ class Output {
   std::string buf_;
   size_t cap_;
   bool closed_ = false;
+  bool in_place_ = false;
+  bool prepared_ = false;
 };
 
 // Writes `contents` to path atomically (temp file in the same dir, fsync, rename, fsync dir).
