@@ -9,30 +9,41 @@
 #include <msgpack.hpp>
 #include <nlohmann/json.hpp>
 
+#include "moe/io/limits.h"
+
 namespace moe::format::detail {
 
-// Largest record (or header) a reader accepts, in packed bytes. A declared length above it is an error
-// before anything is buffered, so a hostile length cannot make a reader allocate gigabytes.
-inline constexpr size_t kMaxRecordBytes = size_t(1) << 30;
-// Deepest nesting of maps/arrays inside one record.
-inline constexpr size_t kMaxDepth = 64;
+// Largest record (or header) a reader accepts, in packed bytes; deepest nesting, keys per map and values per
+// record (moe/io/limits.h, formats/stream.md). A declared length or count above them is an error before
+// anything is buffered or allocated, so a hostile length cannot make a reader allocate gigabytes.
+inline constexpr size_t kMaxRecordBytes = io::kMaxRecordBytes;
+inline constexpr size_t kMaxDepth = io::kMaxDepth;
 
-// Finds the extent of one msgpack object without allocating. Resumable: on kNeedMore the state points at
-// the first incomplete item, so calling again with more bytes continues where it stopped.
+// Finds the extent of one msgpack object without allocating, and checks the limits (depth, keys per map,
+// values per record). Resumable: on kNeedMore the state points at the first incomplete item, so calling
+// again with more bytes continues where it stopped.
 struct Scan {
   enum Status { kComplete, kNeedMore, kInvalid };
   size_t pos = 0;        // bytes accepted so far (may exceed the bytes available: a bin body in flight)
-  uint64_t pending = 1;  // items still to skip
   std::string error;     // kInvalid: what is wrong, at byte `pos`
-  // kComplete: `pos` is the object's size. kNeedMore: `need` is a lower bound on the size.
+  uint64_t items = 0;    // values seen so far (every key and element counted)
+  // kComplete: `pos` is the object's size. kNeedMore: `need` is a lower bound on the size. kInvalid with
+  // need > max_size: a declared length beyond max_size.
   Status step(const uint8_t* p, size_t avail, size_t max_size, size_t& need);
+
+ private:
+  // left[d]: items still to read in the container open at depth d (left[0]: the top-level object).
+  uint64_t left[kMaxDepth + 1] = {1};
+  int depth = 0;
 };
 
 // msgpack object -> JSON for display and for header/task fields. bin becomes {"bin": nbytes}, ext
 // {"ext": type, "bytes": n}; non-string map keys are written as their JSON text.
 nlohmann::json to_json(const msgpack::object& o);
 // JSON -> msgpack (objects become maps with string keys, integers keep their sign, floats are float64).
-void pack_json(msgpack::packer<msgpack::sbuffer>& pk, const nlohmann::json& j);
+// `level`: the nesting level j lands at in the record (2 for a value under a record key); a container
+// beyond kMaxDepth throws moe::Error.
+void pack_json(msgpack::packer<msgpack::sbuffer>& pk, const nlohmann::json& j, int level = 2);
 
 const char* type_name(const msgpack::object& o);
 inline std::string_view as_key(const msgpack::object& k) {

@@ -1,6 +1,7 @@
 #include <cmath>
 
 #include "format/internal.h"
+#include "moe/io/error.h"
 
 namespace moe::format::detail {
 namespace {
@@ -12,7 +13,9 @@ uint64_t be(const uint8_t* p, int n) {
 }  // namespace
 
 Scan::Status Scan::step(const uint8_t* p, size_t avail, size_t max_size, size_t& need) {
-  while (pending > 0) {
+  for (;;) {
+    while (depth > 0 && left[depth] == 0) --depth;  // close finished containers
+    if (depth == 0 && left[0] == 0) break;
     if (pos >= avail) {
       need = pos + 1;
       return kNeedMore;
@@ -21,13 +24,15 @@ Scan::Status Scan::step(const uint8_t* p, size_t avail, size_t max_size, size_t&
     size_t hdr = 1;      // bytes of the item's header, including the type byte
     int len_bytes = 0;   // bytes of a big-endian length following the type byte
     uint64_t body = 0;   // payload bytes after the header
-    uint64_t children = 0;
-    int mult = 0;        // with len_bytes: 0 = length is body bytes, 1 = array items, 2 = map entries
+    uint64_t count = 0;  // array elements or map entries
+    int mult = 0;        // 0 = not a container, 1 = array, 2 = map
     if (b <= 0x7f || b >= 0xe0) {
     } else if (b <= 0x8f) {
-      children = 2u * (b & 0x0f);
+      count = b & 0x0f;
+      mult = 2;
     } else if (b <= 0x9f) {
-      children = b & 0x0f;
+      count = b & 0x0f;
+      mult = 1;
     } else if (b <= 0xbf) {
       body = b & 0x1f;
     } else {
@@ -37,7 +42,7 @@ Scan::Status Scan::step(const uint8_t* p, size_t avail, size_t max_size, size_t&
         case 0xc4: case 0xd9: len_bytes = 1; break;  // bin8, str8
         case 0xc5: case 0xda: len_bytes = 2; break;
         case 0xc6: case 0xdb: len_bytes = 4; break;
-        case 0xc7: len_bytes = 1; hdr = 1; body = 1; break;  // ext8: len, type, data
+        case 0xc7: len_bytes = 1; body = 1; break;  // ext8: len, type, data
         case 0xc8: len_bytes = 2; body = 1; break;
         case 0xc9: len_bytes = 4; body = 1; break;
         case 0xca: body = 4; break;
@@ -66,17 +71,38 @@ Scan::Status Scan::step(const uint8_t* p, size_t avail, size_t max_size, size_t&
     if (len_bytes) {
       uint64_t n = be(p + pos + 1, len_bytes);
       if (mult == 0) body += n;
-      else children = n * mult;
+      else count = n;
     }
-    // Every child takes at least one byte: a count larger than the size limit cannot be honest.
-    if (body > max_size || pos + hdr + body > max_size || children > max_size ||
-        pending - 1 + children > max_size - pos) {
+    if (body > max_size || pos + hdr + body > max_size) {
       need = max_size + 1;
       error = "declared length exceeds the record size limit";
       return kInvalid;
     }
+    if (++items > io::kMaxItems) {
+      error = "more than " + std::to_string(io::kMaxItems) + " values in one record (the limit of every moekit reader)";
+      return kInvalid;
+    }
+    if (mult == 2 && count > io::kMaxMapKeys) {
+      error = "a map declares " + std::to_string(count) + " keys, more than the limit of " +
+              std::to_string(io::kMaxMapKeys);
+      return kInvalid;
+    }
+    const uint64_t children = count * static_cast<uint64_t>(mult);
+    // Every child is at least one byte and one value: a count beyond the limits cannot be honest.
+    if (children > io::kMaxItems - items || children > max_size - pos) {
+      error = std::string(mult == 2 ? "a map" : "an array") + " declares " + std::to_string(count) +
+              " entries, more than one record may hold";
+      return kInvalid;
+    }
+    --left[depth];
     pos += hdr + body;
-    pending = pending - 1 + children;
+    if (mult) {
+      if (depth + 1 > static_cast<int>(kMaxDepth)) {
+        error = "nested deeper than " + std::to_string(kMaxDepth) + " levels (the limit of every moekit reader)";
+        return kInvalid;
+      }
+      left[++depth] = children;
+    }
   }
   if (pos > avail) {
     need = pos;
@@ -117,8 +143,10 @@ nlohmann::json to_json(const msgpack::object& o) {
   return nullptr;
 }
 
-void pack_json(msgpack::packer<msgpack::sbuffer>& pk, const nlohmann::json& j) {
+void pack_json(msgpack::packer<msgpack::sbuffer>& pk, const nlohmann::json& j, int level) {
   using vt = nlohmann::json::value_t;
+  if (j.is_structured() && level > static_cast<int>(kMaxDepth))
+    throw Error("a JSON value nested deeper than " + std::to_string(kMaxDepth) + " levels cannot be written to a stream");
   switch (j.type()) {
     case vt::null:
     case vt::discarded: pk.pack_nil(); break;
@@ -138,13 +166,13 @@ void pack_json(msgpack::packer<msgpack::sbuffer>& pk, const nlohmann::json& j) {
     }
     case vt::array:
       pk.pack_array(static_cast<uint32_t>(j.size()));
-      for (const auto& x : j) pack_json(pk, x);
+      for (const auto& x : j) pack_json(pk, x, level + 1);
       break;
     case vt::object:
       pk.pack_map(static_cast<uint32_t>(j.size()));
       for (auto it = j.begin(); it != j.end(); ++it) {
         pack_key(pk, it.key());
-        pack_json(pk, it.value());
+        pack_json(pk, it.value(), level + 1);
       }
       break;
   }

@@ -162,7 +162,7 @@ void decode_rollout(const std::string& name, int64_t vocab_size, const Record& r
     if (o->via.bin.size % 4)
       fail(name, at, where(kKnown[i]) + " payload of " + std::to_string(o->via.bin.size) + " bytes is not a multiple of 4");
     out.resize(o->via.bin.size / 4);
-    std::memcpy(out.data(), o->via.bin.ptr, o->via.bin.size);
+    if (o->via.bin.size) std::memcpy(out.data(), o->via.bin.ptr, o->via.bin.size);
   };
   get_bin4(3, true, rec.prompt_tokens);
   get_bin4(4, true, rec.response_tokens);

@@ -13,6 +13,7 @@
 #include "moe/cli/app.h"
 #include "moe/format/routing.h"
 #include "moe/io/error.h"
+#include "moe/io/jsonl.h"
 
 namespace moe::format {
 namespace {
@@ -107,6 +108,9 @@ StreamWriter::StreamWriter(io::Output& out, Header header, int zstd_level)
   detail::pack_json(pk, w.header.producer.is_null() ? nlohmann::json::object() : w.header.producer);
   detail::pack_key(pk, "meta");
   detail::pack_json(pk, w.header.meta);
+  // From version 2 on the trailer checksum covers the header: a flipped bit in the temperature or the
+  // shapes is caught like one in a record.
+  if (w.header.version >= kHeaderChecksumVersion) XXH3_64bits_update(&w.xxh, sb.data(), sb.size());
   w.feed(sb.data(), sb.size(), ZSTD_e_continue);
   // A downstream reader can check the header (and fail fast on a wrong kind) before the first batch.
   flush();
@@ -120,9 +124,15 @@ void StreamWriter::write_packed(const char* data, size_t n) {
   const auto* p = reinterpret_cast<const uint8_t*>(data);
   detail::Scan scan;
   size_t need = 0;
-  if (n == 0 || !((p[0] >= 0x80 && p[0] <= 0x8f) || p[0] == 0xde || p[0] == 0xdf) ||
-      scan.step(p, n, detail::kMaxRecordBytes, need) != detail::Scan::kComplete || scan.pos != n)
-    throw Error(w.out.name() + ": internal error: a record must be exactly one msgpack map (limit 1 GiB)");
+  if (n == 0 || !((p[0] >= 0x80 && p[0] <= 0x8f) || p[0] == 0xde || p[0] == 0xdf))
+    throw Error(w.out.name() + ": internal error: a record must be one msgpack map");
+  // The writer checks the limits every reader enforces, so a stream it writes can always be read back.
+  auto st = scan.step(p, n, detail::kMaxRecordBytes, need);
+  if (st == detail::Scan::kInvalid)
+    throw Error(w.out.name() + ": record " + std::to_string(w.count) + " cannot be written: " +
+                (need > detail::kMaxRecordBytes ? "larger than the 256 MiB record limit" : scan.error));
+  if (st != detail::Scan::kComplete || scan.pos != n)
+    throw Error(w.out.name() + ": internal error: a record must be exactly one msgpack map");
   XXH3_64bits_update(&w.xxh, data, n);
   ++w.count;
   w.feed(data, n, ZSTD_e_continue);
@@ -167,6 +177,7 @@ struct StreamReader::Impl {
   uint64_t in_base = 0;  // compressed offset of inbuf[0]
   bool in_eof = false;
   size_t frame_left = 0;  // last ZSTD_decompressStream hint: 0 = at a frame boundary
+  uint64_t frame_start = 0;  // compressed offset of the frame being decoded
   // Decompressed window: bytes [beg, end) not yet consumed; buf()[beg] is at uncompressed offset `off`.
   // Records reference their bytes in place (no copy); while a Record holds the window (use_count > 1) the
   // bytes before `end` are never overwritten: new data goes after them or into a fresh window.
@@ -175,9 +186,11 @@ struct StreamReader::Impl {
   size_t beg = 0, end = 0;
   uint64_t off = 0;
   Header header;
+  std::string header_bytes;  // packed, hashed once the version says the checksum covers them
   uint64_t count = 0;
   XXH3_state_t xxh;
   bool done = false;
+  std::vector<std::string_view> keys;  // scratch: a record's keys, sorted
 
   explicit Impl(io::Input& i) : in(i), name(i.name()) {}
   ~Impl() { ZSTD_freeDCtx(dctx); }
@@ -220,13 +233,18 @@ struct StreamReader::Impl {
     }
     for (;;) {
       if (in_pos == in_len) read_input();
+      if (frame_left == 0) frame_start = in_base + in_pos;  // at a boundary: the next frame starts here
       ZSTD_inBuffer zin{inbuf.data(), in_len, in_pos};
       ZSTD_outBuffer zout{buf().data() + end, buf().size() - end, 0};
       size_t ret = ZSTD_decompressStream(dctx, &zout, &zin);
       if (ZSTD_isError(ret)) {
-        if (frame_left == 0)
+        // At a boundary the bytes of the failed call start at in_pos: a frame magic there means the frame
+        // began and is damaged; anything else is not a frame.
+        if (frame_left == 0 && !(in_len - in_pos >= 4 && is_zstd_magic(reinterpret_cast<const unsigned char*>(inbuf.data() + in_pos))))
           fail_compressed(std::string("not a zstd frame where one should start (") + ZSTD_getErrorName(ret) + ")");
-        fail_compressed(std::string("corrupt zstd data: ") + ZSTD_getErrorName(ret));
+        // Report the frame: zstd detects damage only where a block fails to decode, often far behind it.
+        throw Error(name + ": compressed offset " + std::to_string(frame_start) + ": corrupt zstd data in the frame starting there (" +
+                    ZSTD_getErrorName(ret) + ", detected by compressed offset " + std::to_string(in_base + zin.pos) + ")");
       }
       // A call without progress at a frame boundary returns the size of the next frame header: that is
       // not "inside a frame", so only calls that moved data update the frame state.
@@ -249,7 +267,7 @@ struct StreamReader::Impl {
         if (st == detail::Scan::kComplete) return scan.pos;
         if (st == detail::Scan::kInvalid) {
           if (need > detail::kMaxRecordBytes)
-            fail(off, std::string(what) + " declares a length beyond the 1 GiB record limit (corrupt or hostile)");
+            fail(off, std::string(what) + " declares a length beyond the 256 MiB record limit (corrupt or hostile)");
           fail(off + scan.pos, scan.error + " in " + what + " starting at offset " + std::to_string(off));
         }
       } else {
@@ -319,6 +337,7 @@ struct StreamReader::Impl {
     Record h;
     size_t size = locate("header");
     take(h, size);
+    header_bytes.assign(buf().data() + beg, size);
     consume(size);
     const msgpack::object& m = h.map();
     const msgpack::object* magic = m.type == msgpack::type::MAP ? h.find("magic") : nullptr;
@@ -332,6 +351,8 @@ struct StreamReader::Impl {
         version->via.u64 > uint64_t(INT64_MAX))
       fail(0, "bad header: \"version\" missing or not a positive integer");
     header.version = static_cast<int64_t>(version->via.u64);
+    if (header.version >= kHeaderChecksumVersion) XXH3_64bits_update(&xxh, header_bytes.data(), header_bytes.size());
+    header_bytes.clear();
     if (const msgpack::object* p = h.find("producer")) header.producer = detail::to_json(*p);
     if (const msgpack::object* mt = h.find("meta")) {
       if (mt->type != msgpack::type::MAP) fail(0, "bad header: \"meta\" is not a map");
@@ -341,9 +362,9 @@ struct StreamReader::Impl {
 
   void check_kind(const std::string& expected) {
     if (!expected.empty() && header.kind != expected)
-      fail(0, "wrong stream kind: expected a " + expected + " stream, found " + header.kind);
+      fail(0, "wrong stream kind: expected a " + expected + " stream, found " + io::excerpt(header.kind, 0, 40));
     int64_t maxv = max_version(header.kind);
-    if (maxv == 0) fail(0, "unknown stream kind \"" + header.kind + "\" (this build reads rollout, routing)");
+    if (maxv == 0) fail(0, "unknown stream kind \"" + io::excerpt(header.kind, 0, 40) + "\" (this build reads rollout, routing)");
     if (header.version > maxv)
       fail(0, header.kind + " stream version " + std::to_string(header.version) + " is newer than this build reads (" +
                   std::to_string(maxv) + "). HINT: written by a newer moekit; upgrade moekit to read it");
@@ -371,8 +392,9 @@ struct StreamReader::Impl {
                    std::to_string(count));
     uint64_t got = XXH3_64bits_digest(&xxh);
     if (sum->via.u64 != got)
-      fail(at, "checksum mismatch: the trailer says " + hex64(sum->via.u64) + ", the records hash to " + hex64(got) +
-                   " (records corrupted)");
+      fail(at, "checksum mismatch: the trailer says " + hex64(sum->via.u64) + ", the " +
+                   (header.version >= kHeaderChecksumVersion ? "header and records" : "records") + " hash to " + hex64(got) +
+                   (header.version >= kHeaderChecksumVersion ? " (header or records corrupted)" : " (records corrupted)"));
   }
 
   // Makes at least n compressed bytes available at inbuf[in_pos] unless the input ends first.
@@ -447,11 +469,14 @@ bool StreamReader::next(Record& rec) {
     const auto& k = m.via.map.ptr[i].key;
     if (k.type != msgpack::type::STR)
       r.fail(r.off, std::string("record key is not a string (found ") + detail::type_name(k) + ")");
-    auto ks = detail::as_key(k);
-    if (ks == "trailer") trailer = true;
-    for (uint32_t j = 0; j < i; ++j)
-      if (detail::as_key(m.via.map.ptr[j].key) == ks) r.fail(r.off, "duplicate key \"" + std::string(ks) + "\" in record");
+    if (detail::as_key(k) == "trailer") trailer = true;
   }
+  // Sorted, so a record of many keys costs n log n, not n^2.
+  r.keys.resize(n);
+  for (uint32_t i = 0; i < n; ++i) r.keys[i] = detail::as_key(m.via.map.ptr[i].key);
+  std::sort(r.keys.begin(), r.keys.end());
+  for (uint32_t i = 1; i < n; ++i)
+    if (r.keys[i] == r.keys[i - 1]) r.fail(r.off, "duplicate key \"" + io::excerpt(r.keys[i], 0, 64) + "\" in record");
   if (trailer) {
     r.check_trailer(*rec.find("trailer"), r.off);
     r.consume(size);

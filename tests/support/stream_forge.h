@@ -84,10 +84,27 @@ struct Forge {
     if (!trailer_override.empty()) return trailer_override;
     XXH3_state_t st;
     XXH3_64bits_reset(&st);
+    if (header_version() >= 2) XXH3_64bits_update(&st, header.data(), header.size());  // version 2: header covered
     for (const auto& r : records) XXH3_64bits_update(&st, r.data(), r.size());
     nlohmann::json t = {{"trailer", {{"count", uint64_t(int64_t(records.size()) + count_delta)},
                                      {"checksum", XXH3_64bits_digest(&st) ^ checksum_xor}}}};
     return pack_json(t);
+  }
+  // The header's "version" (0 when it has none or is not a map): from 2 on the checksum covers the header.
+  int64_t header_version() const {
+    try {
+      msgpack::object_handle oh = msgpack::unpack(header.data(), header.size());
+      const msgpack::object& m = oh.get();
+      if (m.type != msgpack::type::MAP) return 0;
+      for (uint32_t i = 0; i < m.via.map.size; ++i) {
+        const auto& kv = m.via.map.ptr[i];
+        if (kv.key.type == msgpack::type::STR && std::string(kv.key.via.str.ptr, kv.key.via.str.size) == "version" &&
+            kv.val.type == msgpack::type::POSITIVE_INTEGER)
+          return static_cast<int64_t>(kv.val.via.u64);
+      }
+    } catch (const std::exception&) {
+    }
+    return 0;
   }
   // The uncompressed msgpack sequence.
   std::string raw() const {

@@ -16,9 +16,13 @@ namespace moe::format {
 
 inline constexpr const char* kMagic = "moekit";
 
-// Highest version of each kind this build reads and the version it writes.
-inline constexpr int64_t kRolloutVersion = 1;
-inline constexpr int64_t kRoutingVersion = 1;
+// Highest version of each kind this build reads and the version it writes. Version 2 (both kinds): the
+// trailer checksum covers the header's bytes too; version 1 streams are still read, with their rule
+// (records only).
+inline constexpr int64_t kRolloutVersion = 2;
+inline constexpr int64_t kRoutingVersion = 2;
+// The first version whose checksum covers the header (the same for every kind).
+inline constexpr int64_t kHeaderChecksumVersion = 2;
 
 struct Header {
   std::string kind;          // "rollout" | "routing"
