@@ -1,6 +1,7 @@
 #include "moe/reward/scorer.h"
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 
 #include "moe/io/error.h"
@@ -15,7 +16,15 @@ std::string clip(std::string s, size_t n) {
   return s;
 }
 
-bool json_int(const nlohmann::json& j, int64_t& out) {
+// An integer of the payload, exactly: false for a non-integer. A value outside the signed 64-bit range
+// (nlohmann keeps up to 2^64 - 1 as unsigned, beyond that a float) is an error, never read modulo 2^64.
+bool json_int(const nlohmann::json& j, int64_t& out, const char* what) {
+  if (j.is_number_unsigned()) {
+    if (j.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+      throw Error(std::string("task payload ") + what + " " + j.dump() + " is outside the signed 64-bit integer range");
+    out = static_cast<int64_t>(j.get<uint64_t>());
+    return true;
+  }
   if (j.is_number_integer()) {
     out = j.get<int64_t>();
     return true;
@@ -26,6 +35,8 @@ bool json_int(const nlohmann::json& j, int64_t& out) {
       out = static_cast<int64_t>(d);
       return true;
     }
+    if (std::isfinite(d) && std::floor(d) == d)
+      throw Error(std::string("task payload ") + what + " " + j.dump() + " is an integer too large to hold exactly");
   }
   return false;
 }
@@ -37,13 +48,13 @@ Score score_countdown(const format::RolloutRecord& rec, const RewardOptions& opt
   if (!task.is_object() || nums == task.end() || tgt == task.end())
     throw Error("task payload has no 'numbers' and 'target' (is this a countdown stream? see moe-data(1))");
   int64_t target;
-  if (!json_int(*tgt, target)) throw Error("task payload 'target' is not an integer");
+  if (!json_int(*tgt, target, "'target'")) throw Error("task payload 'target' is not an integer");
   if (!nums->is_array() || nums->empty() || nums->size() > 16)
     throw Error("task payload 'numbers' is not an array of 1..16 integers");
   std::vector<int64_t> numbers;
   for (const auto& v : *nums) {
     int64_t x;
-    if (!json_int(v, x)) throw Error("task payload 'numbers' holds a non-integer");
+    if (!json_int(v, x, "'numbers' element")) throw Error("task payload 'numbers' holds a non-integer");
     numbers.push_back(x);
   }
   CountdownCheck c = countdown_check(response_for_scoring(rec.response_text), numbers, target);
@@ -61,6 +72,7 @@ Score score_math(const format::RolloutRecord& rec, const RewardOptions& opts) {
     throw Error("task payload has no '" + opts.answer_key + "' (the reference answer; see --answer-key)");
   std::string reference;
   if (it->is_string()) reference = it->get<std::string>();
+  else if (it->is_number_unsigned()) reference = std::to_string(it->get<uint64_t>());
   else if (it->is_number_integer()) reference = std::to_string(it->get<int64_t>());
   else if (it->is_number()) reference = it->dump();
   else throw Error("task payload '" + opts.answer_key + "' is not a string or a number");
