@@ -5,7 +5,8 @@
 
 #include "moe/format/routing.h"
 
-#if defined(__x86_64__) || defined(__i386__)
+// clang before 16 has no __builtin_cpu_supports("f16c"): it (the fuzzing build) takes the scalar path.
+#if (defined(__x86_64__) || defined(__i386__)) && (!defined(__clang__) || __clang_major__ >= 16)
 #include <immintrin.h>
 #define MOE_HAVE_F16C_PATH 1
 #endif
