@@ -6,13 +6,10 @@
 
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "scratch.h"
 
 namespace {
-std::string scratch_dir() {
-  char tmpl[] = "/tmp/moekit-io-XXXXXX";
-  REQUIRE(mkdtemp(tmpl) != nullptr);
-  return tmpl;
-}
+std::string scratch_dir() { return moe::testing::make_scratch_dir("moekit-io"); }
 bool exists(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0;

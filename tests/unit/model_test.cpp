@@ -12,16 +12,13 @@
 #include "moe/model/config.h"
 #include "moe/model/qwen3_moe.h"
 #include "moe/model/safetensors.h"
+#include "scratch.h"
 
 using namespace moe::model;
 using nlohmann::json;
 
 namespace {
-std::string scratch_dir() {
-  char tmpl[] = "/tmp/moekit-model-XXXXXX";
-  REQUIRE(mkdtemp(tmpl) != nullptr);
-  return tmpl;
-}
+std::string scratch_dir() { return moe::testing::make_scratch_dir("moekit-model"); }
 
 json tiny_json() {
   return json{{"model_type", "qwen3_moe"}, {"vocab_size", 50}, {"hidden_size", 32}, {"intermediate_size", 24},

@@ -17,6 +17,7 @@
 #include "moe/model/safetensors.h"
 #include "moe/tokenizer/char_tokenizer.h"
 #include "moe/train/step.h"
+#include "scratch.h"
 
 using namespace moe;
 using train::OldPass;
@@ -73,11 +74,7 @@ std::vector<at::Tensor> clone_all(const std::vector<at::Tensor>& v) {
   return r;
 }
 
-std::string temp_dir() {
-  char buf[] = "/tmp/moe-train-test-XXXXXX";
-  REQUIRE(::mkdtemp(buf) != nullptr);
-  return buf;
-}
+std::string temp_dir() { return moe::testing::make_scratch_dir("moe-train-test"); }
 
 // The same sequences' rollout routing: for every position the native experts shifted by one (never native).
 void add_foreign_routing(model::Qwen3Moe& m, std::vector<Sequence>& seqs) {
