@@ -9,6 +9,7 @@
 #   zstd                       the reference decoder the stream benchmark compares against
 #   gnuplot-nox                plots for 'moe-eval report'
 #   jq                         JSON glue in shell_examples (eval lines, mean reward)
+#   clang libclang-rt-dev      libFuzzer + ASan/UBSan for the fuzzing harness (fuzz/, scripts/fuzz.sh; CI runs it)
 set -euo pipefail
 
 packages=(
@@ -16,6 +17,7 @@ packages=(
   libtorch-dev libgloo-dev libopenblas0-openmp
   libcli11-dev libmsgpack-cxx-dev libzstd-dev nlohmann-json3-dev libxxhash-dev
   catch2 bats zstd gnuplot-nox jq
+  clang libclang-rt-dev
 )
 
 missing=()

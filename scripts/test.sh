@@ -7,3 +7,6 @@ bash scripts/install-deps.sh
 bash scripts/build.sh
 cd build
 ctest --output-on-failure -j "$(nproc 2>/dev/null || echo 2)"
+cd ..
+# Every fuzz target for 10 s on its committed corpus (about a minute): a crash fails CI.
+bash scripts/fuzz.sh --ci
