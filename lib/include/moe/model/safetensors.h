@@ -11,13 +11,11 @@
 #include <utility>
 #include <vector>
 
+#include "moe/format/safetensors_header.h"
+
 namespace moe::model {
 
-struct TensorEntry {
-  std::string dtype;           // safetensors dtype name: "F32", "BF16", "F16", "I64", ...
-  std::vector<int64_t> shape;
-  uint64_t begin = 0, end = 0;  // byte range relative to the start of the data section
-};
+using format::TensorEntry;  // dtype, shape, byte range (moe/format/safetensors_header.h)
 
 // One memory-mapped safetensors file. The constructor validates the whole header: a file shorter than its
 // header or than any tensor's data range ("truncated"), a header that is not a JSON object of entries with
