@@ -66,7 +66,10 @@ EvalResult run_eval(const EvalRun& run) {
 
   // Every dataset is read (and checked) before the first token is generated.
   std::vector<std::vector<Prompt>> sets;
-  for (const auto& path : run.data) sets.push_back(read_prompt_set(path, run.prompt_key, tok));
+  for (const auto& path : run.data) {
+    sets.push_back(read_prompt_set(path, run.prompt_key, tok));
+    rollout::check_prompt_lengths(sets.back(), path, policy.model->config().max_position_embeddings);
+  }
   // A payload the checker cannot use fails now, not after generating everything before it: the checkers
   // look at the payload before the response.
   for (size_t d = 0; d < sets.size(); ++d)

@@ -87,6 +87,7 @@ void run_sample(const RolloutRun& run) {
   check_run(run);
   Policy l = load_policy(run.model_dir, run.device, run.dtype);
   std::vector<Prompt> prompts = read_prompts(run.input, run.prompt_key, l.tok);
+  check_prompt_lengths(prompts, run.input, l.model->config().max_position_embeddings);
 
   GenerateOptions gen = run.gen;
   gen.eos_id = l.tok.eos_id();
