@@ -300,6 +300,12 @@ const Header& RoutingReader::header() const { return r_.header(); }
 
 bool RoutingReader::next(RoutingRecord& rec) {
   if (!r_.next(raw_)) return false;
+  if (max_positions_ > 0) {  // before the payload is widened into rec.experts
+    const msgpack::object* np = raw_.find("n_pos");
+    if (np && np->type == msgpack::type::POSITIVE_INTEGER && np->via.u64 > static_cast<uint64_t>(max_positions_))
+      r_.fail(raw_.offset, "routing record declares " + std::to_string(np->via.u64) + " positions, more than the model's " +
+                               std::to_string(max_positions_) + " (max_position_embeddings)");
+  }
   decode_routing(r_.name(), meta_, raw_, rec);
   return true;
 }

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include "moe/io/error.h"
 #include "moe/io/file.h"
 #include "moe/io/jsonl.h"
+#include "moe/io/lock.h"
 #include "moe/model/config.h"
 #include "moe/tokenizer/char_tokenizer.h"
 #include "moe/train/step.h"
@@ -91,16 +93,17 @@ void detect(const std::string& path, Spooled& s) {
 
 // prompt+solution JSONL -> sequences (response = solution tokens + eos).
 void read_sft_jsonl(const std::string& name, const std::string& text, const tokenizer::CharTokenizer& tok,
-                    const StepConfig& cfg, std::vector<Sequence>& out) {
+                    const StepConfig& cfg, int64_t max_positions, std::vector<Sequence>& out) {
   size_t pos = 0;
   for (int64_t lineno = 1; pos < text.size(); ++lineno) {
     size_t e = text.find('\n', pos);
     if (e == std::string::npos) e = text.size();
     std::string line = text.substr(pos, e - pos);
+    const size_t line_offset = pos;
     pos = e + 1;
     const std::string at = name + ":" + std::to_string(lineno) + ": ";
     nlohmann::json j;
-    if (!io::parse_jsonl_line(line, at, j)) continue;
+    if (!io::parse_jsonl_line(line, at, j, line_offset)) continue;
     for (const std::string* k : {&cfg.prompt_key, &cfg.solution_key})
       if (!j.contains(*k) || !j[*k].is_string()) throw Error(at + "no string \"" + *k + "\" (SFT JSONL needs prompt and solution)");
     Sequence s;
@@ -113,22 +116,53 @@ void read_sft_jsonl(const std::string& name, const std::string& text, const toke
     }
     if (s.prompt.empty()) throw Error(at + "empty prompt");
     s.response.push_back(tok.eos_id());
+    if (static_cast<int64_t>(s.prompt.size() + s.response.size()) > max_positions)
+      throw Error(at + "prompt and solution of " + std::to_string(s.prompt.size() + s.response.size()) +
+                  " tokens are longer than the model's max_position_embeddings (" + std::to_string(max_positions) + ")");
     out.push_back(std::move(s));
   }
 }
 
+// --metrics FILE. A regular file (or a new path) is one of the step's staged outputs: its lines are held
+// until the step commits, then the file is replaced by its old contents plus them (temp + rename, beside
+// the checkpoint swap), so a failed step adds no line. A FIFO, a device or /dev/stderr gets every line at
+// once, appended in place.
 struct MetricsSink {
-  std::FILE* f = nullptr;
+  std::FILE* live = nullptr;
   bool to_stderr = false;
-  std::string path;
+  std::string path, pending;
+  std::unique_ptr<io::Output> staged;
   ~MetricsSink() {
-    if (f) std::fclose(f);
+    if (live) std::fclose(live);
+  }
+  void open(const std::string& p) {
+    path = p;
+    struct stat st;
+    const bool special = p.rfind("/dev/", 0) == 0 || p.rfind("/proc/", 0) == 0;
+    if (special || (::stat(p.c_str(), &st) == 0 && !S_ISREG(st.st_mode))) {
+      live = std::fopen(p.c_str(), "a");
+      if (!live) throw Error(p + ": cannot open for appending: " + std::strerror(errno));
+    } else {
+      staged = std::make_unique<io::Output>(p);  // checks now that the directory is writable
+    }
   }
   void line(const nlohmann::json& j, bool also_stderr) {
     const std::string s = j.dump() + "\n";
-    if (f && (std::fwrite(s.data(), 1, s.size(), f) != s.size() || std::fflush(f) != 0))
+    if (live && (std::fwrite(s.data(), 1, s.size(), live) != s.size() || std::fflush(live) != 0))
       throw Error(path + ": cannot write metrics: " + std::strerror(errno));
+    if (staged) pending += s;
     if (also_stderr) std::fputs(s.c_str(), stderr);
+  }
+  // Writes old contents + the new lines to the temporary and syncs it; commit() renames it into place.
+  void prepare() {
+    if (!staged) return;
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0) staged->write(io::read_file(path));
+    staged->write(pending);
+    staged->prepare();
+  }
+  void commit() {
+    if (staged) staged->commit();
   }
 };
 
@@ -204,6 +238,9 @@ double read_rollouts(const std::string& path, const std::string& routing_path, c
     s.response.assign(rec.response_tokens.begin(), rec.response_tokens.end());
     if (s.prompt.empty()) throw Error(at + "record " + std::to_string(rec.id) + " has no prompt tokens");
     if (s.response.empty()) throw Error(at + "record " + std::to_string(rec.id) + " has no response tokens");
+    if (static_cast<int64_t>(s.prompt.size() + s.response.size()) > mc.max_position_embeddings)
+      throw Error(at + "record " + std::to_string(rec.id) + ": " + std::to_string(s.prompt.size() + s.response.size()) +
+                  " tokens, longer than the model's max_position_embeddings (" + std::to_string(mc.max_position_embeddings) + ")");
     for (const auto* v : {&s.prompt, &s.response})
       for (int64_t t : *v)
         if (t < 0 || t >= mc.vocab_size)
@@ -225,11 +262,16 @@ double read_rollouts(const std::string& path, const std::string& routing_path, c
   // `moe-rollout --routing-out R | moe-reward | moe-train-step --routing R`, R is complete (renamed into
   // place) before moe-rollout closes its stdout.
   if (routing_path.empty()) return temperature;
-  std::map<uint64_t, std::pair<int64_t, at::Tensor>> routes;  // id -> (first_pos, [n_pos, L, K])
+  // Each routing record is checked against its rollout as it arrives and only the positions training needs
+  // are kept, so the memory is bounded by the rollouts, whatever the routing stream declares.
+  std::map<uint64_t, size_t> index;  // rollout id -> sequence
+  for (size_t i = 0; i < out.size(); ++i) index.emplace(out[i].id, i);
+  std::vector<bool> routed(out.size(), false);
   std::string rname;
-  if (!routing_path.empty()) {
+  {
     io::Input rin(routing_path);
     format::RoutingReader rr(rin);
+    rr.set_max_positions(mc.max_position_embeddings);
     rname = rr.name();
     const auto& m = rr.meta();
     std::vector<int> ids = mc.moe_layer_ids();
@@ -241,24 +283,27 @@ double read_rollouts(const std::string& path, const std::string& routing_path, c
       throw Error(rname + ": routing stream comes from another model (model_digest " + m.model_digest + ", this model " + digest + ")");
     format::RoutingRecord rec;
     while (rr.next(rec)) {
-      at::Tensor t = at::empty({rec.n_pos, L, K}, at::kLong);
-      int64_t* p = t.data_ptr<int64_t>();
-      for (size_t i = 0; i < rec.experts.size(); ++i) p[i] = rec.experts[i];
-      if (!routes.emplace(rec.id, std::make_pair(rec.first_pos, t)).second)
+      auto it = index.find(rec.id);
+      if (it == index.end()) continue;  // routing of a rollout not trained on (e.g. dropped by moe-reward)
+      Sequence& s = out[it->second];
+      if (routed[it->second])
         throw Error(where(rname, rr.offset()) + "duplicate routing record id " + std::to_string(rec.id));
+      const int64_t need = static_cast<int64_t>(s.prompt.size() + s.response.size()) - 1;
+      const int64_t first = rec.first_pos, n = rec.n_pos;
+      if (first > 0 || first + n < need)
+        throw Error(where(rname, rr.offset()) + "routing record " + std::to_string(s.id) + " covers positions " +
+                    std::to_string(first) + ".." + std::to_string(first + n - 1) + ", training needs 0.." +
+                    std::to_string(need - 1));
+      at::Tensor t = at::empty({need, L, K}, at::kLong);
+      int64_t* p = t.data_ptr<int64_t>();
+      const uint16_t* src = rec.experts.data() + static_cast<size_t>(-first) * L * K;
+      for (int64_t i = 0; i < need * L * K; ++i) p[i] = src[i];
+      s.rollout_routing = t;
+      routed[it->second] = true;
     }
   }
-
-  for (auto& s : out) {
-    auto it = routes.find(s.id);
-    if (it == routes.end()) throw Error(rname + ": no routing record for rollout id " + std::to_string(s.id));
-    const int64_t need = static_cast<int64_t>(s.prompt.size() + s.response.size()) - 1;
-    const int64_t first = it->second.first, n = it->second.second.size(0);
-    if (first > 0 || first + n < need)
-      throw Error(rname + ": routing record " + std::to_string(s.id) + " covers positions " + std::to_string(first) + ".." +
-                  std::to_string(first + n - 1) + ", training needs 0.." + std::to_string(need - 1));
-    s.rollout_routing = it->second.second.narrow(0, -first, need).contiguous();
-  }
+  for (size_t i = 0; i < out.size(); ++i)
+    if (!routed[i]) throw Error(rname + ": no routing record for rollout id " + std::to_string(out[i].id));
   return temperature;
 }
 
@@ -278,6 +323,16 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     if (tc.loss.kl_coef != 0 && cfg.ref_dir.empty()) throw UsageError("--kl-coef needs a reference model (--ref DIR)");
   }
   if (!(tc.optim.lr > 0)) throw UsageError("--lr must be > 0");
+  const std::string out_dir = cfg.output_dir.empty() ? cfg.model_dir : cfg.output_dir;
+  io::check_not_staging(cfg.model_dir);
+  io::check_not_staging(out_dir);
+  // One writer per model dir for the whole read-modify-write of a step (rank 0 writes; it holds the lock).
+  std::unique_ptr<io::DirLock> lock;
+  if (cfg.dist.rank == 0) {
+    lock = std::make_unique<io::DirLock>(out_dir, cfg.wait_lock);
+    if (int n = io::clean_stale_staging(out_dir))
+      cli::info(out_dir + ": removed " + std::to_string(n) + " staging dir(s) left by an interrupted step");
+  }
   if (cfg.threads > 0) at::set_num_threads(cfg.threads);
   at::manual_seed(cfg.seed);
   const double t_start = now_s();
@@ -317,7 +372,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
         text = io::read_file(sp.path);
         name = sp.path;
       }
-      read_sft_jsonl(name, text, tok, cfg, seqs);
+      read_sft_jsonl(name, text, tok, cfg, mc.max_position_embeddings, seqs);
     } else {
       const double T = read_rollouts(sp.path.empty() ? cfg.input : sp.path, cfg.routing, mc, !tc.sft, seqs);
       if (!tc.sft) tc.temperature = T;
@@ -339,11 +394,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
 
   MetricsSink sink;
   if (rank == 0) {
-    if (!cfg.metrics_path.empty()) {
-      sink.path = cfg.metrics_path;
-      sink.f = std::fopen(cfg.metrics_path.c_str(), "a");
-      if (!sink.f) throw Error(cfg.metrics_path + ": cannot open for appending: " + std::strerror(errno));
-    }
+    if (!cfg.metrics_path.empty()) sink.open(cfg.metrics_path);
     sink.to_stderr = !cli::quiet() && (cfg.metrics_path.empty() ? !tc.sft || cfg.sft_steps == 0 : false);
   }
 
@@ -483,21 +534,13 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   }
   const double t_upd = now_s() - t_upd0;
 
-  // Checkpoint (rank 0), then every rank learns that it was written.
-  const std::string out_dir = cfg.output_dir.empty() ? cfg.model_dir : cfg.output_dir;
-  const double t_save0 = now_s();
-  nlohmann::json st_extra = {{"seed", cfg.seed},
-                             {"algo", tc.sft ? std::string("sft") : std::string(algo::to_string(tc.loss.algo))},
-                             {"router", to_string(tc.router)},
-                             {"world_size", world},
-                             {"train_steps", trainer.state().value("train_steps", 0) + 1}};
-  if (rank == 0) trainer.save(out_dir, extra, st_extra);
-  if (comm) comm->sum(1.0);
-  const double t_save = now_s() - t_save0;
-
+  // Outputs of the step, all staged: --routing-out and --metrics are written to temporaries first, the
+  // checkpoint is staged and swapped in, then the temporaries are renamed into place. An error before the
+  // swap leaves every output as it was; after it only renames remain.
   // --routing-out: the old pass's native routing, positions 0 .. P+R-2 as moe-rollout writes them.
+  std::unique_ptr<io::Output> rout;
   if (!cfg.routing_out.empty()) {
-    io::Output rout(cfg.routing_out);
+    rout = std::make_unique<io::Output>(cfg.routing_out);
     format::RoutingMeta meta;
     meta.layer_ids = mc.moe_layer_ids();
     meta.num_layers = static_cast<int>(meta.layer_ids.size());
@@ -509,7 +552,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     h.producer = cfg.producer;
     h.meta["dtype"] = "f32";
     h.meta["source"] = "moe-train-step old pass (native routing)";
-    format::RoutingWriter w(rout, h, meta);
+    format::RoutingWriter w(*rout, h, meta);
     for (size_t i = 0; i < seqs.size(); ++i) {
       const OldPass& o = old[i];
       format::RoutingRecord rr;
@@ -525,28 +568,51 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       w.write(rr);
     }
     w.finish();
-    rout.close();
+    rout->prepare();
   }
 
-  summary["loss"] = updates ? loss_sum / static_cast<double>(updates) : 0.0;
-  summary["updates"] = static_cast<double>(updates);
-  summary["sequences"] = static_cast<double>(seqs.size());
-  summary["tokens"] = trained_tokens;  // response tokens trained on, summed over updates (epochs, steps)
-  summary["step"] = static_cast<double>(trainer.global_step());
-  summary["time/old_pass"] = t_old;
-  summary["time/updates"] = t_upd;
-  summary["time/save"] = t_save;
-  summary["seconds"] = now_s() - t_start;
-  if (t_upd + t_old > 0) summary["tokens_per_s"] = trained_tokens / (t_upd + t_old);
-  nlohmann::json j = metrics_json(summary);
-  j["kind"] = "summary";
-  j["algo"] = st_extra["algo"];
-  j["router"] = st_extra["router"];
-  j["world_size"] = world;
-  j["output"] = out_dir;
+  // Checkpoint (rank 0), then every rank learns that it was written.
+  const double t_save0 = now_s();
+  nlohmann::json st_extra = {{"seed", cfg.seed},
+                             {"algo", tc.sft ? std::string("sft") : std::string(algo::to_string(tc.loss.algo))},
+                             {"router", to_string(tc.router)},
+                             {"world_size", world},
+                             {"train_steps", trainer.state().value("train_steps", 0) + 1}};
+  nlohmann::json j;
+  auto summarize = [&] {
+    const double t_save = now_s() - t_save0;
+    summary["loss"] = updates ? loss_sum / static_cast<double>(updates) : 0.0;
+    summary["updates"] = static_cast<double>(updates);
+    summary["sequences"] = static_cast<double>(seqs.size());
+    summary["tokens"] = trained_tokens;  // response tokens trained on, summed over updates (epochs, steps)
+    summary["step"] = static_cast<double>(trainer.global_step());
+    summary["time/old_pass"] = t_old;
+    summary["time/updates"] = t_upd;
+    summary["time/save"] = t_save;  // writing the checkpoint, up to its final fsync and swap
+    summary["seconds"] = now_s() - t_start;
+    if (t_upd + t_old > 0) summary["tokens_per_s"] = trained_tokens / (t_upd + t_old);
+    j = metrics_json(summary);
+    j["kind"] = "summary";
+    j["algo"] = st_extra["algo"];
+    j["router"] = st_extra["router"];
+    j["world_size"] = world;
+    j["output"] = out_dir;
+  };
   if (rank == 0) {
-    sink.line(j, !cli::quiet());
+    // Called with the new checkpoint fully written, before its swap: the last moment a failure still
+    // leaves every output untouched.
+    trainer.save(out_dir, extra, st_extra, [&] {
+      summarize();
+      sink.line(j, false);
+      sink.prepare();
+    });
+    if (rout) rout->commit();
+    sink.commit();
+    if (!cli::quiet()) std::fputs((j.dump() + "\n").c_str(), stderr);
+  } else {
+    summarize();
   }
+  if (comm) comm->sum(1.0);
   if (comm) {
     const double t0 = now_s();
     comm.reset();

@@ -57,11 +57,14 @@ class RoutingReader {
   bool next(RoutingRecord& rec);
   uint64_t offset() const;
   const std::string& name() const;
+  // Records declaring more than n positions are errors before their payload is decoded (0 = no limit).
+  void set_max_positions(int64_t n) { max_positions_ = n; }
 
  private:
   StreamReader r_;
   RoutingMeta meta_;
   Record raw_;
+  int64_t max_positions_ = 0;
 };
 
 // A routing record as JSON: experts (and probs) as nested arrays [n_pos][num_layers][top_k].

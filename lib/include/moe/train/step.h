@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -81,8 +82,11 @@ class Trainer {
   void load_state(const std::string& dir);
   // Writes the model, optimizer.safetensors and trainer_state.json into `dir` atomically (staged dir +
   // replace_dir); `extra_files` are copied in (e.g. tokenizer.json). Only rank 0 writes.
+  // `before_swap` (optional) runs with the new checkpoint fully staged, just before it is swapped in: the
+  // step prepares its other outputs there, so an error in them leaves the old checkpoint in place.
   void save(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
-            const nlohmann::json& state_extra = nlohmann::json::object());
+            const nlohmann::json& state_extra = nlohmann::json::object(),
+            const std::function<void()>& before_swap = nullptr);
 
   // No-grad pass with the current weights: fills old[i] for seqs[i] (see OldPass). R3 replays the rollout
   // routing, so every sequence needs rollout_routing then. `ref` (optional) gives logp_ref.
@@ -136,6 +140,7 @@ struct StepConfig {
   std::string routing_out;     // write the old pass's native routing here ("" = no)
   std::string ref_dir;         // reference model for --kl-coef
   std::string metrics_path;    // append JSON lines here ("" = none)
+  bool wait_lock = false;      // wait for another step holding the output dir's lock (else fail at once)
   TrainConfig train;
   int64_t mini_batches = 2, epochs = 1;
   bool shuffle = true;          // shuffle sequences before splitting into mini-batches (by seed and epoch)
