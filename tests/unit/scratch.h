@@ -1,7 +1,9 @@
-// Scratch directories of the unit tests: made under /tmp and removed with everything in them when the test
+// Scratch directories of the unit tests: made under $TMPDIR (default /tmp) and removed with everything in them when the test
 // process ends, whether its tests passed or failed (CTest runs one test case per process).
 #pragma once
 #include <stdlib.h>
+
+#include <cstdlib>
 
 #include <filesystem>
 #include <stdexcept>
@@ -17,7 +19,8 @@ class ScratchDirs {
     return dirs;
   }
   std::string make(const std::string& prefix) {
-    std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/" + prefix + "-XXXXXX";
     if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp " + tmpl + " failed");
     dirs_.push_back(tmpl);
     return tmpl;
@@ -33,7 +36,7 @@ class ScratchDirs {
   std::vector<std::string> dirs_;
 };
 
-// A fresh directory "/tmp/<prefix>-XXXXXX", removed when the process ends.
+// A fresh directory "$TMPDIR/<prefix>-XXXXXX", removed when the process ends.
 inline std::string make_scratch_dir(const std::string& prefix) { return ScratchDirs::instance().make(prefix); }
 
 }  // namespace moe::testing

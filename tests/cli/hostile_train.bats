@@ -1,0 +1,144 @@
+#!/usr/bin/env bats
+# moe-train-step under concurrent use and kill -9: one step at a time per model dir (flock, --wait), staged
+# outputs that land together or not at all, and crash consistency: after a kill at a random point of an
+# in-place step the dir holds exactly the old or the new checkpoint, and the next step removes what the
+# killed one left.
+
+load common
+
+setup_file() {
+  load common
+  setup_common
+  export W="$BATS_FILE_TMPDIR"
+  moe-init --preset tiny -o "$W/m0" --seed 1 -q
+  moe-data countdown -n 3 --seed 3 > "$W/p.jsonl"
+  moe-rollout -m "$W/m0" -G 2 --max-new-tokens 6 --seed 1 --routing-out "$W/r.zst" -q "$W/p.jsonl" > "$W/roll.zst"
+  moe_fake_reward "$W/roll.zst" | moe-reward --task keep -q > "$W/rew.zst"
+}
+
+setup() {
+  setup_common
+  W="$BATS_FILE_TMPDIR"
+}
+
+fresh() { rm -rf "$1" "$1".tmp-* "$1".lock; cp -r "$W/m0" "$1"; }
+# sha256 of every file of dir $1, one line per file, names relative.
+manifest() { (cd "$1" && find . -type f | LC_ALL=C sort | xargs sha256sum); }
+train_steps() { jq -r .train_steps "$1/trainer_state.json"; }
+step() { moe-train-step -m "$1" --algo grpo --seed 5 --threads 1 -q "${@:2}" "$W/rew.zst"; }
+
+@test "two steps on one dir with --wait: both land, no update is lost" {
+  fresh "$TMP/m"
+  step "$TMP/m" --wait 2> "$TMP/a.err" &
+  a=$!
+  step "$TMP/m" --wait 2> "$TMP/b.err" &
+  b=$!
+  wait "$a"
+  wait "$b"
+  [ "$(train_steps "$TMP/m")" -eq 2 ]
+  [ "$(jq -r .global_step "$TMP/m/trainer_state.json")" -eq 4 ]  # 2 mini-batches per step
+  [ -z "$(ls -d "$TMP"/m.tmp-* 2>/dev/null)" ]
+}
+
+@test "a step on a locked dir fails at once naming the holder's pid; --wait waits for it" {
+  command -v flock >/dev/null || skip "flock(1) (util-linux) is not installed"
+  fresh "$TMP/m"
+  cp -r "$TMP/m" "$TMP/orig"
+  printf 'moekit lock pid %-20s\n' 424242 > "$TMP/m.lock"
+  flock "$TMP/m.lock" sleep 4 &
+  holder=$!
+  sleep 0.5
+  run step "$TMP/m"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"$TMP/m: locked by another moe-train-step (pid 424242, lock file $TMP/m.lock); use --wait to wait for it"* ]]
+  [ "$(manifest "$TMP/m")" = "$(manifest "$TMP/orig")" ]
+  run step "$TMP/m" --wait
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"waiting for the lock held by pid 424242"* ]]
+  [ "$(train_steps "$TMP/m")" -eq 1 ]
+  wait "$holder"
+  # A file of that name that is not a moekit lock is refused and left as it was.
+  fresh "$TMP/n"
+  echo "notes" > "$TMP/n.lock"
+  run step "$TMP/n"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"is not a moekit lock file"* ]]
+  [ "$(cat "$TMP/n.lock")" = notes ]
+}
+
+@test "outputs are staged: a bad --routing-out or a full disk exits 1 with nothing replaced" {
+  fresh "$TMP/m"
+  echo '{"old": 1}' > "$TMP/metrics.jsonl"
+  before=$(manifest "$TMP/m")
+  run step "$TMP/m" --routing-out "$TMP/no/such/dir/r.zst" --metrics "$TMP/metrics.jsonl"
+  [ "$status" -eq 1 ]
+  [ "$(manifest "$TMP/m")" = "$before" ]
+  [ "$(cat "$TMP/metrics.jsonl")" = '{"old": 1}' ]
+  if [ -w /dev/full ]; then
+    run step "$TMP/m" --routing-out /dev/full --metrics "$TMP/metrics.jsonl"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"/dev/full: write error"* ]]
+    [ -c /dev/full ]
+    [ "$(manifest "$TMP/m")" = "$before" ]
+    [ "$(cat "$TMP/metrics.jsonl")" = '{"old": 1}' ]
+  fi
+  # All land: checkpoint, routing stream, metrics lines appended after the old one.
+  run step "$TMP/m" --routing-out "$TMP/r.zst" --metrics "$TMP/metrics.jsonl"
+  [ "$status" -eq 0 ]
+  [ "$(train_steps "$TMP/m")" -eq 1 ]
+  moe-route-dump stats "$TMP/r.zst" > /dev/null
+  [ "$(head -1 "$TMP/metrics.jsonl")" = '{"old": 1}' ]
+  [ "$(tail -1 "$TMP/metrics.jsonl" | jq -r .kind)" = summary ]
+  [ -z "$(ls "$TMP" | grep 'tmp-' || true)" ]
+}
+
+@test "staging dirs of a killed step are removed by the next step and never loaded as a checkpoint" {
+  fresh "$TMP/m"
+  mkdir "$TMP/m.tmp-Ab12Cd"
+  cp "$TMP/m/config.json" "$TMP/m.tmp-Ab12Cd/"
+  run step "$TMP/m.tmp-Ab12Cd"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"staging directory left by an interrupted moe-train-step, not a checkpoint"* ]]
+  run moe-train-step -m "$TMP/m" --algo grpo --seed 5 --threads 1 "$W/rew.zst"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"removed 1 staging dir(s) left by an interrupted step"* ]]
+  [ ! -e "$TMP/m.tmp-Ab12Cd" ]
+}
+
+@test "kill -9 at seeded random points of in-place steps: old or new checkpoint exactly, no staging survives" {
+  trials=${MOEKIT_CRASH_TRIALS:-30}
+  fresh "$TMP/old"
+  old=$(manifest "$TMP/old")
+  # The new checkpoint: the same step uninterrupted (same seed and threads: byte-identical).
+  fresh "$TMP/m"
+  t0=$(date +%s%N)
+  step "$TMP/m"
+  t1=$(date +%s%N)
+  new=$(manifest "$TMP/m")
+  [ "$old" != "$new" ]
+  span=$(( (t1 - t0) / 1000000 ))  # ms of one step on this machine now
+  RANDOM=11
+  n_old=0 n_new=0 n_staged=0
+  for i in $(seq 1 "$trials"); do
+    fresh "$TMP/m"
+    # Kill points spread over the whole step, denser in its last third (checkpoint writing and swap).
+    if [ $((RANDOM % 2)) -eq 0 ]; then delay=$(( RANDOM % (span + 1) )); else delay=$(( span * 2 / 3 + RANDOM % (span / 3 + 50) )); fi
+    moe-train-step -m "$TMP/m" --algo grpo --seed 5 --threads 1 -q "$W/rew.zst" &
+    pid=$!  # the process itself (not a subshell), so kill -9 hits it
+    sleep "$(printf '%d.%03d' $((delay / 1000)) $((delay % 1000)))"
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    got=$(manifest "$TMP/m")
+    if [ "$got" = "$old" ]; then n_old=$((n_old + 1));
+    elif [ "$got" = "$new" ]; then n_new=$((n_new + 1));
+    else echo "trial $i (kill after $delay ms): neither the old nor the new checkpoint"; diff <(echo "$old") <(echo "$got") || true; return 1; fi
+    if ls -d "$TMP"/m.tmp-* >/dev/null 2>&1; then
+      n_staged=$((n_staged + 1))
+      step "$TMP/m"
+      [ -z "$(ls -d "$TMP"/m.tmp-* 2>/dev/null)" ] || { echo "trial $i: a staging dir survived the next step"; return 1; }
+    fi
+  done
+  echo "# $trials kills over $span ms steps: $n_old old, $n_new new, $n_staged left staging dirs" >&3
+  [ $((n_old + n_new)) -eq "$trials" ]
+  [ "$n_old" -gt 0 ]
+}
