@@ -81,11 +81,12 @@ no_temporaries() { [ -z "$(ls -a "$1" | grep 'tmp-' || true)" ]; }
   moe-data countdown -n 2 --seed 1 > "$TMP/p.jsonl"
   moe-rollout -m "$W/m" --max-new-tokens 3 --temperature 1 -q "$TMP/p.jsonl" -o "$TMP/r.zst"
   zstd -dcq "$TMP/r.zst" > "$TMP/r.raw"
-  # "temperature" (str11 ab ...) then the fixint 01: make it 03.
-  at=$(grep -abo 'temperature' "$TMP/r.raw" | head -1 | cut -d: -f1)
+  # The meta key "temperature" (str11: ab, then 11 bytes) and its value, the fixint 01 (msgpack packs 1.0 as
+  # an integer): make it 03. (The argv of the producer holds "--temperature" too, without the ab byte.)
+  at=$(LC_ALL=C grep -abo $'\xabtemperature' "$TMP/r.raw" | head -1 | cut -d: -f1)
   [ -n "$at" ]
-  [ "$(od -An -tx1 -j $((at + 11)) -N1 "$TMP/r.raw" | tr -d ' ')" = 01 ]
-  printf '\x03' | dd of="$TMP/r.raw" bs=1 seek=$((at + 11)) conv=notrunc status=none
+  [ "$(od -An -tx1 -j $((at + 12)) -N1 "$TMP/r.raw" | tr -d ' ')" = 01 ]
+  printf '\x03' | dd of="$TMP/r.raw" bs=1 seek=$((at + 12)) conv=notrunc status=none
   zstd -qc "$TMP/r.raw" > "$TMP/flip.zst"
   run moe-route-dump show --header "$TMP/flip.zst"
   [[ "$output" == *'"temperature":3'* ]]  # the header alone reads: the damage shows at the trailer
