@@ -270,11 +270,13 @@ void Importer::add(EngineRecord& r) {
         const int64_t src = (t * r.layers + (*rows_of_layer_)[size_t(j)]) * K;
         for (int64_t k = 0; k < K; ++k) {
           const int64_t e = r.experts[size_t(src + k)];
-          const std::string cell = "position " + std::to_string(first + t) + ", layer " + std::to_string(moe_ids_[size_t(j)]) + ": ";
-          if (e < 0 || e >= E)
-            throw Error(at + cell + "expert " + std::to_string(e) + " out of range (the model has " + std::to_string(E) + " experts)");
-          for (int64_t k2 = 0; k2 < k; ++k2)
-            if (r.experts[size_t(src + k2)] == e) throw Error(at + cell + "expert " + std::to_string(e) + " appears twice");
+          bool dup = false;
+          for (int64_t k2 = 0; k2 < k; ++k2) dup |= r.experts[size_t(src + k2)] == e;
+          if (e < 0 || e >= E || dup) {
+            const std::string cell = "position " + std::to_string(first + t) + ", layer " + std::to_string(moe_ids_[size_t(j)]) + ": ";
+            throw Error(at + cell + "expert " + std::to_string(e) +
+                        (dup ? " appears twice" : " out of range (the model has " + std::to_string(E) + " experts)"));
+          }
           rr.experts[size_t((t * M + j) * K + k)] = uint16_t(e);
         }
       }
