@@ -20,6 +20,8 @@ CLI::App* add_export_command(CLI::App& app, ExportArgs& a) {
 int run_export(const ExportArgs& a) {
   moe::engine::ExportOptions o;
   o.to = a.to;
+  if (a.to != "jsonl" && a.model.empty())
+    throw moe::UsageError("--to " + a.to + " needs the model (-m DIR): the engine's layer axis holds every model layer");
   if (!a.model.empty()) o.model = moe::model::load_config(a.model + "/config.json");
   if ((a.rollouts == "-" || a.rollouts.empty()) && a.routing == "-") throw moe::UsageError("export: at most one of ROLLOUTS and --routing can be stdin");
   moe::io::Input in(a.rollouts);
