@@ -11,7 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "moe/format/safetensors_header.h"
 #include "moe/io/error.h"
 #include "moe/io/file.h"
 
@@ -57,73 +56,15 @@ std::string safetensors_dtype(c10::ScalarType t) {
   }
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  if (!host_is_little_endian()) throw Error(path + ": safetensors needs a little-endian host");
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) throw Error(path + ": " + std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd_, &st) != 0) {
-    int e = errno;
-    ::close(fd_);
-    throw Error(path + ": " + std::strerror(e));
-  }
-  size_ = static_cast<size_t>(st.st_size);
-  auto bad = [&](const std::string& msg) {
-    if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
-    ::close(fd_);
-    map_ = nullptr;
-    fd_ = -1;
-    throw Error(path + ": not a valid safetensors file: " + msg);
-  };
-  if (size_ < 8) bad("truncated (" + std::to_string(size_) + " bytes, shorter than the 8-byte header length)");
-  void* m = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
-  if (m == MAP_FAILED) {
-    int e = errno;
-    ::close(fd_);
-    throw Error(path + ": mmap: " + std::strerror(e));
-  }
-  map_ = static_cast<const uint8_t*>(m);
-  format::SafetensorsHeader h;
-  try {
-    h = format::parse_safetensors_header(map_, size_, path);
-  } catch (const Error&) {
-    ::munmap(const_cast<uint8_t*>(map_), size_);
-    ::close(fd_);
-    map_ = nullptr;
-    fd_ = -1;
-    throw;
-  }
-  data_start_ = h.data_start;
-  entries_ = std::move(h.entries);
-  metadata_ = std::move(h.metadata);
-}
-
-SafetensorsFile::~SafetensorsFile() {
-  if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
-  if (fd_ >= 0) ::close(fd_);
-}
-
-const TensorEntry& SafetensorsFile::entry(const std::string& name) const {
-  auto it = entries_.find(name);
-  if (it == entries_.end()) throw Error(path_ + ": no tensor '" + name + "'");
-  return it->second;
-}
-
-std::vector<std::string> SafetensorsFile::names() const {
-  std::vector<std::string> v;
-  for (const auto& kv : entries_) v.push_back(kv.first);
-  return v;
-}
-
 at::Tensor SafetensorsFile::get(const std::string& name, c10::optional<c10::ScalarType> dtype) const {
   const TensorEntry& e = entry(name);
   c10::ScalarType st = scalar_type_of(e.dtype);
   // Copy straight out of the mapping; the tensor owns its memory so the file may be closed afterwards.
   at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(st));
-  if (e.end > e.begin) std::memcpy(t.data_ptr(), map_ + data_start_ + e.begin, e.end - e.begin);
+  if (e.end > e.begin) std::memcpy(t.data_ptr(), bytes(e), e.end - e.begin);
   if (dtype && *dtype != st) {
     if (!at::isFloatingType(st) || !at::isFloatingType(*dtype))
-      throw Error(path_ + ": tensor '" + name + "' of dtype " + e.dtype + " cannot be converted to " + c10::toString(*dtype));
+      throw Error(path() + ": tensor '" + name + "' of dtype " + e.dtype + " cannot be converted to " + c10::toString(*dtype));
     t = t.to(*dtype);
   }
   return t;

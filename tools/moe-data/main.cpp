@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "import_cmd.h"
 #include "moe/cli/app.h"
 #include "moe/io/file.h"
 #include "moe/reward/countdown.h"
@@ -51,10 +52,12 @@ int main(int argc, char** argv) {
   moe::cli::Common common;
   CountdownArgs cd;
   CLI::App* countdown = nullptr;
+  ImportArgs imp;
+  CLI::App* import_cmd = nullptr;
   return moe::cli::run_tool(
       "moe-data", argc, argv,
       [&](CLI::App& app) {
-        app.description("Generate task datasets as prompt JSONL (one problem per line).");
+        app.description("Generate task datasets as prompt JSONL (one problem per line); import engine rollouts.");
         app.require_subcommand(1);
         countdown = app.add_subcommand("countdown", "Countdown: reach a target with + - * / over given numbers");
         countdown->add_option("-n,--count", cd.n, "number of problems")->required()->check(CLI::NonNegativeNumber);
@@ -76,10 +79,12 @@ int main(int argc, char** argv) {
         countdown->add_flag("--unique", cd.unique, "never repeat a problem (numbers in any order)");
         moe::cli::add_output(*countdown, common);
         moe::cli::add_quiet_verbose(*countdown, common);
+        import_cmd = add_import_command(app, imp);
       },
       [&] {
         moe::cli::set_verbosity(common.verbose, common.quiet);
         if (countdown->parsed()) return run_countdown(cd, common);
+        if (import_cmd->parsed()) return run_import(imp, argc, argv);
         return int(moe::cli::kExitUsage);
       });
 }

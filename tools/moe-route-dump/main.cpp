@@ -1,6 +1,7 @@
 // moe-route-dump: show, summarise and compare routing (and rollout) streams. See man/moe-route-dump.1.
 #include <CLI/CLI.hpp>
 
+#include "export_cmd.h"
 #include "moe/cli/app.h"
 #include "moe/format/route_dump.h"
 #include "moe/io/error.h"
@@ -20,9 +21,11 @@ int main(int argc, char** argv) {
   rd::DiffOptions diff;
   double fail_above = -1;
   CLI::App *show_cmd = nullptr, *stats_cmd = nullptr, *diff_cmd = nullptr;
+  ExportArgs exp;
+  CLI::App* export_cmd = nullptr;
 
   return moe::cli::run_tool("moe-route-dump", argc, argv, [&](CLI::App& app) {
-    app.description("Show, summarise and compare moekit routing (and rollout) streams.");
+    app.description("Show, summarise, compare and export moekit routing (and rollout) streams.");
     app.require_subcommand(1);
     app.fallthrough();  // -q/-v also after the subcommand
     moe::cli::add_quiet_verbose(app, common);
@@ -44,8 +47,11 @@ int main(int argc, char** argv) {
     diff_cmd->add_flag("--json", diff.json, "one JSON object instead of a table");
     diff_cmd->add_option("--fail-above", fail_above, "exit 3 when the share of tokens with a differing layer exceeds X")
         ->check(CLI::Range(0.0, 1.0));
+
+    export_cmd = add_export_command(app, exp);
   }, [&] {
     moe::cli::set_verbosity(common.verbose, common.quiet);
+    if (export_cmd->parsed()) return run_export(exp);
     moe::io::Output out("-");
     if (show_cmd->parsed()) {
       moe::io::Input in(file);

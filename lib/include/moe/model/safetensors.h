@@ -11,40 +11,18 @@
 #include <utility>
 #include <vector>
 
-#include "moe/format/safetensors_header.h"
+#include "moe/model/safetensors_view.h"
 
 namespace moe::model {
 
-using format::TensorEntry;  // dtype, shape, byte range (moe/format/safetensors_header.h)
-
-// One memory-mapped safetensors file. The constructor validates the whole header: a file shorter than its
-// header or than any tensor's data range ("truncated"), a header that is not a JSON object of entries with
-// dtype/shape/data_offsets, a size not matching dtype x shape, or overlapping ranges throw moe::Error
-// naming the file. Tensors are copied out one at a time; the file is never read whole.
-class SafetensorsFile {
+// One memory-mapped safetensors file (the header checks of SafetensorsView), whose tensors are copied out
+// one at a time as libtorch tensors.
+class SafetensorsFile : public SafetensorsView {
  public:
-  explicit SafetensorsFile(const std::string& path);
-  ~SafetensorsFile();
-  SafetensorsFile(const SafetensorsFile&) = delete;
-  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
-
-  const std::string& path() const { return path_; }
-  bool has(const std::string& name) const { return entries_.count(name) != 0; }
-  const TensorEntry& entry(const std::string& name) const;  // throws moe::Error if absent
-  std::vector<std::string> names() const;                    // sorted
-  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  using SafetensorsView::SafetensorsView;
   // A CPU tensor holding a copy of `name` converted to `dtype` (F32, BF16 and F16 stored types convert to
   // any floating dtype; integer types load as themselves when dtype is undefined).
   at::Tensor get(const std::string& name, c10::optional<c10::ScalarType> dtype = c10::nullopt) const;
-
- private:
-  std::string path_;
-  int fd_ = -1;
-  const uint8_t* map_ = nullptr;
-  size_t size_ = 0;
-  size_t data_start_ = 0;
-  std::map<std::string, TensorEntry> entries_;
-  std::map<std::string, std::string> metadata_;
 };
 
 // Writes tensors (any device, contiguous or not; F32/BF16/F16/I64/I32/I16/U8/BOOL) with names in sorted
