@@ -18,7 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     io::JsonlReader r(f.path());
     nlohmann::json j;
-    while (r.next(j)) (void)j.dump();
+    while (r.next(j)) (void)j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   } catch (const Error&) {
   }
   static const tokenizer::CharTokenizer tok = tokenizer::CharTokenizer::default_vocab();

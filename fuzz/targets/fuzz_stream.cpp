@@ -46,16 +46,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     format::RoutingMeta meta;
     if (h.kind == "routing") meta = format::RoutingMeta::from_json(h.meta);
     while (r.next(rec)) {
-      (void)format::record_to_json(h, rec, r.name()).dump();
+      (void)format::record_to_json(h, rec, r.name()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       if (h.kind == "rollout") {
         format::RolloutRecord rr;
         format::decode_rollout(r.name(), format::rollout_vocab_size(h), rec, rr);
-        (void)format::rollout_to_json(rr).dump();
+        (void)format::rollout_to_json(rr).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
         if (rollouts.size() < 64) rollouts.push_back(std::move(rr));
       } else if (h.kind == "routing") {
         format::RoutingRecord rr;
         format::decode_routing(r.name(), meta, rec, rr);
-        (void)format::routing_to_json(meta, rr).dump();
+        (void)format::routing_to_json(meta, rr).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       }
     }
     if (h.kind == "rollout") round_trip(h, rollouts);

@@ -134,7 +134,7 @@ nlohmann::json to_json(const msgpack::object& o) {
       for (uint32_t i = 0; i < o.via.map.size; ++i) {
         const auto& kv = o.via.map.ptr[i];
         std::string key = kv.key.type == object_type::STR ? std::string(kv.key.via.str.ptr, kv.key.via.str.size)
-                                                          : to_json(kv.key).dump();
+                                                          : to_json(kv.key).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
         if (!m.contains(key)) m[key] = to_json(kv.val);
       }
       return m;

@@ -115,7 +115,7 @@ void show_rollout_text(io::Output& out, const RolloutRecord& r) {
     s += fmt("\n  logprob sum %.4f  mean %.4f", sum, sum / double(r.logprobs.size()));
   }
   if (!r.task.empty()) s += "\n  task " + r.task.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  if (!r.reward_info.empty()) s += "\n  reward_info " + r.reward_info.dump();
+  if (!r.reward_info.empty()) s += "\n  reward_info " + r.reward_info.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   for (const auto& kv : r.extra) s += "\n  " + kv.first + " (" + std::to_string(kv.second.size()) + " bytes msgpack)";
   s += '\n';
   out.write(s);

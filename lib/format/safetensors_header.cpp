@@ -28,9 +28,9 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* map, size_t size, cons
   out.data_start = 8 + n;
   json h;
   try {
-    h = io::parse_json(std::string_view(reinterpret_cast<const char*>(map + 8), n), "header: ", 8);
+    h = io::parse_json(std::string_view(reinterpret_cast<const char*>(map + 8), n), "", 8);
   } catch (const Error& e) {
-    bad(e.what());
+    bad(std::string("bad header JSON: ") + e.what());
   }
   if (!h.is_object()) bad("header is not a JSON object");
   const uint64_t data_size = size - out.data_start;

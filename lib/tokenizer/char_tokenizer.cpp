@@ -51,7 +51,7 @@ CharTokenizer CharTokenizer::from_json(const std::string& text, const std::strin
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1E400
     throw Error(origin + ": not valid JSON: " + e.what());
   }
   if (!j.is_object()) throw Error(origin + ": not a JSON object");

@@ -212,7 +212,7 @@ TEST_CASE("stream records: 65,536 keys with a duplicate found in well under a se
   CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 1.0);
 }
 
-TEST_CASE("header bit flip: caught from version 2 on; version 1 streams still read by their rule", "[hostile][format]") {
+TEST_CASE("header bit flip: caught from version 2 on, version 1 streams still read by their rule", "[hostile][format]") {
   std::string raw = decompress(rollout_stream(json::object()));
   // meta.temperature 1.0 is packed as the fixint 01 (msgpack-c packs integral doubles as integers): one
   // flipped bit makes it 3, the case of issue 11 (moe-train-step trained at T = 3 with exit 0).
@@ -283,7 +283,7 @@ TEST_CASE("safetensors header: a shape whose size wraps around 2^64 is an error"
   CHECK(msg.find("w.safetensors: not a valid safetensors file: entry 'a'") == 0);
 }
 
-TEST_CASE("Output: prepare() stages, commit() lands; a symlink's target is replaced, the link kept", "[hostile][io]") {
+TEST_CASE("Output: prepare() stages, commit() lands, a symlink's target is replaced and the link kept", "[hostile][io]") {
   std::string p = dir() + "/staged.txt";
   {
     moe::io::Output o(p);
