@@ -349,10 +349,16 @@ TEST_CASE("algo: --rs-grad lets the gradient reach the router through g; the def
         return compute_policy_loss(c, in).loss;
       };
       auto p = rb.p_new.clone().requires_grad_(true);
+      auto x = rb.logp.clone().requires_grad_(true);  // the loss has a graph in every case
+      auto loss_of_pnew_x = [&](const at::Tensor& p_new) {
+        auto in = rb.inputs(x);
+        in.router_p_new = p_new;
+        return compute_policy_loss(c, in).loss;
+      };
       // Default: stop-gradient, the router gets nothing from g.
-      CHECK(val(grad_of(loss_of_pnew(p), p).abs().sum()) == 0);
+      CHECK(val(grad_of(loss_of_pnew_x(p), p).abs().sum()) == 0);
       c.rs.grad = true;
-      auto gp = grad_of(loss_of_pnew(p), p);
+      auto gp = grad_of(loss_of_pnew_x(p), p);
       CHECK(val(gp.abs().sum()) > 0);
       fd_check(loss_of_pnew, rb.p_new);
       // The value is the same with or without the stop-gradient.
@@ -470,11 +476,13 @@ TEST_CASE("algo: gradients match finite differences for every algorithm", "[algo
     c.router_shift = true;
     c.is.level = IsLevel::seq;
     run(c);
-    // (GSPO with --tis token is not checked here: its token form is not the gradient of its own value when
-    // w varies within a row; see the GSPO + TIS token test.)
+    // (GSPO with --tis token or with the router shift after the clip is not checked here: its token form
+    // weights each token's gradient by its own factor, which is not the gradient of its own value when the
+    // factor varies within a row; worked example 5 and the GSPO + TIS token test pin those gradients.)
     c = config(Algo::gspo);
     c.eps_low = c.eps_high = 0.5;
     c.router_shift = true;
+    c.rs.apply = RsApply::pre_clip;
     c.is.level = IsLevel::seq;
     run(c);
     c = config(Algo::dapo);
@@ -592,7 +600,7 @@ TEST_CASE("algo: an all-masked batch gives an exact, finite 0 loss and zero grad
     }
   }
   for (Agg agg : {Agg::token_mean, Agg::seq_mean_token_mean, Agg::seq_mean_token_sum, Agg::seq_mean_token_sum_norm})
-    CHECK(val(aggregate(at::ones({2, 4}, at::kDouble), in.mask, agg)) == 0.0);
+    CHECK(val(aggregate(at::ones({2, 4}, at::kDouble), in.mask, agg, 4)) == 0.0);
   auto rs = router_shift(at::full({2, 4, 1, 2}, 0.3), at::full({2, 4, 1, 2}, 0.1), in.mask);
   for (const auto& [name, v] : rs.metrics) CHECK(std::isfinite(v));
 }
@@ -872,10 +880,10 @@ TEST_CASE("algo: fp32 inputs give fp32 losses matching the double examples", "[a
   in.rs_factors = mat({{1, 0.9, 0.8, 0.95}, {0.85, 1, 0.8, 1}}).to(at::kFloat);
   auto out = compute_policy_loss(c, in);
   CHECK(out.loss.scalar_type() == at::kFloat);
-  check_close(val(out.loss), 0.040137841, 1e-5);
+  check_close(val(out.loss), 0.019924261, 1e-5);  // worked example 5, after the clip
   auto g = grad_of(out.loss, logp);
   CHECK(g.scalar_type() == at::kFloat);
-  check_close(val(g[1][0]), 0.13635310, 1e-5);
+  check_close(val(g[1][0]), 0.12657900, 1e-5);
   c = config(Algo::grpo);
   c.is.level = IsLevel::token;
   check_close(val(compute_policy_loss(c, in).loss), -0.16638326, 1e-5);
