@@ -242,8 +242,9 @@ dp_run() {
   for r in "${pids[@]}"; do wait "$r"; done
 }
 
-# dp_same ARGS...: 1, 2 and 3 processes give the same gradient at every update (relative 2e-5 of the largest
-# gradient entry: float32 sums in another order) and the same update metrics (pg_loss, kl, ppo_kl, clip
+# dp_same ARGS...: 1, 2 and 3 processes give the same gradient at every update (relative 5e-6 of the largest
+# gradient entry: float32 sums in another order; measured <= 7.5e-7; a uniform error of 2x on one rank's
+# share is ~0.3) and the same update metrics (pg_loss, kl, ppo_kl, clip
 # fractions, entropy, mismatch/*, tis/*, router_shift/*: 2e-5). 6 sequences in 3 mini-batches of 2: with 2 and
 # 3 processes some rank has no sequence in some mini-batch.
 dp_same() {
@@ -253,9 +254,10 @@ dp_same() {
     for s in 1 2 3; do
       d=$(moe_tensor_diff --rel "$TMP/g1.$s.safetensors" "$TMP/g$n.$s.safetensors")
       echo "world $n, update $s: gradient max rel diff $d"
-      awk -v d="$d" 'BEGIN { exit !(d < 2e-5) }'
+      awk -v d="$d" 'BEGIN { exit !(d < 5e-6) }'
     done
-    keys=$(jq -r 'select(.kind == "update") | to_entries[] | select(.key | test("^(pg_|kl$|ppo_kl|entropy|mismatch/|tis/|router_shift/|routing/|loss$)")) | .key' "$TMP/g1.jsonl" | sort -u)
+    # Every metric moe-train-step(1) calls exact; router_shift/delta_p90 (a quantile) is named approximate.
+    keys=$(jq -r 'select(.kind == "update") | to_entries[] | select(.key | test("^(pg_|kl$|ppo_kl|entropy|mismatch/|tis/|router_shift/|routing/|loss$)")) | select(.key != "router_shift/delta_p90") | .key' "$TMP/g1.jsonl" | sort -u)
     [ -n "$keys" ]
     for k in $keys; do
       paste <(jq -r --arg k "$k" 'select(.kind == "update") | .[$k]' "$TMP/g1.jsonl") \
