@@ -36,7 +36,7 @@ same_dir() {
   [ "$status" -eq 0 ]
   for o in --algo --router --routing --mini-batches --epochs --lr --weight-decay --grad-clip --warmup --metrics \
            --router-shift --tis --mis --loss-agg --clip-low --clip-high --dual-clip --kl-coef --ref --entropy-coef \
-           --aux-coef --rs-floor --rs-form --rs-layer-agg --rs-mask --routing-out --steps --batch-size --world-size; do
+           --aux-coef --rs-floor --rs-form --rs-layer-agg --rs-apply --rs-grad --loss-scale --rs-mask --routing-out --steps --batch-size --world-size; do
     [[ "$output" == *"$o"* ]] || { echo "missing $o"; return 1; }
   done
   run moe-train-step --version
@@ -48,7 +48,7 @@ same_dir() {
   fresh "$TMP/m"
   cp -r "$TMP/m" "$TMP/orig"
   for args in "--algo ppo" "--router sometimes" "--router replay-rollout" "--mis 2" "--mis 3,1" "--tis word" \
-              "--loss-agg mean" "--algo gspo --loss-agg token-mean" "--mini-batches 0" "--kl-coef 0.1" "--bogus"; do
+              "--loss-agg mean" "--algo gspo --loss-agg token-mean" "--mini-batches 0" "--kl-coef 0.1" "--rs-apply during" "--bogus"; do
     run moe-train-step -m "$TMP/m" $args "$W/rew.zst"
     echo "$args -> $status: $output"
     [ "$status" -eq 2 ]
