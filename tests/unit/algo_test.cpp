@@ -334,7 +334,7 @@ TEST_CASE("algo: worked example 5, RSPO, GRPO and GSPO + router shift, after and
   CHECK_THROWS_AS(compute_policy_loss(config(Algo::rspo), ex.inputs()), moe::Error);
 }
 
-TEST_CASE("algo: --rs-grad lets the gradient reach the router through g; the default stops it", "[algo]") {
+TEST_CASE("algo: --rs-grad lets the gradient reach the router through g, the default stops it", "[algo]") {
   RandomBatch rb(5);
   for (Algo algo : {Algo::grpo, Algo::gspo, Algo::rspo})
     for (RsApply apply : {RsApply::after_clip, RsApply::pre_clip}) {
