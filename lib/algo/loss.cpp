@@ -80,11 +80,12 @@ at::Tensor aggregate(const at::Tensor& loss, const at::Tensor& mask, Agg agg, do
     case Agg::token_mean: return l.sum() / len.sum().clamp_min(1);
     case Agg::seq_mean_token_mean: return (l.sum(1) / (len + 1e-8)).sum() / rows;
     case Agg::seq_mean_token_sum: return l.sum(1).sum() / rows;
-    case Agg::seq_mean_token_sum_norm: {
-      if (loss_scale > 0) return l.sum() / loss_scale;
-      if (len.numel() == 0) return l.sum();  // B = 0: max() of nothing is undefined
-      return l.sum() / len.max().clamp_min(1);  // the longest response of this batch
-    }
+    case Agg::seq_mean_token_sum_norm:
+      // A constant (Dr.GRPO): a per-batch length would scale every gradient of a batch by its longest row.
+      if (!(loss_scale > 0))
+        throw moe::Error("seq-mean-token-sum-norm needs a constant C > 0 (--loss-scale, by default the rollout "
+                         "header's max_new_tokens)");
+      return l.sum() / loss_scale;
   }
   throw moe::Error("aggregate: bad mode");
 }
@@ -183,22 +184,27 @@ at::Tensor gmpo_clipped_log_ratio(const at::Tensor& d, const at::Tensor& advanta
 }
 
 at::Tensor gmpo_row_ratio(const at::Tensor& d, const at::Tensor& advantages, const at::Tensor& mask,
-                          double eps_low, double eps_high) {
+                          double eps_low, double eps_high, const at::Tensor& log_shift) {
   check_bt(d, mask, "gmpo_row_ratio");
   auto valid = valid_of(mask);
   auto dd = zero_invalid(d, valid);
-  auto dstar = zero_invalid(gmpo_clipped_log_ratio(dd, advantages, eps_low, eps_high), valid);
+  auto dstar = gmpo_clipped_log_ratio(dd, advantages, eps_low, eps_high);
+  if (log_shift.defined()) {
+    require_shape(log_shift, d.sizes(), "gmpo_row_ratio: log_shift");
+    dstar = dstar + log_shift.to(dd.scalar_type());  // d** = d* + log g: after the clip
+  }
+  dstar = zero_invalid(dstar, valid);
   return at::exp(dstar.sum(1) / (row_count(valid, dd.scalar_type()) + 1e-8));
 }
 
 LossOutputs gmpo_loss(const at::Tensor& d, const at::Tensor& advantages, const at::Tensor& mask,
-                      double eps_low, double eps_high, const at::Tensor& row_weight) {
+                      double eps_low, double eps_high, const at::Tensor& row_weight, const at::Tensor& log_shift) {
   check_bt(d, mask, "gmpo_loss");
   auto valid = valid_of(mask);
   auto dd = zero_invalid(d, valid);
   auto dt = dd.scalar_type();
   auto A = broadcast_adv(advantages, dd);
-  auto S = gmpo_row_ratio(dd, A, valid, eps_low, eps_high);
+  auto S = gmpo_row_ratio(dd, A, valid, eps_low, eps_high, log_shift);
   auto abar = zero_invalid(A, valid).sum(1) / (row_count(valid, dt) + 1e-8);
   auto rows = abar * S;
   if (row_weight.defined()) {
@@ -299,7 +305,8 @@ LossConfig with_defaults(LossConfig cfg) {
   if (!(*cfg.eps_low >= 0) || !(*cfg.eps_high >= 0)) throw moe::UsageError("clip ranges must be >= 0");
   bool ppo = cfg.algo == Algo::grpo || cfg.algo == Algo::dapo || cfg.algo == Algo::drgrpo || cfg.algo == Algo::gspo;
   if (ppo && !(*cfg.eps_low < 1)) throw moe::UsageError("--eps-low must be < 1 for a ratio clip");
-  if (!(cfg.loss_scale >= 0)) throw moe::UsageError("--loss-scale must be >= 0 (0: max response length)");
+  if (!(cfg.loss_scale >= 0))
+    throw moe::UsageError("--loss-scale must be >= 0 (0: the rollout header's max_new_tokens)");
   if (!(cfg.rs.floor >= 0 && cfg.rs.floor <= 1)) throw moe::UsageError("--rs-floor must be in [0, 1]");
   if (!(cfg.rs.mask_below >= 0 && cfg.rs.mask_below <= 1)) throw moe::UsageError("--rs-mask must be in [0, 1]");
   if (!(cfg.is.cap > 0)) throw moe::UsageError("--tis-cap must be > 0");
@@ -331,13 +338,16 @@ LossOutputs compute_policy_loss(const LossConfig& config, const LossInputs& in) 
 
   Metrics metrics;
   auto eff = valid;  // tokens that train: response tokens minus --rs-mask and --mis drops
-  auto dshift = d;
 
+  // Router shift: log g_t on the response tokens (0 elsewhere). after-clip (default) reweights the clipped
+  // per-token loss by g_t (GMPO/RSPO: d** = d* + log g); pre-clip (ablation) runs the base algorithm on
+  // d~ = d + log g. g is detached unless --rs-grad.
+  at::Tensor log_g;
   if (cfg.router_shift) {
     at::Tensor g;
     if (in.rs_factors.defined()) {
       require_shape(in.rs_factors, shape, "compute_policy_loss: rs_factors");
-      g = in.rs_factors.detach().to(dt);
+      g = (cfg.rs.grad ? in.rs_factors : in.rs_factors.detach()).to(dt);
     } else {
       require(in.router_p_old.defined() && in.router_p_new.defined(),
               std::string("--algo ") + to_string(cfg.algo) +
@@ -347,10 +357,13 @@ LossOutputs compute_policy_loss(const LossConfig& config, const LossInputs& in) 
       eff = eff & rs.keep;
       metrics.insert(rs.metrics.begin(), rs.metrics.end());
     }
-    require(at::where(valid, g > 0, at::ones_like(valid)).all().item<bool>(),
+    require(at::where(valid, g.detach() > 0, at::ones_like(valid)).all().item<bool>(),
             "compute_policy_loss: router-shift factors must be > 0");
-    dshift = d + zero_invalid(at::log(g), valid);
+    log_g = zero_invalid(at::log(g), valid);
   }
+  const bool pre_clip = log_g.defined() && cfg.rs.apply == RsApply::pre_clip;
+  const at::Tensor dshift = pre_clip ? d + log_g : d;
+  const at::Tensor g_after = log_g.defined() && !pre_clip ? at::exp(log_g) : at::Tensor();  // 1 off-response
   if (in.router_idx_old.defined() && in.router_idx_new.defined())
     metrics["router_shift/unshifted_frac"] = unshifted_frac(in.router_idx_old, in.router_idx_new, in.mask);
 
@@ -376,6 +389,7 @@ LossOutputs compute_policy_loss(const LossConfig& config, const LossInputs& in) 
     case Algo::drgrpo: {
       TokenLoss tl = ppo_clip_loss(dshift, A, eff, lo, hi, cfg.dual_clip);
       auto l = w.defined() ? tl.loss * w : tl.loss;
+      if (g_after.defined()) l = l * g_after;  // after the dual clip
       pg = aggregate(l, eff, agg, cfg.loss_scale);
       metrics.insert(tl.metrics.begin(), tl.metrics.end());
       break;
@@ -383,6 +397,7 @@ LossOutputs compute_policy_loss(const LossConfig& config, const LossInputs& in) 
     case Algo::gspo: {
       TokenLoss tl = gspo_loss(dshift, A, eff, lo, hi);
       auto l = w.defined() ? tl.loss * w : tl.loss;
+      if (g_after.defined()) l = l * g_after;
       pg = aggregate(l, eff, agg, cfg.loss_scale);
       metrics.insert(tl.metrics.begin(), tl.metrics.end());
       break;
@@ -392,7 +407,7 @@ LossOutputs compute_policy_loss(const LossConfig& config, const LossInputs& in) 
       at::Tensor row_weight;
       if (w.defined())  // geometric mean of w over the row's kept tokens
         row_weight = at::exp(zero_invalid(at::log(w), eff).sum(1) / (row_count(eff, dt) + 1e-8));
-      LossOutputs gl = gmpo_loss(dshift, A, eff, lo, hi, row_weight);
+      LossOutputs gl = gmpo_loss(dshift, A, eff, lo, hi, row_weight, g_after.defined() ? log_g : at::Tensor());
       pg = gl.loss;
       metrics.insert(gl.metrics.begin(), gl.metrics.end());
       break;

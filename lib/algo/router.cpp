@@ -23,7 +23,15 @@ RsLayerAgg parse_rs_layer_agg(const std::string& name) {
   throw moe::UsageError("--rs-layer-agg: unknown mode '" + name + "' (mean, product, geomean)");
 }
 
+RsApply parse_rs_apply(const std::string& name) {
+  if (name == "after-clip") return RsApply::after_clip;
+  if (name == "pre-clip") return RsApply::pre_clip;
+  throw moe::UsageError("--rs-apply: unknown placement '" + name + "' (after-clip, pre-clip)");
+}
+
 const char* to_string(RsForm form) { return form == RsForm::paper ? "paper" : "mean-exp"; }
+
+const char* to_string(RsApply apply) { return apply == RsApply::after_clip ? "after-clip" : "pre-clip"; }
 
 const char* to_string(RsLayerAgg agg) {
   switch (agg) {
@@ -61,7 +69,8 @@ RouterShift router_shift(const at::Tensor& p_old, const at::Tensor& p_new, const
   auto dt = at_least_float(at::promote_types(p_old.scalar_type(), p_new.scalar_type()));
   auto valid = valid_of(mask);
   auto lo = at::log(p_old.detach().to(dt).clamp_min(1e-8));
-  auto ln = at::log(p_new.detach().to(dt).clamp_min(1e-8));
+  // --rs-grad keeps p_new's graph (the ablation without stop-gradient); metrics below use detached copies.
+  auto ln = at::log((cfg.grad ? p_new : p_new.detach()).to(dt).clamp_min(1e-8));
   auto dlog = (ln - lo).abs();  // [B, T, L, K]
   at::Tensor gamma;
   if (cfg.form == RsForm::paper) {
@@ -76,8 +85,9 @@ RouterShift router_shift(const at::Tensor& p_old, const at::Tensor& p_new, const
   }
   gamma = at::where(valid, gamma, at::ones_like(gamma));
   RouterShift out;
+  out.g = gamma.clamp_min(cfg.floor);  // differentiable only with cfg.grad (ln carries no graph otherwise)
+  gamma = gamma.detach();
   out.gamma = gamma;
-  out.g = gamma.clamp_min(cfg.floor);
   out.keep = cfg.mask_below > 0 ? (gamma >= cfg.mask_below) : at::ones_like(valid);
 
   auto delta = -at::log(gamma);

@@ -14,6 +14,7 @@
 #include <map>
 #include <regex>
 
+#include "moe/algo/router.h"
 #include "moe/io/error.h"
 #include "moe/io/file.h"
 #include "moe/model/safetensors.h"
@@ -100,13 +101,17 @@ MoeLayerOutput SparseMoeImpl::forward(const at::Tensor& x, RouterMode mode, cons
       at::Tensor native = std::get<1>(probs.detach().topk(K, -1));
       sel = at::where(valid.unsqueeze(1), sel, native);
     }
-    sel_probs = probs.gather(1, sel);  // full softmax at the replayed experts: gradients reach every logit
+    sel_probs = probs.gather(1, sel).detach();  // capture only
   } else {
     auto top = probs.topk(K, -1);
     sel = std::get<1>(top);
     sel_probs = std::get<0>(top);
   }
-  at::Tensor gating = norm_topk_prob ? sel_probs / sel_probs.sum(-1, true) : sel_probs;
+  // Replay gating is algo::replay_gating, the one implementation of algorithms.md's rule (indices are
+  // checked once per forward above, so not again here).
+  at::Tensor gating = mode == RouterMode::replay ? algo::replay_gating(logits, sel, norm_topk_prob, /*validate=*/false)
+                      : norm_topk_prob           ? sel_probs / sel_probs.sum(-1, true)
+                                                 : sel_probs;
   gating = gating.to(x.scalar_type());
 
   // Dispatch: sort the (token, slot) pairs by expert and run each expert on its own tokens only.

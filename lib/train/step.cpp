@@ -212,12 +212,13 @@ DistConfig dist_from_env(std::optional<int> rank, std::optional<int> world, cons
 }
 
 double read_rollouts(const std::string& path, const std::string& routing_path, const model::ModelConfig& mc,
-                     bool need_advantage, std::vector<Sequence>& out) {
+                     bool need_advantage, std::vector<Sequence>& out, nlohmann::json* meta_out) {
   const int64_t L = mc.num_moe_layers(), K = mc.num_experts_per_tok, E = mc.num_experts;
   const std::string digest = model::config_digest(mc);
   io::Input in(path);
   format::RolloutReader r(in);
   const auto& meta = r.header().meta;
+  if (meta_out) *meta_out = meta;
   double temperature = 1.0;
   if (meta.contains("temperature") && meta["temperature"].is_number()) temperature = meta["temperature"].get<double>();
   if (!(temperature > 0)) throw Error(r.name() + ": header temperature must be > 0");
@@ -374,8 +375,19 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       }
       read_sft_jsonl(name, text, tok, cfg, mc.max_position_embeddings, seqs);
     } else {
-      const double T = read_rollouts(sp.path.empty() ? cfg.input : sp.path, cfg.routing, mc, !tc.sft, seqs);
+      nlohmann::json meta;
+      const std::string path = sp.path.empty() ? cfg.input : sp.path;
+      const double T = read_rollouts(path, cfg.routing, mc, !tc.sft, seqs, &meta);
       if (!tc.sft) tc.temperature = T;
+      // Dr.GRPO's C: a constant, by default the generation budget the rollouts were sampled with.
+      if (!tc.sft && algo::effective_agg(tc.loss) == algo::Agg::seq_mean_token_sum_norm && !(tc.loss.loss_scale > 0)) {
+        const std::string name = path == "-" ? "<stdin>" : path;
+        if (!meta.is_object() || !meta.contains("max_new_tokens") || !meta["max_new_tokens"].is_number() ||
+            !(meta["max_new_tokens"].get<double>() >= 1))
+          throw Error(name + ": the rollout header has no max_new_tokens >= 1, the default C of "
+                      "seq-mean-token-sum-norm: give --loss-scale C");
+        tc.loss.loss_scale = meta["max_new_tokens"].get<double>();
+      }
     }
   }
   if (seqs.empty()) throw Error((cfg.input == "-" ? std::string("<stdin>") : cfg.input) + ": no records to train on");
@@ -457,9 +469,9 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       if (roll) keys = {"mismatch/kl", "mismatch/k3_kl", "mismatch/extreme_frac", "mismatch/chi2_token"};
       if (routes) for (const char* k : {"routing/layer_mismatch", "routing/token_mismatch", "routing/layers_differing_mean"}) keys.push_back(k);
       if (!keys.empty()) {
-        std::vector<float> v;
-        for (auto& k : keys) v.push_back(static_cast<float>((part.count(k) ? part[k] : 0.0) * owned_tokens));
-        std::vector<at::Tensor> t{at::tensor(v, at::kFloat)};
+        std::vector<double> v;
+        for (auto& k : keys) v.push_back((part.count(k) ? part[k] : 0.0) * owned_tokens);
+        std::vector<at::Tensor> t{at::tensor(v, at::kDouble)};
         comm->all_reduce_sum(t);
         for (size_t i = 0; i < keys.size(); ++i) part[keys[i]] = t[0][i].item<double>() / total_tokens_all;
       }
@@ -583,6 +595,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     const double t_save = now_s() - t_save0;
     summary["loss"] = updates ? loss_sum / static_cast<double>(updates) : 0.0;
     summary["updates"] = static_cast<double>(updates);
+    if (!tc.sft && algo::effective_agg(tc.loss) == algo::Agg::seq_mean_token_sum_norm) summary["loss_scale"] = tc.loss.loss_scale;
     summary["sequences"] = static_cast<double>(seqs.size());
     summary["tokens"] = trained_tokens;  // response tokens trained on, summed over updates (epochs, steps)
     summary["step"] = static_cast<double>(trainer.global_step());

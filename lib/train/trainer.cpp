@@ -4,7 +4,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <map>
+#include <limits>
 #include <set>
 #include <sys/stat.h>
 
@@ -120,6 +122,83 @@ at::Tensor native_topk(const at::Tensor& router_logits, int64_t K) {
 }
 
 c10::Device device_of(model::Qwen3Moe& m) { return m->embed_weight.device(); }
+
+// How a data-parallel update combines a metric over ranks so that it equals the single-process value.
+enum class DpReduce {
+  sum,          // each rank already holds its term of the global value (pg_loss, kl, loss)
+  tokens,       // a mean over the response tokens: weighted by each rank's response tokens
+  eff_tokens,   // a mean over the tokens that train (--rs-mask / --mis drops removed)
+  kept_tokens,  // a mean over the tokens TIS/MIS keep
+  min, max,     // exact extremes
+  approx,       // not decomposable (a quantile; the per-rank aux loss): response-token-weighted mean of the
+                // ranks' values, named approximate in moe-train-step(1)
+};
+
+// Every metric an update can log, with its rule. Every rank walks this table in the same order, so the
+// collectives match even when a rank has no sequences (its policy metrics are absent: weight 0).
+const std::vector<std::pair<const char*, DpReduce>>& dp_metric_table() {
+  static const std::vector<std::pair<const char*, DpReduce>> table = {
+      {"loss", DpReduce::sum}, {"pg_loss", DpReduce::sum}, {"kl", DpReduce::sum},
+      {"ppo_kl", DpReduce::eff_tokens}, {"pg_clipfrac", DpReduce::eff_tokens},
+      {"pg_clipfrac_lower", DpReduce::eff_tokens},
+      {"entropy", DpReduce::tokens}, {"sft_loss", DpReduce::tokens},
+      {"mismatch/kl", DpReduce::tokens}, {"mismatch/k3_kl", DpReduce::tokens},
+      {"mismatch/extreme_frac", DpReduce::tokens}, {"mismatch/chi2_token", DpReduce::tokens},
+      {"tis/w_mean", DpReduce::kept_tokens}, {"tis/w_max", DpReduce::max}, {"tis/clip_frac", DpReduce::tokens},
+      {"router_shift/gamma_mean", DpReduce::tokens}, {"router_shift/gamma_min", DpReduce::min},
+      {"router_shift/gamma_max", DpReduce::max}, {"router_shift/floor_frac", DpReduce::tokens},
+      {"router_shift/delta_mean", DpReduce::tokens}, {"router_shift/delta_p90", DpReduce::approx},
+      {"router_shift/mask_frac", DpReduce::tokens}, {"router_shift/unshifted_frac", DpReduce::tokens},
+      {"routing/layer_mismatch", DpReduce::tokens}, {"routing/token_mismatch", DpReduce::tokens},
+      {"routing/layers_differing_mean", DpReduce::tokens}, {"aux_loss", DpReduce::approx},
+  };
+  return table;
+}
+
+// Combines `m` over the ranks in place; `weight_of(kind)` is this rank's denominator of a mean kind. A key no
+// rank has stays absent. A key outside the table is an error (it would otherwise be rank 0's value alone).
+template <typename WeightOf>
+void reduce_metrics(algo::Metrics& m, Communicator& comm, WeightOf weight_of) {
+  const auto& table = dp_metric_table();
+  for (const auto& kv : m) {
+    bool known = false;
+    for (const auto& e : table) known |= kv.first == e.first;
+    if (!known) throw Error("data parallel: no reduction rule for metric '" + kv.first + "'");
+  }
+  const size_t n = table.size();
+  std::vector<double> buf(3 * n, 0.0);  // [sum of value * weight | sum of weights | ranks that have the key]
+  for (size_t i = 0; i < n; ++i) {
+    auto it = m.find(table[i].first);
+    if (it == m.end()) continue;
+    const DpReduce how = table[i].second;
+    const double w = how == DpReduce::sum ? 1.0 : weight_of(how);
+    if (how != DpReduce::min && how != DpReduce::max) buf[i] = it->second * w;
+    buf[n + i] = w;
+    buf[2 * n + i] = 1;
+  }
+  std::vector<at::Tensor> t{at::tensor(buf, at::kDouble)};
+  comm.all_reduce_sum(t);
+  at::Tensor r = t[0].to(at::kDouble).contiguous();
+  const double* p = r.data_ptr<double>();
+  for (size_t i = 0; i < n; ++i) {
+    const char* k = table[i].first;
+    const DpReduce how = table[i].second;
+    const bool present = p[2 * n + i] > 0;  // the same on every rank
+    if (how == DpReduce::min || how == DpReduce::max) {
+      if (!present) continue;
+      const double sign = how == DpReduce::max ? 1.0 : -1.0;
+      auto it = m.find(k);
+      const double best = comm.max(it != m.end() ? sign * it->second : -std::numeric_limits<double>::infinity());
+      m[k] = sign * best;
+    } else if (!present) {
+      m.erase(k);
+    } else if (how == DpReduce::sum) {
+      m[k] = p[i];
+    } else {
+      m[k] = p[n + i] > 0 ? p[i] / p[n + i] : 0.0;
+    }
+  }
+}
 
 std::string impl_key(const at::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
 
@@ -304,6 +383,8 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   algo::Metrics metrics;
   at::Tensor loss;
   double local_tokens = 0;
+  double eff_tokens = 0;   // RL under data parallel: tokens that train (--rs-mask and --mis drops removed)
+  double kept_tokens = 0;  // ... of them, those TIS/MIS keep (tis/w_mean's denominator)
   if (!local.empty()) {
     std::vector<const Sequence*> part;
     for (size_t i : local) part.push_back(&seqs[i]);
@@ -384,7 +465,12 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
       if (shift) {
         in.router_p_old = scatter_resp(po, b, 1, dev);
         in.router_p_new = fw.probs_at;
-        in.router_idx_old = idx_old_full;
+        // unshifted_frac: native top-K of the old pass against native top-K of the current router logits, in
+        // every mode (under R3 old[i].idx is the rollout's routing: comparing against it would measure the
+        // train-inference mismatch, not the router's policy drift).
+        std::vector<at::Tensor> ni;
+        for (size_t i : local) ni.push_back(old[i].native_idx);
+        in.router_idx_old = scatter_resp(ni, b, 0, dev);
         in.router_idx_new = replayed ? native_topk(fw.router_logits.detach(), K) : fw.routing_indices;
       }
       if (cfg_.loss.aux_coef != 0) {
@@ -425,17 +511,18 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
         at::Tensor eff = b.resp > 0;
         if (c.router_shift && c.rs.mask_below > 0)
           eff = eff & algo::router_shift(in.router_p_old, in.router_p_new.detach(), in.mask, c.rs).keep;
-        if (c.is.active() && in.logp_roll.defined())
-          eff = eff & algo::importance_weights(in.logp_old, in.logp_roll, in.mask, c.is).keep;
-        const double eff_tokens = eff.sum().item<double>();
+        if (c.is.active() && in.logp_roll.defined()) {
+          at::Tensor keep = algo::importance_weights(in.logp_old, in.logp_roll, in.mask, c.is).keep;
+          eff = eff & keep;
+          kept_tokens = ((b.resp > 0) & keep).sum().item<double>();
+        }
+        eff_tokens = eff.sum().item<double>();
         const double eff_rows = eff.any(1).sum().item<double>();
         const double all_rows = static_cast<double>(local.size());
         std::vector<at::Tensor> den{at::tensor({eff_tokens, eff_rows}, at::kFloat)};
         comm_->all_reduce_sum(den);
         const double g_tokens = den[0][0].item<double>(), g_rows = den[0][1].item<double>();
-        // seq-mean-token-sum-norm without --loss-scale: the longest kept row of the whole mini-batch.
-        if (agg == algo::Agg::seq_mean_token_sum_norm && c.loss_scale <= 0)
-          c.loss_scale = comm_->max(eff.sum(1).max().item<double>());
+        // seq-mean-token-sum-norm: C is a constant (the same on every rank), so no reduction is needed.
         algo::LossConfig pc = c;
         pc.kl_coef = 0;
         pc.entropy_coef = 0;
@@ -449,10 +536,15 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
         const bool gmpo = c.algo == algo::Algo::gmpo || c.algo == algo::Algo::rspo;
         const double pg_scale = gmpo ? share(all_rows, static_cast<double>(global_rows)) : agg_scale;
         loss = lo_.loss * pg_scale;
+        // pg_loss and kl become this rank's term of the single-process value: summed over ranks below.
+        metrics["pg_loss"] *= pg_scale;
+        if (metrics.count("kl")) metrics["kl"] *= agg_scale;
         if (c.kl_coef != 0)
           loss = loss + c.kl_coef * agg_scale * algo::aggregate(algo::kl_k3(logp, in.logp_ref), eff, agg, c.loss_scale);
         if (c.entropy_coef != 0)
           loss = loss - c.entropy_coef * agg_scale * algo::aggregate(algo::token_entropy(logits), eff, agg, c.loss_scale);
+        // The aux loss is per rank: each rank's Switch loss over its own tokens, averaged over ranks (f and P
+        // are not all-reduced), so it equals the single-process one only when the ranks' routing statistics do.
         if (c.aux_coef != 0) loss = loss + c.aux_coef * in.aux_loss / static_cast<double>(comm_->world_size());
       }
     }
@@ -462,7 +554,6 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
     if (!cfg_.sft) {
       std::vector<at::Tensor> den{at::zeros({2}, at::kFloat)};
       comm_->all_reduce_sum(den);
-      if (algo::effective_agg(cfg_.loss) == algo::Agg::seq_mean_token_sum_norm && cfg_.loss.loss_scale <= 0) comm_->max(0);
     }
   }
 
@@ -493,6 +584,15 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
     }
   }
   const double t2 = clock();
+  if (const char* dump = std::getenv("MOEKIT_TRAIN_GRAD_DUMP"); dump && *dump && (!comm_ || comm_->rank() == 0)) {
+    // Test hook (tests/cli/train.bats): the all-reduced gradient of this update, before clipping, as
+    // PREFIX.<optimizer step>.safetensors, so 1, 2 and 3 processes can be compared gradient to gradient.
+    std::vector<std::pair<std::string, at::Tensor>> g;
+    for (auto& [n, p] : trained_)
+      if (p.grad().defined()) g.emplace_back(n, p.grad().detach().to(at::kCPU, at::kFloat).contiguous());
+    model::write_safetensors(std::string(dump) + "." + std::to_string(global_step_ + 1) + ".safetensors", g,
+                             {{"producer", "moe-train-step MOEKIT_TRAIN_GRAD_DUMP"}});
+  }
   // Global L2 norm, clipped as torch.nn.utils.clip_grad_norm_ does.
   double norm = 0;
   {
@@ -519,25 +619,16 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   ++global_step_;
   const double t3 = clock();
 
-  // Metrics: this rank's means, combined over ranks weighted by response tokens.
   metrics["loss"] = local_loss;
   if (dp) {
-    std::vector<std::string> keys;
-    std::vector<float> vals;
-    for (auto& [k, v] : metrics) {
-      if (k == "loss") continue;
-      keys.push_back(k);
-      vals.push_back(static_cast<float>(v * local_tokens));
-    }
-    // A rank without sequences has no policy metrics: combine only when every rank has the same key count.
-    const double n = static_cast<double>(keys.size());
-    const double kmax = comm_->max(n), kmin = -comm_->max(-n);
-    if (kmax == kmin && n > 0) {
-      std::vector<at::Tensor> t{at::tensor(vals, at::kFloat)};
-      comm_->all_reduce_sum(t);
-      for (size_t i = 0; i < keys.size(); ++i) metrics[keys[i]] = t[0][i].item<double>() / std::max<double>(1, global_tokens);
-    }
-    metrics["loss"] = comm_->sum(local_loss);
+    const double l_tokens = local_tokens;
+    reduce_metrics(metrics, *comm_, [&](DpReduce how) {
+      switch (how) {
+        case DpReduce::eff_tokens: return eff_tokens;
+        case DpReduce::kept_tokens: return kept_tokens;
+        default: return l_tokens;
+      }
+    });
   }
   metrics["grad_norm"] = norm;
   metrics["time/forward"] = t1 - t0;    // forward + loss

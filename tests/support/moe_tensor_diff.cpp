@@ -1,6 +1,7 @@
 // Test-only: max |a - b| over the F32 tensors of two safetensors files (same names and shapes), printed
 // as one number. Exit 1 when the names, dtypes or shapes differ. No libtorch (reads the format directly).
 //   moe_tensor_diff [--match SUBSTR] A.safetensors B.safetensors   (--match: only tensors whose name has SUBSTR)
+//   moe_tensor_diff --rel A B: max |a - b| / max |a| instead (e.g. gradients of different scales)
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -32,6 +33,12 @@ File load(const char* path) {
 
 int main(int argc, char** argv) {
   std::string match;
+  bool rel = false;
+  if (argc >= 2 && std::strcmp(argv[1], "--rel") == 0) {
+    rel = true;
+    ++argv;
+    --argc;
+  }
   if (argc == 5 && std::strcmp(argv[1], "--match") == 0) {
     match = argv[2];
     argv += 2;
@@ -43,7 +50,7 @@ int main(int argc, char** argv) {
   }
   try {
     File a = load(argv[1]), b = load(argv[2]);
-    double worst = 0;
+    double worst = 0, scale = 0;
     for (auto& [name, ea] : a.header.items()) {
       if (name == "__metadata__") continue;
       if (!b.header.contains(name)) throw std::runtime_error("tensor " + name + " only in " + argv[1]);
@@ -56,11 +63,13 @@ int main(int argc, char** argv) {
         std::memcpy(&x, a.data.data() + a0 + 4 * i, 4);
         std::memcpy(&y, b.data.data() + b0 + 4 * i, 4);
         double d = std::fabs(static_cast<double>(x) - y);
+        scale = std::fmax(scale, std::fabs(static_cast<double>(x)));
         if (!(d <= worst)) worst = std::isnan(d) ? INFINITY : d;
       }
     }
     for (auto& [name, eb] : b.header.items())
       if (!a.header.contains(name)) throw std::runtime_error("tensor " + name + " only in " + argv[2]);
+    if (rel) worst = scale > 0 ? worst / scale : worst;
     std::printf("%.9g\n", worst);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe_tensor_diff: %s\n", e.what());

@@ -90,6 +90,7 @@ struct Example {
 LossConfig config(Algo algo) {
   LossConfig c;
   c.algo = algo;
+  c.loss_scale = 4;  // C of seq-mean-token-sum-norm (worked example 1: the generation budget 4)
   return c;
 }
 
@@ -188,15 +189,37 @@ TEST_CASE("algo: worked example 1, aggregations, DAPO and Dr.GRPO", "[algo]") {
   check_close(with_agg(Agg::seq_mean_token_mean, 0), 0.16813568);
   check_close(with_agg(Agg::seq_mean_token_sum, 0), 0.12822087);
   check_close(with_agg(Agg::seq_mean_token_sum_norm, 4), 0.064110437);
-  check_close(with_agg(Agg::seq_mean_token_sum_norm, 0), 0.064110437);  // default C = longest response = 4
+  // C is a constant: never defaulted to a batch's longest response (the train step passes max_new_tokens).
+  CHECK_THROWS_AS(with_agg(Agg::seq_mean_token_sum_norm, 0), moe::Error);
 
   auto dapo = compute_policy_loss(config(Algo::dapo), ex.inputs());
   check_close(val(dapo.loss), 0.026391324);
   check_metric(dapo.metrics, "pg_clipfrac", 2.0 / 7);
 
   ex.adv = vec({0.5, -0.5});  // moe-reward's drgrpo advantages
-  auto dr = compute_policy_loss(config(Algo::drgrpo), ex.inputs());
+  auto drc = config(Algo::drgrpo);
+  drc.loss_scale = 4;
+  auto dr = compute_policy_loss(drc, ex.inputs());
   check_close(val(dr.loss), 0.045332989);
+}
+
+TEST_CASE("algo: seq-mean-token-sum-norm: one long response does not rescale the others' gradients", "[algo]") {
+  // Dr.GRPO with C = 4: appending a row of 9 tokens leaves the gradient of the first two rows unchanged
+  // (with the old per-batch C = longest response it was divided by 9 / 4).
+  Example ex;
+  auto c = config(Algo::drgrpo);
+  c.loss_scale = 4;
+  auto in = ex.inputs();
+  auto g2 = grad_of(compute_policy_loss(c, in).loss, ex.logp);
+  auto pad = [](const at::Tensor& t, double v) { return at::cat({t, at::full({t.size(0), 5}, v, t.options())}, 1); };
+  auto logp = at::cat({pad(ex.logp.detach(), 0), at::full({1, 9}, -1.0, at::kDouble)}).requires_grad_(true);
+  LossInputs big;
+  big.logp = logp;
+  big.logp_old = at::cat({pad(ex.logp_old, 0), at::full({1, 9}, -1.1, at::kDouble)});
+  big.mask = at::cat({pad(ex.mask, 0), at::ones({1, 9}, at::kDouble)});
+  big.advantages = vec({0.70710578, -0.70710578, 0.3});
+  auto g3 = grad_of(compute_policy_loss(c, big).loss, logp);
+  check_close(g3.narrow(0, 0, 2).narrow(1, 0, 4), g2, 1e-12);
 }
 
 TEST_CASE("algo: worked example 2, GRPO + TIS token and mismatch metrics", "[algo]") {
@@ -253,21 +276,97 @@ TEST_CASE("algo: worked example 4, GMPO", "[algo]") {
   check_close(grad_of(out.loss, ex.logp), mat({{a, a, 0, a}, {b, b, 0, 0}}));
 }
 
-TEST_CASE("algo: worked example 5, RSPO with given floored ratios", "[algo]") {
+TEST_CASE("algo: worked example 5, RSPO, GRPO and GSPO + router shift, after and before the clip", "[algo]") {
   Example ex;
   auto g = mat({{1, 0.9, 0.8, 0.95}, {0.85, 1, 0.8, 1}});
-  auto dt = ex.d() + at::log(g);
-  check_close(dt * ex.mask,
-              mat({{0.2, -0.20536052, 0.27685645, -0.10129329}, {-0.36251893, 1.2, -0.67314355, 0}}));
-  check_close(gmpo_row_ratio(dt, ex.adv, ex.mask, 0.4, 0.4), vec({1.0434689, 1.1569960}));
   auto in = ex.inputs();
   in.rs_factors = g;
-  auto out = compute_policy_loss(config(Algo::rspo), in);
-  check_close(val(out.loss), 0.040137841);
-  const double a = -0.092230362, b = 0.13635310;
-  check_close(grad_of(out.loss, ex.logp), mat({{a, a, a, a}, {b, b, 0, 0}}));
+  auto with = [&](Algo algo, RsApply apply) {
+    auto c = config(algo);
+    c.router_shift = true;
+    c.rs.apply = apply;
+    return compute_policy_loss(c, in);
+  };
+  SECTION("rspo after the clip (default): d** = d* + log g") {
+    auto dstar = gmpo_clipped_log_ratio(ex.d(), ex.adv, 0.4, 0.4) + at::log(g);
+    check_close(dstar * ex.mask,
+                mat({{0.2, -0.20536052, 0.17685645, -0.10129329}, {-0.36251893, 1.2, -0.62314355, 0}}));
+    check_close(gmpo_row_ratio(ex.d(), ex.adv, ex.mask, 0.4, 0.4, at::log(g)), vec({1.0177056, 1.0740601}));
+    auto out = compute_policy_loss(config(Algo::rspo), in);  // the default placement
+    check_close(val(out.loss), 0.019924261);
+    const double a = -0.089953187, b = 0.12657900;
+    check_close(grad_of(out.loss, ex.logp), mat({{a, a, 0, a}, {b, b, 0, 0}}));
+    check_close(val(with(Algo::rspo, RsApply::after_clip).loss), 0.019924261);
+    // The clip saw the unshifted d: GMPO's clip fractions of example 4.
+    check_metric(out.metrics, "pg_clipfrac", 1.0 / 7);
+    check_metric(out.metrics, "pg_clipfrac_lower", 2.0 / 7);
+  }
+  SECTION("rspo before the clip (ablation): d~ = d + log g") {
+    auto dt = ex.d() + at::log(g);
+    check_close(dt * ex.mask,
+                mat({{0.2, -0.20536052, 0.27685645, -0.10129329}, {-0.36251893, 1.2, -0.67314355, 0}}));
+    check_close(gmpo_row_ratio(dt, ex.adv, ex.mask, 0.4, 0.4), vec({1.0434689, 1.1569960}));
+    auto out = with(Algo::rspo, RsApply::pre_clip);
+    check_close(val(out.loss), 0.040137841);
+    const double a = -0.092230362, b = 0.13635310;
+    check_close(grad_of(out.loss, ex.logp), mat({{a, a, a, a}, {b, b, 0, 0}}));
+  }
+  SECTION("grpo + router shift, both placements") {
+    auto out = with(Algo::grpo, RsApply::after_clip);
+    check_close(val(out.loss), 0.046254770);
+    check_close(grad_of(out.loss, ex.logp), mat({{0, -0.082262027, 0, -0.091284119}, {0.070298551, 0, 0, 0}}));
+    check_metric(out.metrics, "pg_clipfrac", 3.0 / 7);  // example 1's clipping, untouched by g
+    auto pre = with(Algo::grpo, RsApply::pre_clip);
+    check_close(val(pre.loss), 0.048687099);
+    // Before the clip, the drifted A < 0 token (1, 0) has ratio 0.6956 < 1 - eps: clipped, zero gradient.
+    check_close(val(grad_of(pre.loss, ex.logp)[1][0]), 0, 1e-15);
+  }
+  SECTION("gspo + router shift, both placements") {
+    auto out = with(Algo::gspo, RsApply::after_clip);
+    check_close(val(out.loss), 0.052399376);
+    check_close(grad_of(out.loss, ex.logp), mat({{0, 0, 0, 0}, {0.120329668, 0.141564315, 0.113251452, 0}}));
+    // Before the clip: the sequence ratio of d~; row 1 clipped at 1 + 4e-4 (A > 0), row 2 unclipped (A < 0).
+    auto pre = with(Algo::gspo, RsApply::pre_clip);
+    auto s = gspo_seq_ratio(ex.d() + at::log(g), ex.mask);
+    check_close(val(pre.loss), 0.5 * (-0.70710578 * 1.0004 + 0.70710578 * val(s[1])));
+  }
   // rspo without any router-shift input is an error, not a silent gmpo.
   CHECK_THROWS_AS(compute_policy_loss(config(Algo::rspo), ex.inputs()), moe::Error);
+}
+
+TEST_CASE("algo: --rs-grad lets the gradient reach the router through g, the default stops it", "[algo]") {
+  RandomBatch rb(5);
+  for (Algo algo : {Algo::grpo, Algo::gspo, Algo::rspo})
+    for (RsApply apply : {RsApply::after_clip, RsApply::pre_clip}) {
+      INFO("algo " << to_string(algo) << ", " << to_string(apply));
+      auto c = config(algo);
+      c.router_shift = true;
+      c.rs.apply = apply;
+      c.rs.floor = 0.3;
+      auto loss_of_pnew = [&](const at::Tensor& p_new) {
+        auto in = rb.inputs(rb.logp);
+        in.router_p_new = p_new;
+        return compute_policy_loss(c, in).loss;
+      };
+      auto p = rb.p_new.clone().requires_grad_(true);
+      auto x = rb.logp.clone().requires_grad_(true);  // the loss has a graph in every case
+      auto loss_of_pnew_x = [&](const at::Tensor& p_new) {
+        auto in = rb.inputs(x);
+        in.router_p_new = p_new;
+        return compute_policy_loss(c, in).loss;
+      };
+      // Default: stop-gradient, the router gets nothing from g.
+      CHECK(val(grad_of(loss_of_pnew_x(p), p).abs().sum()) == 0);
+      c.rs.grad = true;
+      auto gp = grad_of(loss_of_pnew_x(p), p);
+      CHECK(val(gp.abs().sum()) > 0);
+      fd_check(loss_of_pnew, rb.p_new);
+      // The value is the same with or without the stop-gradient.
+      auto c0 = c;
+      c0.rs.grad = false;
+      auto in = rb.inputs(rb.logp);
+      check_close(val(compute_policy_loss(c, in).loss), val(compute_policy_loss(c0, in).loss), 1e-15);
+    }
 }
 
 TEST_CASE("algo: worked example 6, router shift (paper and mean-exp forms)", "[algo]") {
@@ -300,6 +399,8 @@ TEST_CASE("algo: worked example 6, router shift (paper and mean-exp forms)", "[a
   RouterShiftConfig me;
   me.form = RsForm::mean_exp;
   me.floor = 0;
+  // Default layer aggregation: geomean (the paper aggregates layers multiplicatively).
+  check_close(val(router_shift(p_old, p_new, mask, me).gamma[0][0]), 0.76485293);
   // Per layer: [0.65, 0.9] (each layer alone is the mean over its K).
   check_close(val(router_shift(p_old.narrow(2, 0, 1), p_new.narrow(2, 0, 1), mask, me).gamma[0][0]), 0.65);
   check_close(val(router_shift(p_old.narrow(2, 1, 1), p_new.narrow(2, 1, 1), mask, me).gamma[0][0]), 0.9);
@@ -375,11 +476,13 @@ TEST_CASE("algo: gradients match finite differences for every algorithm", "[algo
     c.router_shift = true;
     c.is.level = IsLevel::seq;
     run(c);
-    // (GSPO with --tis token is not checked here: its token form is not the gradient of its own value when
-    // w varies within a row; see the GSPO + TIS token test.)
+    // (GSPO with --tis token or with the router shift after the clip is not checked here: its token form
+    // weights each token's gradient by its own factor, which is not the gradient of its own value when the
+    // factor varies within a row; worked example 5 and the GSPO + TIS token test pin those gradients.)
     c = config(Algo::gspo);
     c.eps_low = c.eps_high = 0.5;
     c.router_shift = true;
+    c.rs.apply = RsApply::pre_clip;
     c.is.level = IsLevel::seq;
     run(c);
     c = config(Algo::dapo);
@@ -497,7 +600,7 @@ TEST_CASE("algo: an all-masked batch gives an exact, finite 0 loss and zero grad
     }
   }
   for (Agg agg : {Agg::token_mean, Agg::seq_mean_token_mean, Agg::seq_mean_token_sum, Agg::seq_mean_token_sum_norm})
-    CHECK(val(aggregate(at::ones({2, 4}, at::kDouble), in.mask, agg)) == 0.0);
+    CHECK(val(aggregate(at::ones({2, 4}, at::kDouble), in.mask, agg, 4)) == 0.0);
   auto rs = router_shift(at::full({2, 4, 1, 2}, 0.3), at::full({2, 4, 1, 2}, 0.1), in.mask);
   for (const auto& [name, v] : rs.metrics) CHECK(std::isfinite(v));
 }
@@ -594,18 +697,22 @@ TEST_CASE("algo: router shift as a plug-in for grpo and gspo, and --rs-mask", "[
   auto c = config(Algo::grpo);
   c.router_shift = true;
   auto out = compute_policy_loss(c, in);
-  check_close(val(out.loss), val(aggregate(ppo_clip_loss(dt, ex.adv, ex.mask, 0.2, 0.2, 3).loss, ex.mask,
+  // After the clip (default): the clipped per-token loss times g; before: the clip of the shifted ratio.
+  check_close(val(out.loss), val(aggregate(g * ppo_clip_loss(ex.d(), ex.adv, ex.mask, 0.2, 0.2, 3).loss, ex.mask,
                                            Agg::token_mean)));
   check_metric(out.metrics, "ppo_kl", -0.15714286);  // the unshifted policy change
   CHECK(std::abs(val(out.loss) - 0.036634535) > 1e-3);
+  c.rs.apply = RsApply::pre_clip;
+  check_close(val(compute_policy_loss(c, in).loss),
+              val(aggregate(ppo_clip_loss(dt, ex.adv, ex.mask, 0.2, 0.2, 3).loss, ex.mask, Agg::token_mean)));
 
   c = config(Algo::gspo);
   c.router_shift = true;
   out = compute_policy_loss(c, in);
-  auto s = gspo_seq_ratio(dt, ex.mask);
-  check_close(s, at::exp((dt * ex.mask).sum(1) / vec({4, 3})));
-  // Row 1 clipped at 1 + 4e-4 (A > 0), row 2 unclipped (A < 0): loss = 0.5 * (-A1 1.0004 + |A2| s2).
-  check_close(val(out.loss), 0.5 * (-0.70710578 * 1.0004 + 0.70710578 * val(s[1])));
+  auto s = gspo_seq_ratio(ex.d(), ex.mask);
+  check_close(s, at::exp((ex.d() * ex.mask).sum(1) / vec({4, 3})));
+  check_close(val(out.loss), val(aggregate(g * gspo_loss(ex.d(), ex.adv, ex.mask, 3e-4, 4e-4).loss, ex.mask,
+                                           Agg::seq_mean_token_mean)));
 
   // --rs-mask from probabilities: the dropped token behaves as if masked.
   auto p_old = at::full({2, 4, 1, 2}, 0.4, at::kDouble);
@@ -773,10 +880,10 @@ TEST_CASE("algo: fp32 inputs give fp32 losses matching the double examples", "[a
   in.rs_factors = mat({{1, 0.9, 0.8, 0.95}, {0.85, 1, 0.8, 1}}).to(at::kFloat);
   auto out = compute_policy_loss(c, in);
   CHECK(out.loss.scalar_type() == at::kFloat);
-  check_close(val(out.loss), 0.040137841, 1e-5);
+  check_close(val(out.loss), 0.019924261, 1e-5);  // worked example 5, after the clip
   auto g = grad_of(out.loss, logp);
   CHECK(g.scalar_type() == at::kFloat);
-  check_close(val(g[1][0]), 0.13635310, 1e-5);
+  check_close(val(g[1][0]), 0.12657900, 1e-5);
   c = config(Algo::grpo);
   c.is.level = IsLevel::token;
   check_close(val(compute_policy_loss(c, in).loss), -0.16638326, 1e-5);

@@ -8,6 +8,7 @@
 #include <random>
 #include <string>
 
+#include "moe/algo/router.h"
 #include "moe/format/rollout.h"
 #include "moe/format/routing.h"
 #include "moe/io/error.h"
@@ -207,18 +208,186 @@ TEST_CASE("on-policy sanity: K = 1, E = 1 gives ratio 1 and the on-policy loss f
     rows += s.advantage;
   }
   for (auto a : {algo::Algo::grpo, algo::Algo::gspo, algo::Algo::gmpo, algo::Algo::rspo}) {
-    auto m = tiny_model();
+    INFO("algo " << algo::to_string(a));
+    model::ModelConfig c = model::preset_config("tiny", 98);
+    c.num_experts = 1;
+    c.num_experts_per_tok = 1;
+    model::Qwen3Moe m(c);
+    model::init_weights(m, 1);
+    REQUIRE(m->config().num_experts == 1);
+    REQUIRE(m->config().num_experts_per_tok == 1);
     TrainConfig tc;
     tc.loss.algo = a;
     Trainer t(m, tc);
-    auto met = one_update(t, seqs);
+    std::vector<OldPass> old;
+    t.old_pass(seqs, old);
+    REQUIRE(old[0].idx.size(2) == 1);  // [positions, L, K = 1], every index expert 0
+    CHECK(old[0].idx.max().item<int64_t>() == 0);
+    auto met = t.update(seqs, old, all_of(seqs), seqs.size(), tokens_of(seqs), max_len(seqs));
     CHECK(met.at("ppo_kl") == 0.0);
     CHECK(met.at("pg_clipfrac") == 0.0);
     // grpo token-mean: -sum A / tokens; gspo seq-mean-token-mean and gmpo: -(1/B) sum_i A_i.
     const double want = a == algo::Algo::grpo ? -num / den : -rows / seqs.size();
     CHECK(met.at("pg_loss") == Approx(want).epsilon(1e-5));
+    if (a == algo::Algo::rspo) {
+      // One expert: its router probability is exactly 1 before and after, so gamma is exactly 1.
+      CHECK(met.at("router_shift/gamma_min") == 1.0);
+      CHECK(met.at("router_shift/unshifted_frac") == 1.0);
+    }
     CHECK(met.at("step") == 1.0);
     CHECK(met.at("grad_norm") > 0);
+  }
+}
+
+TEST_CASE("replay-old: the update forward uses the old pass's indices (forged ones too), not free routing", "[train]") {
+  auto m = tiny_model();
+  auto seqs = make_seqs(4);
+  const int64_t E = m->config().num_experts;
+  TrainConfig tc;
+  tc.router = RouterControl::replay_old;
+  Trainer t(m, tc);
+  std::vector<OldPass> old;
+  t.old_pass(seqs, old);
+  // Forge the recorded old routing: every expert shifted by one (never the native choice, still distinct).
+  double want_num = 0, tokens = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    old[i].idx = ((old[i].idx + 1) % E).contiguous();
+    std::vector<int64_t> all(seqs[i].prompt);
+    all.insert(all.end(), seqs[i].response.begin(), seqs[i].response.end());
+    at::Tensor in = at::tensor(std::vector<int64_t>(all.begin(), all.end() - 1), at::kLong).unsqueeze(0);
+    at::Tensor tgt = at::tensor(std::vector<int64_t>(all.begin() + 1, all.end()), at::kLong).unsqueeze(0);
+    at::NoGradGuard ng;
+    auto rep = m->forward(in, {}, model::RoutingPlan::replay(old[i].idx.unsqueeze(0)));
+    const int64_t P = seqs[i].prompt.size(), R = seqs[i].response.size();
+    at::Tensor lr = at::log_softmax(rep.logits.to(at::kFloat), -1).gather(2, tgt.unsqueeze(-1)).squeeze(-1)[0].narrow(0, P - 1, R);
+    want_num += (old[i].logp_old - lr).sum().item<double>();  // ppo_kl = mean(-(logp - logp_old))
+    tokens += R;
+  }
+  const double want = want_num / tokens;
+  REQUIRE(std::abs(want) > 1e-4);  // the forged routing changes the log-probs: free routing would give 0
+  auto met = t.update(seqs, old, all_of(seqs), seqs.size(), tokens_of(seqs), max_len(seqs));
+  CHECK(met.at("ppo_kl") == Approx(want).margin(1e-6));
+}
+
+TEST_CASE("router_shift/unshifted_frac compares native with native under R3, not the rollout's indices", "[train]") {
+  auto m = tiny_model();
+  auto seqs = make_seqs(4);
+  add_foreign_routing(m, seqs);  // the rollout's routing differs from native at every position
+  TrainConfig tc;
+  tc.router = RouterControl::replay_rollout;
+  tc.loss.algo = algo::Algo::rspo;
+  Trainer t(m, tc);
+  auto met = one_update(t, seqs);
+  // The first update runs the old weights: the current router's native top-K is the old pass's native top-K.
+  CHECK(met.at("router_shift/unshifted_frac") == 1.0);
+  CHECK(met.at("routing/token_mismatch") == 1.0);  // while the rollout's routing differs everywhere
+}
+
+TEST_CASE("trainer metrics on crafted rollout log-probs, routing and old router probabilities, by hand", "[train]") {
+  auto m = tiny_model();
+  // Two sequences, responses of 3 and 2 tokens.
+  std::vector<Sequence> seqs(2);
+  seqs[0].id = 0;
+  seqs[0].prompt = {5, 9, 14};
+  seqs[0].response = {20, 33, 41};
+  seqs[0].advantage = 1;
+  seqs[1].id = 1;
+  seqs[1].prompt = {7, 8};
+  seqs[1].response = {50, 61};
+  seqs[1].advantage = -1;
+  TrainConfig tc;
+  tc.loss.algo = algo::Algo::rspo;
+  tc.loss.rs.floor = 0.5;
+  Trainer t(m, tc);
+  std::vector<OldPass> old;
+  t.old_pass(seqs, old);
+  // Rollout log-probs = old - delta: mismatch/kl = mean(logp_roll - logp_old) = -mean(delta),
+  // k3 = mean(exp(delta) - delta - 1) with log rho = delta.
+  const std::vector<std::vector<double>> delta = {{0.1, -0.2, 0.0}, {0.3, -0.05}};
+  double kl = 0, k3 = 0;
+  for (size_t i = 0; i < 2; ++i) {
+    at::Tensor lo = old[i].logp_old.to(at::kDouble);
+    seqs[i].logp_roll.clear();
+    for (size_t j = 0; j < delta[i].size(); ++j) {
+      seqs[i].logp_roll.push_back(static_cast<float>(lo[j].item<double>() - delta[i][j]));
+      kl += -delta[i][j];
+      k3 += std::exp(delta[i][j]) - delta[i][j] - 1;
+    }
+  }
+  kl /= 5;
+  k3 /= 5;
+  // Rollout routing = the old pass's native routing, except at response token (0, 1): layer 0 and layer 2
+  // differ, and at response token (1, 0): layer 1 differs. 3 MoE layers x 5 tokens = 15 pairs.
+  const int64_t E = m->config().num_experts, L = m->config().num_moe_layers();
+  REQUIRE(L == 3);
+  for (size_t i = 0; i < 2; ++i) seqs[i].rollout_routing = old[i].idx.clone();
+  auto bump = [&](Sequence& s, int64_t resp_t, int64_t layer) {
+    at::Tensor row = s.rollout_routing[s.prompt.size() - 1 + resp_t][layer];
+    row.copy_((row + 1) % E);  // shifted by one: never the same set (K = 2 of 8)
+  };
+  bump(seqs[0], 1, 0);
+  bump(seqs[0], 1, 2);
+  bump(seqs[1], 0, 1);
+  // Old router probabilities forged per token: the current (on-policy) probability times exp(+-c) in every
+  // layer and slot, so |dlog p| = c everywhere and gamma_t = exp(-c) exactly (paper form).
+  const std::vector<std::vector<double>> c = {{0.0, 0.1, 0.9}, {0.2, 0.05}};
+  std::vector<double> gammas;
+  for (size_t i = 0; i < 2; ++i)
+    for (size_t j = 0; j < c[i].size(); ++j) {
+      const double sign = (j % 2) ? -1.0 : 1.0;
+      old[i].prob[j].mul_(std::exp(sign * c[i][j]));
+      gammas.push_back(std::exp(-c[i][j]));
+    }
+  auto met = t.update(seqs, old, all_of(seqs), 2, 5, 3);
+  CHECK(met.at("mismatch/kl") == Approx(kl).margin(1e-6));  // float32 log-probs
+  CHECK(met.at("mismatch/k3_kl") == Approx(k3).margin(1e-6));
+  CHECK(met.at("routing/layer_mismatch") == Approx(3.0 / 15).margin(1e-12));
+  CHECK(met.at("routing/token_mismatch") == Approx(2.0 / 5).margin(1e-12));
+  CHECK(met.at("routing/layers_differing_mean") == Approx(3.0 / 5).margin(1e-12));
+  double gmean = 0, dmean = 0;
+  for (double g : gammas) {
+    gmean += g / 5;
+    dmean += -std::log(g) / 5;
+  }
+  // float32 router probabilities: |dlog p| is exact to ~1e-7.
+  CHECK(met.at("router_shift/gamma_mean") == Approx(gmean).margin(1e-6));
+  CHECK(met.at("router_shift/gamma_min") == Approx(std::exp(-0.9)).margin(1e-6));
+  CHECK(met.at("router_shift/gamma_max") == Approx(1.0).margin(1e-6));
+  CHECK(met.at("router_shift/delta_mean") == Approx(dmean).margin(1e-6));
+  CHECK(met.at("router_shift/floor_frac") == Approx(1.0 / 5).margin(1e-12));  // exp(-0.9) = 0.41 < 0.5
+  // delta_p90 of {0, 0.1, 0.9, 0.2, 0.05}: sorted 0, 0.05, 0.1, 0.2, 0.9; position 0.9 * 4 = 3.6.
+  CHECK(met.at("router_shift/delta_p90") == Approx(0.2 + 0.6 * 0.7).margin(1e-6));
+  CHECK(met.at("router_shift/unshifted_frac") == 1.0);  // on-policy: native sets unchanged
+}
+
+TEST_CASE("the model's replay gating is algo::replay_gating: norm_topk_prob true and false", "[train]") {
+  for (bool norm : {true, false}) {
+    INFO("norm_topk_prob " << norm);
+    model::ModelConfig c = model::preset_config("tiny", 98);
+    c.norm_topk_prob = norm;
+    model::SparseMoe moe(c);
+    at::NoGradGuard ng0;
+    for (auto& p : moe->parameters()) p.normal_(0, 0.2);
+    const int64_t N = 6, E = c.num_experts;
+    at::Tensor x = at::randn({N, c.hidden_size}, at::TensorOptions().dtype(at::kDouble));
+    moe->to(at::kDouble);
+    // Replayed experts that are never the native top-2: the two of lowest probability.
+    at::Tensor logits = at::linear(x, moe->gate->weight);
+    at::Tensor idx = std::get<1>(logits.topk(2, -1, /*largest=*/false));
+    auto out = moe->forward(x, model::RouterMode::replay, idx, {}, {}, {}, false, true);
+    CHECK(at::equal(out.indices, idx));
+    // By hand: softmax over all E gathered at the replayed experts, renormalised over them iff norm.
+    at::Tensor p = at::softmax(logits, -1).gather(1, idx);
+    at::Tensor w = norm ? p / p.sum(-1, true) : p;
+    at::Tensor want = at::zeros_like(x);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < 2; ++k) {
+        const int64_t e = idx[n][k].item<int64_t>();
+        want[n] += w[n][k] * moe->experts[e]->forward(x[n].unsqueeze(0))[0];
+      }
+    CHECK(at::allclose(out.hidden, want, 1e-12, 1e-12));
+    CHECK(at::allclose(algo::replay_gating(logits, idx, norm), w, 1e-15, 1e-15));
+    (void)E;
   }
 }
 

@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
   moe::train::StepConfig cfg;
   auto& loss = cfg.train.loss;
   auto& opt = cfg.train.optim;
-  std::string algo = "grpo", router = "free", loss_agg, tis, mis, rs_form = "paper", rs_layer_agg = "mean";
+  std::string algo = "grpo", router = "free", loss_agg, tis, mis, rs_form = "paper", rs_layer_agg = "geomean",
+              rs_apply = "after-clip";
   std::optional<double> eps_low, eps_high, lr;
   bool no_shuffle = false;
   std::optional<int> rank, world, port;
@@ -74,12 +75,14 @@ int main(int argc, char** argv) {
         app.add_option("--clip-high,--eps-high", eps_high, "upper clip range (default per --algo)");
         app.add_option("--dual-clip", loss.dual_clip, "dual-clip constant c for A < 0 (<= 1: off)")->capture_default_str();
         app.add_option("--loss-agg", loss_agg, "token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm");
-        app.add_option("--loss-scale", loss.loss_scale, "C of seq-mean-token-sum-norm (0: longest response of the mini-batch)")
+        app.add_option("--loss-scale", loss.loss_scale, "C of seq-mean-token-sum-norm, a constant (0: the rollout header's max_new_tokens)")
             ->capture_default_str();
         app.add_flag("--router-shift", loss.router_shift, "router-shift ratio on grpo/dapo/drgrpo/gspo/gmpo (always on for rspo)");
         app.add_option("--rs-floor", loss.rs.floor, "router-shift floor gamma_min")->capture_default_str();
         app.add_option("--rs-form", rs_form, "paper or mean-exp")->capture_default_str();
         app.add_option("--rs-layer-agg", rs_layer_agg, "mean, product or geomean (mean-exp form)")->capture_default_str();
+        app.add_option("--rs-apply", rs_apply, "after-clip (the paper) or pre-clip (ablation)")->capture_default_str();
+        app.add_flag("--rs-grad", loss.rs.grad, "ablation: no stop-gradient through the router-shift factor");
         app.add_option("--rs-mask", loss.rs.mask_below, "drop tokens with raw gamma below T (0: off)")->capture_default_str();
         app.add_option("--tis", tis, "truncated importance sampling: token or seq");
         app.add_option("--tis-cap", loss.is.cap, "TIS truncation C")->capture_default_str();
@@ -129,6 +132,7 @@ int main(int argc, char** argv) {
         if (!loss_agg.empty()) loss.loss_agg = moe::algo::parse_agg(loss_agg);
         loss.rs.form = moe::algo::parse_rs_form(rs_form);
         loss.rs.layer_agg = moe::algo::parse_rs_layer_agg(rs_layer_agg);
+        loss.rs.apply = moe::algo::parse_rs_apply(rs_apply);
         if (!tis.empty()) loss.is.level = moe::algo::parse_is_level(tis);
         if (!mis.empty()) loss.is.mis = parse_range(mis, "--mis");
         const auto keep = cfg.dist;

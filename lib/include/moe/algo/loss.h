@@ -34,7 +34,8 @@ const char* to_string(Agg agg);
 //   token-mean               sum(m*l) / sum(m)
 //   seq-mean-token-mean      (1/B') sum_i sum_t m*l / (L_i + 1e-8), B' = rows with L_i > 0
 //   seq-mean-token-sum       (1/B') sum_i sum_t m*l
-//   seq-mean-token-sum-norm  sum(m*l) / C, C = loss_scale, or max_i L_i of this batch when loss_scale <= 0
+//   seq-mean-token-sum-norm  sum(m*l) / C, C = loss_scale, a constant (the train step defaults it to the
+//                            rollout header's max_new_tokens); loss_scale <= 0 throws moe::Error
 // An all-masked batch gives an exact 0 (never NaN).
 at::Tensor aggregate(const at::Tensor& loss, const at::Tensor& mask, Agg agg, double loss_scale = 0);
 
@@ -59,7 +60,7 @@ struct LossConfig {
   Algo algo = Algo::grpo;
   std::optional<double> eps_low, eps_high;  // unset: the algorithm's default (see with_defaults)
   std::optional<Agg> loss_agg;              // unset: the algorithm's default
-  double loss_scale = 0;                    // C of seq-mean-token-sum-norm; <= 0: max_i L_i of the batch
+  double loss_scale = 0;                    // C of seq-mean-token-sum-norm (constant); <= 0: unset (an error there)
   double dual_clip = 3;                     // c, applied for A < 0 in grpo/dapo/drgrpo; <= 1 turns it off
   bool router_shift = false;                // --router-shift on grpo/dapo/drgrpo/gspo/gmpo (always on for rspo)
   RouterShiftConfig rs;
@@ -88,11 +89,13 @@ struct LossInputs {
   at::Tensor advantages;  // [B] or [B, T]
   at::Tensor mask;        // [B, T]
   at::Tensor logp_roll;   // optional [B, T] rollout log-probs: enables mismatch/* metrics; needed by --tis/--mis
-  // Router shift, either precomputed floored factors g_t [B, T] (used as given; --rs-mask is then not applied)
+  // Router shift, either precomputed floored factors g_t [B, T] (used as given, detached unless cfg.rs.grad;
+  // --rs-mask is then not applied)
   at::Tensor rs_factors;
   // ... or old/current router probabilities at the old top-K indices [B, T, L, K] (see router_shift()).
   at::Tensor router_p_old, router_p_new;
-  // optional [B, T, L, K] old and current native top-K indices: adds router_shift/unshifted_frac.
+  // optional [B, T, L, K] native top-K of the old pass's and of the current router logits (native on both
+  // sides in every router mode, never replayed indices): adds router_shift/unshifted_frac.
   at::Tensor router_idx_old, router_idx_new;
   at::Tensor logp_ref;  // optional [B, T] reference-model log-probs: adds metric kl; needed when kl_coef != 0
   at::Tensor logits;    // optional [B, T, V] current logits: adds metric entropy; needed when entropy_coef != 0
@@ -105,15 +108,19 @@ struct LossOutputs {
 };
 
 // The one entry point of the train-step driver. Order of operations:
-//   d = logp - logp_old (masked) -> router shift d~ = d + log g (rspo, or router_shift) and --rs-mask
+//   d = logp - logp_old (masked); router shift g_t (rspo, or router_shift) and --rs-mask
 //   -> importance weights w and --mis mask (detached, from logp_old and logp_roll)
-//   -> base algorithm on d~ over the kept tokens, per-token loss times w after the dual clip
+//   -> base algorithm over the kept tokens, per-token loss times w after the dual clip
 //      (gmpo/rspo: rows weighted by the geometric mean of w over the row; gspo: the token form then weights
 //      each token's gradient by its own w, -A s_i w_t / L_i, rather than the row by its mean w)
+//      with the router shift after the clip (cfg.rs.apply after_clip, default): per-token loss times g_t
+//      (grpo/dapo/drgrpo after the dual clip; gspo), or d** = d* + log g_t (gmpo/rspo); pre_clip: the base
+//      algorithm runs on d~ = d + log g_t instead
 //   -> + kl_coef * agg(k3 KL) - entropy_coef * agg(entropy) + aux_coef * aux_loss.
 // Metrics: pg_loss, ppo_kl (masked mean of -d, unshifted), and per algorithm pg_clipfrac and for the
-// PPO-clip and GMPO families pg_clipfrac_lower; router_shift/* when shifted; mismatch/* whenever logp_roll is
-// given; tis/* when --tis/--mis is on; kl, entropy (token-mean over the response), aux_loss when given.
+// PPO-clip and GMPO families pg_clipfrac_lower (of the ratio the clip saw: d, or d~ under pre_clip);
+// router_shift/* when shifted; mismatch/* whenever logp_roll is given; tis/* when --tis/--mis is on; kl,
+// entropy (token-mean over the response), aux_loss when given.
 // `cfg` need not be resolved: with_defaults is applied here.
 LossOutputs compute_policy_loss(const LossConfig& cfg, const LossInputs& in);
 
@@ -142,13 +149,16 @@ TokenLoss gspo_loss(const at::Tensor& d, const at::Tensor& advantages, const at:
 // GMPO sign-aware log-space clip d* = sigma * min(sigma*d, sigma*clamp(d, -eps_low, eps_high)), sigma = sign(A).
 at::Tensor gmpo_clipped_log_ratio(const at::Tensor& d, const at::Tensor& advantages, double eps_low,
                                   double eps_high);
-// GMPO geometric-mean ratio S_i = exp(sum_t m*d* / (L_i + 1e-8)), [B], differentiable.
+// GMPO geometric-mean ratio S_i = exp(sum_t m*(d* + log_shift) / (L_i + 1e-8)), [B], differentiable;
+// log_shift [B, T] (undefined = 0) is RSPO's log g_t added after the clip.
 at::Tensor gmpo_row_ratio(const at::Tensor& d, const at::Tensor& advantages, const at::Tensor& mask,
-                          double eps_low, double eps_high);
+                          double eps_low, double eps_high, const at::Tensor& log_shift = {});
 // GMPO loss = -(1/B) sum_i W_i * Abar_i * S_i, Abar_i = sum_t m*A / (L_i + 1e-8); W = row_weight [B]
-// (detached; undefined = 1). Plain mean over all B rows. Metrics pg_clipfrac, pg_clipfrac_lower, ppo_kl.
+// (detached; undefined = 1); S_i as gmpo_row_ratio with log_shift. Plain mean over all B rows.
+// Metrics pg_clipfrac, pg_clipfrac_lower, ppo_kl (of d, before the shift).
 LossOutputs gmpo_loss(const at::Tensor& d, const at::Tensor& advantages, const at::Tensor& mask,
-                      double eps_low, double eps_high, const at::Tensor& row_weight = {});
+                      double eps_low, double eps_high, const at::Tensor& row_weight = {},
+                      const at::Tensor& log_shift = {});
 
 // TIS / MIS weights from logp_old and logp_roll [B, T] (detached). rho = exp(clamp(logp_old - logp_roll,
 // +-20)); token: w = min(rho, C); seq: w = min(exp(clamp(sum_t m log rho, +-20)), C) broadcast over the row;

@@ -18,28 +18,35 @@ using Metrics = std::map<std::string, double>;
 // mean-exp (the paper's code listing) = per layer mean_k exp(-|dlog p|), then --rs-layer-agg over layers.
 enum class RsForm { paper, mean_exp };
 enum class RsLayerAgg { mean, product, geomean };
+// --rs-apply: after-clip (default, the paper) reweights the clipped objective by g_t; pre-clip (an ablation)
+// multiplies the ratio by g_t before the clip.
+enum class RsApply { after_clip, pre_clip };
 RsForm parse_rs_form(const std::string& name);           // "paper" | "mean-exp"; throws moe::UsageError
 RsLayerAgg parse_rs_layer_agg(const std::string& name);  // "mean" | "product" | "geomean"
+RsApply parse_rs_apply(const std::string& name);         // "after-clip" | "pre-clip"
 const char* to_string(RsForm form);
 const char* to_string(RsLayerAgg agg);
+const char* to_string(RsApply apply);
 
 struct RouterShiftConfig {
   RsForm form = RsForm::paper;
-  RsLayerAgg layer_agg = RsLayerAgg::mean;  // mean-exp form only
-  double floor = 0.5;                       // gamma_min (--rs-floor)
-  double mask_below = 0;                    // --rs-mask T: tokens with raw gamma < T are dropped; 0 = off
+  RsLayerAgg layer_agg = RsLayerAgg::geomean;  // mean-exp form only (the paper aggregates multiplicatively)
+  double floor = 0.5;                          // gamma_min (--rs-floor)
+  double mask_below = 0;                       // --rs-mask T: tokens with raw gamma < T are dropped; 0 = off
+  RsApply apply = RsApply::after_clip;         // --rs-apply
+  bool grad = false;  // --rs-grad: no stop-gradient, g_t = max(gamma_t, floor) carries p_new's gradient
 };
 
 struct RouterShift {
   at::Tensor gamma;  // [B, T] raw gamma_t (1 on masked-out tokens), detached
-  at::Tensor g;      // [B, T] sg(max(gamma_t, floor)), detached: multiply the ratio by it (d~ = d + log g)
+  at::Tensor g;      // [B, T] sg(max(gamma_t, floor)); with cfg.grad max(gamma_t, floor) differentiable in p_new
   at::Tensor keep;   // [B, T] bool, false where --rs-mask drops the token (all true when mask_below == 0)
   Metrics metrics;   // router_shift/{gamma_mean,gamma_min,gamma_max,floor_frac,delta_mean,delta_p90,mask_frac}
 };
 
 // Router shift (algorithms.md "Router shift ratio and RSPO"). p_old: router probabilities of the old pass at
 // its top-K indices, p_new: the current forward's probabilities at the same (old) indices; both
-// [B, T, L, K], clamped >= 1e-8 here, detached here. Delta_t is reported as -log gamma_t (for the paper form
+// [B, T, L, K], clamped >= 1e-8 here, detached here (p_new keeps its gradient in g when cfg.grad). Delta_t is reported as -log gamma_t (for the paper form
 // that is exactly mean |dlog p|). Metrics are over mask > 0 tokens (gamma stats are raw, before the floor);
 // delta_p90 is the linear-interpolation 0.9 quantile. Throws moe::Error on shape mismatch.
 RouterShift router_shift(const at::Tensor& p_old, const at::Tensor& p_new, const at::Tensor& mask,

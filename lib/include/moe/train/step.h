@@ -157,8 +157,9 @@ struct StepConfig {
 algo::Metrics run_train_step(const StepConfig& cfg);
 
 // Reads a rewarded rollout stream (and joins a routing stream by id) into sequences. `need_advantage`
-// makes a record without advantage an error. Returns the stream's temperature (1 when absent).
+// makes a record without advantage an error. Returns the stream's temperature (1 when absent); `meta`
+// (optional) receives the header's meta map (e.g. max_new_tokens, the default C of seq-mean-token-sum-norm).
 double read_rollouts(const std::string& path, const std::string& routing_path, const model::ModelConfig& mc,
-                     bool need_advantage, std::vector<Sequence>& out);
+                     bool need_advantage, std::vector<Sequence>& out, nlohmann::json* meta = nullptr);
 
 }  // namespace moe::train
