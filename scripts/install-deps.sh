@@ -9,6 +9,7 @@
 #   zstd                       the reference decoder the stream benchmark compares against
 #   gnuplot-nox                plots for 'moe-eval report'
 #   jq                         JSON glue in shell_examples (eval lines, mean reward)
+#   libpcre2-dev libutf8proc-dev   HF tokenizer.json: Unicode regexes (PCRE2, JIT) and NFC normalisation
 set -euo pipefail
 
 packages=(
@@ -16,6 +17,7 @@ packages=(
   libtorch-dev libgloo-dev libopenblas0-openmp
   libcli11-dev libmsgpack-cxx-dev libzstd-dev nlohmann-json3-dev libxxhash-dev
   catch2 bats zstd gnuplot-nox jq
+  libpcre2-dev libutf8proc-dev
 )
 
 missing=()
