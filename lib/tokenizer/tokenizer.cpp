@@ -118,8 +118,8 @@ Tokenizer Tokenizer::load_dir(const std::string& dir) {
   return t;
 }
 
-std::vector<int64_t> Tokenizer::encode(std::string_view text) const {
-  if (hf_) return hf_->encode(text, /*with_post=*/true);
+std::vector<int64_t> Tokenizer::encode(std::string_view text, bool add_special) const {
+  if (hf_) return hf_->encode(text, add_special);
   return char_->encode(text);
 }
 

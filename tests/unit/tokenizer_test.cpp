@@ -179,3 +179,41 @@ TEST_CASE("HF tokenizer.json parts it does not implement are errors naming them"
   CHECK_THROWS_WITH(HfTokenizer::from_json(m.dump(), "t.json"), Catch::Contains("regex") && Catch::Contains("t.json"));
   CHECK_THROWS_WITH(HfTokenizer::from_json("{\"model\": ", "t.json"), Catch::Contains("not valid JSON"));
 }
+
+#include "moe/tokenizer/chat.h"
+
+TEST_CASE("ChatML rendering: the text and ids of transformers' apply_chat_template with Qwen3's template", "[tokenizer][chat]") {
+  const std::string tmpl = moe::io::read_file(kFix + "qwen3_chat_template.jinja");
+  const HfTokenizer& t = qwen3();
+  auto rows = read_jsonl(kFix + "chat-qwen3.jsonl");
+  REQUIRE(rows.size() >= 10);
+  for (const auto& r : rows) {
+    std::vector<moe::tokenizer::ChatMessage> msgs;
+    for (const auto& m : r["messages"]) msgs.push_back({m["role"], m["content"]});
+    const std::string text = moe::tokenizer::render_chat(msgs, tmpl, r["enable_thinking"]);
+    INFO(r["messages"].dump());
+    CHECK(text == r["text"].get<std::string>());
+    CHECK(t.encode(text, false) == r["ids"].get<std::vector<int64_t>>());
+  }
+}
+
+TEST_CASE("ChatML rendering refuses what it cannot render", "[tokenizer][chat]") {
+  using moe::tokenizer::render_chat;
+  std::vector<moe::tokenizer::ChatMessage> hi{{"user", "hi"}};
+  const std::string llama3 = "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content }}<|eot_id|>{% endfor %}";
+  CHECK_THROWS_WITH(render_chat(hi, llama3, true), Catch::Contains("not ChatML") && Catch::Contains("prompt_ids"));
+  CHECK_THROWS_WITH(render_chat(hi, "", true), Catch::Contains("no chat template"));
+  const std::string plain = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}"
+                            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+  CHECK(render_chat(hi, plain, true) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  CHECK_THROWS_WITH(render_chat(hi, plain, false), Catch::Contains("no enable_thinking switch"));
+  CHECK_THROWS_WITH(render_chat({{"tool", "x"}}, plain, true), Catch::Contains("role \"tool\""));
+  CHECK_THROWS_WITH(render_chat({}, plain, true), Catch::Contains("no messages"));
+  // Qwen2.5 writes its default system message when none is given.
+  const std::string qwen25 = "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+                             "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+                             "{%- endif %}";
+  CHECK(render_chat(hi, qwen25, true) ==
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+}

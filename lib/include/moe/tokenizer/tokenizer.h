@@ -29,8 +29,9 @@ class Tokenizer {
   static Tokenizer from_json(const std::string& text, const std::string& origin);
 
   // text -> ids. Char: a character outside the vocabulary throws. HF: added tokens in the text are
-  // recognised; invalid UTF-8 throws naming the byte offset.
-  std::vector<int64_t> encode(std::string_view text) const;
+  // recognised; invalid UTF-8 throws naming the byte offset. add_special: the post-processor's ids (HF's
+  // add_special_tokens; apply_chat_template encodes without them).
+  std::vector<int64_t> encode(std::string_view text, bool add_special = true) const;
   // ids -> text; ids without a token give nothing; skip_special drops pad/eos/bos (char) or special
   // added tokens (HF).
   std::string decode(const std::vector<int64_t>& ids, bool skip_special = false) const;
