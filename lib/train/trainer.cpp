@@ -190,7 +190,7 @@ void Trainer::load_state(const std::string& dir) {
 }
 
 void Trainer::save(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
-                   const nlohmann::json& state_extra) {
+                   const nlohmann::json& state_extra, int64_t max_shard_bytes) {
   if (comm_ && comm_->rank() != 0) return;
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::set<std::string> names;
@@ -223,7 +223,7 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
   model::save_model(model_, dir, files, [&](const std::string& staged) {
     model::write_safetensors(staged + "/optimizer.safetensors", tensors,
                              {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}});
-  });
+  }, max_shard_bytes);
 }
 
 void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, model::Qwen3Moe* ref) {
