@@ -5,6 +5,7 @@
 #include "moe/cli/app.h"
 #include "moe/io/file.h"
 #include "moe/reward/countdown.h"
+#include "tokenize.h"
 
 namespace {
 
@@ -51,10 +52,12 @@ int main(int argc, char** argv) {
   moe::cli::Common common;
   CountdownArgs cd;
   CLI::App* countdown = nullptr;
+  moe_data::TokenizeArgs tk;
+  CLI::App *tokenize = nullptr, *detokenize = nullptr;
   return moe::cli::run_tool(
       "moe-data", argc, argv,
       [&](CLI::App& app) {
-        app.description("Generate task datasets as prompt JSONL (one problem per line).");
+        app.description("Generate task datasets as prompt JSONL (one problem per line); tokenize and detokenize JSON Lines.");
         app.require_subcommand(1);
         countdown = app.add_subcommand("countdown", "Countdown: reach a target with + - * / over given numbers");
         countdown->add_option("-n,--count", cd.n, "number of problems")->required()->check(CLI::NonNegativeNumber);
@@ -76,10 +79,12 @@ int main(int argc, char** argv) {
         countdown->add_flag("--unique", cd.unique, "never repeat a problem (numbers in any order)");
         moe::cli::add_output(*countdown, common);
         moe::cli::add_quiet_verbose(*countdown, common);
+        moe_data::add_tokenize_commands(app, tk, common, tokenize, detokenize);
       },
       [&] {
         moe::cli::set_verbosity(common.verbose, common.quiet);
         if (countdown->parsed()) return run_countdown(cd, common);
+        if (tokenize->parsed() || detokenize->parsed()) return moe_data::run_tokenize(detokenize->parsed(), tk, common);
         return int(moe::cli::kExitUsage);
       });
 }
