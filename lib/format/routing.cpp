@@ -301,6 +301,8 @@ const Header& RoutingReader::header() const { return r_.header(); }
 bool RoutingReader::next(RoutingRecord& rec) {
   if (!r_.next(raw_)) return false;
   decode_routing(r_.name(), meta_, raw_, rec);
+  if (!seen_ids_.insert(rec.id).second)
+    throw Error(r_.name() + ": offset " + std::to_string(raw_.offset) + ": duplicate record id " + std::to_string(rec.id));
   return true;
 }
 
