@@ -45,7 +45,7 @@ std::vector<Prompt> read_prompts(const std::string& path, const PromptFormat& fm
     try {
       const bool has_text = j.contains(fmt.key), has_msgs = j.contains("messages"), has_ids = j.contains("prompt_ids");
       if (has_text + has_msgs + has_ids == 0)
-        throw Error("no \"" + fmt.key + "\", \"messages\" or \"prompt_ids\" key (see --prompt-key)");
+        throw Error("no \"" + fmt.key + "\" key (see --prompt-key), nor \"messages\" or \"prompt_ids\"");
       if (has_text + has_msgs + has_ids > 1)
         throw Error("give one of \"" + fmt.key + "\", \"messages\" and \"prompt_ids\", not several");
       if (has_ids) {

@@ -130,12 +130,12 @@ TEST_CASE("Qwen3 tokenizer.json: the ids of HF tokenizers on the hostile corpus"
   check_corpus(t, "expected-qwen3.jsonl", true);
 }
 
-TEST_CASE("GPT-2-style tokenizer.json: ids, lstrip/rstrip/normalized/single_word added tokens, \"a b\" merges", "[tokenizer][hf]") {
+TEST_CASE("GPT-2-style tokenizer.json: ids, lstrip/rstrip/normalized/single_word added tokens, merges spelled a-space-b", "[tokenizer][hf]") {
   HfTokenizer t = HfTokenizer::from_json(moe::io::read_file(kFix + "gpt2/tokenizer.json"), "gpt2/tokenizer.json");
   check_corpus(t, "expected-gpt2.jsonl", false);
 }
 
-TEST_CASE("HF tokenizer: invalid UTF-8 is an error naming the offset; ids without a token decode to nothing", "[tokenizer][hf]") {
+TEST_CASE("HF tokenizer: invalid UTF-8 is an error naming the offset, and ids without a token decode to nothing", "[tokenizer][hf]") {
   const HfTokenizer& t = qwen3();
   CHECK_THROWS_WITH(t.encode("ok \xff rest"), Catch::Contains("invalid UTF-8 at byte offset 3"));
   CHECK_THROWS_WITH(t.encode("ab\xe4\xb8"), Catch::Contains("byte offset 2"));          // truncated character
