@@ -10,6 +10,7 @@
 #   gnuplot-nox                plots for 'moe-eval report'
 #   jq                         JSON glue in shell_examples (eval lines, mean reward)
 #   clang libclang-rt-dev      libFuzzer + ASan/UBSan for the fuzzing harness (fuzz/, scripts/fuzz.sh; CI runs it)
+#   libpcre2-dev libutf8proc-dev   HF tokenizer.json: Unicode regexes (PCRE2, JIT) and NFC normalisation
 set -euo pipefail
 
 packages=(
@@ -18,6 +19,7 @@ packages=(
   libcli11-dev libmsgpack-cxx-dev libzstd-dev nlohmann-json3-dev libxxhash-dev
   catch2 bats zstd gnuplot-nox jq
   clang libclang-rt-dev
+  libpcre2-dev libutf8proc-dev
 )
 
 missing=()

@@ -16,7 +16,7 @@
 #include "moe/rollout/generate.h"
 #include "moe/rollout/policy.h"
 #include "moe/rollout/prompts.h"
-#include "moe/tokenizer/char_tokenizer.h"
+#include "moe/tokenizer/stop_strings.h"
 
 namespace moe::eval {
 namespace {
@@ -24,9 +24,9 @@ namespace {
 using rollout::Prompt;
 using rollout::to_i32;
 
-std::vector<Prompt> read_prompt_set(const std::string& path, const std::string& prompt_key,
-                                    const tokenizer::CharTokenizer& tok) {
-  std::vector<Prompt> prompts = rollout::read_prompts(path, prompt_key, tok);
+std::vector<Prompt> read_prompt_set(const std::string& path, const rollout::PromptFormat& fmt,
+                                    const tokenizer::Tokenizer& tok) {
+  std::vector<Prompt> prompts = rollout::read_prompts(path, fmt, tok);
   if (prompts.empty()) throw Error((path == "-" || path.empty() ? std::string("<stdin>") : path) + ": no prompts");
   return prompts;
 }
@@ -61,14 +61,19 @@ EvalResult run_eval(const EvalRun& run) {
   check(run);
   rollout::Policy policy = rollout::load_policy(run.model_dir, run.device, run.dtype);
   model::Qwen3Moe& m = policy.model;
-  const tokenizer::CharTokenizer& tok = policy.tok;
+  const tokenizer::Tokenizer& tok = policy.tok;
   const std::string& digest = policy.digest;
 
   // Every dataset is read (and checked) before the first token is generated.
   std::vector<std::vector<Prompt>> sets;
+  rollout::PromptFormat fmt;
+  fmt.key = run.prompt_key;
+  fmt.chat = run.chat;
+  fmt.thinking = !run.no_thinking;
+  fmt.vocab_size = m->config().vocab_size;
   for (const auto& path : run.data) {
-    sets.push_back(read_prompt_set(path, run.prompt_key, tok));
-    rollout::check_prompt_lengths(sets.back(), path, policy.model->config().max_position_embeddings);
+    sets.push_back(read_prompt_set(path, fmt, tok));
+    rollout::check_prompt_lengths(sets.back(), path, m->config().max_position_embeddings);
   }
   // A payload the checker cannot use fails now, not after generating everything before it: the checkers
   // look at the payload before the response.
@@ -91,6 +96,9 @@ EvalResult run_eval(const EvalRun& run) {
   greedy_opt.sampling.temperature = run.temperature;  // log-probs of every record under one policy
   greedy_opt.max_new_tokens = run.max_new_tokens;
   greedy_opt.eos_id = tok.eos_id();
+  greedy_opt.eos_ids = tok.stop_ids();
+  const tokenizer::StopStrings stops(tok, run.stop);
+  if (!stops.empty()) greedy_opt.stop = [&stops](const std::vector<int64_t>& ids) { return stops.hit(ids); };
   greedy_opt.seed = run.seed;
   rollout::GenerateOptions sample_opt = greedy_opt;
   sample_opt.sampling.greedy = false;
@@ -121,6 +129,8 @@ EvalResult run_eval(const EvalRun& run) {
     h.meta = {{"vocab_size", m->config().vocab_size},
               {"model_digest", digest},
               {"eos_id", tok.eos_id()},
+              {"eos_ids", tok.stop_ids()},
+              {"stop", run.stop},
               {"pad_id", tok.pad_id()},
               {"temperature", run.temperature},
               {"top_p", run.top_p},
@@ -176,7 +186,7 @@ EvalResult run_eval(const EvalRun& run) {
           rec.logprobs = std::move(g.logprobs);
           rec.finish_reason = g.finish_reason;
           rec.prompt_text = pr.text;
-          rec.response_text = tok.decode(g.tokens, /*skip_special=*/true);
+          rec.response_text = stops.cut(tok.decode(g.tokens, /*skip_special=*/true));
           rec.task = pr.task;
           rec.extra.emplace_back("eval", sample == 0 ? eval_greedy : eval_sample);
           new_tokens += static_cast<int64_t>(g.tokens.size());

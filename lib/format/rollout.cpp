@@ -220,6 +220,8 @@ const Header& RolloutReader::header() const { return r_.header(); }
 bool RolloutReader::next(RolloutRecord& rec) {
   if (!r_.next(raw_)) return false;
   decode_rollout(r_.name(), vocab_size_, raw_, rec);
+  if (!seen_ids_.insert(rec.id).second)
+    throw Error(r_.name() + ": offset " + std::to_string(raw_.offset) + ": duplicate record id " + std::to_string(rec.id));
   return true;
 }
 

@@ -307,6 +307,8 @@ bool RoutingReader::next(RoutingRecord& rec) {
                                std::to_string(max_positions_) + " (max_position_embeddings)");
   }
   decode_routing(r_.name(), meta_, raw_, rec);
+  if (!seen_ids_.insert(rec.id).second)
+    throw Error(r_.name() + ": offset " + std::to_string(raw_.offset) + ": duplicate record id " + std::to_string(rec.id));
   return true;
 }
 

@@ -12,11 +12,13 @@
 #include <cstdlib>
 #include <limits>
 #include <map>
+#include <set>
 #include <regex>
 
 #include "moe/algo/router.h"
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/model/checkpoint_files.h"
 #include "moe/model/safetensors.h"
 
 namespace moe::model {
@@ -396,11 +398,28 @@ std::vector<std::pair<std::string, at::Tensor>> named_weights(Qwen3Moe& m) {
   return r;
 }
 
+namespace {
+// A checkpoint tensor the config does not use means the config describes another model (e.g. attention
+// biases with attention_bias false): loading it anyway gives wrong outputs with no error.
+void check_all_used(const Checkpoint& ck, const std::set<std::string>& used, bool tied, const std::string& dir) {
+  std::vector<std::string> unused;
+  for (const auto& n : ck.names())
+    if (!used.count(n) && !(tied && n == "lm_head.weight")) unused.push_back(n);
+  if (unused.empty()) return;
+  std::string list;
+  for (size_t i = 0; i < unused.size() && i < 8; ++i) list += (i ? ", '" : "'") + unused[i] + "'";
+  if (unused.size() > 8) list += ", ... (" + std::to_string(unused.size()) + " in all)";
+  throw Error(dir + ": checkpoint tensors that config.json does not use: " + list +
+              " (does config.json describe this checkpoint? e.g. attention_bias, num_experts, mlp_only_layers)");
+}
+}  // namespace
+
 void load_weights(Qwen3Moe& m, const std::string& dir) {
   at::NoGradGuard ng;
   Checkpoint ck(dir);
   static const std::regex expert_re(R"(^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight$)");
   std::map<std::string, at::Tensor> fused;  // fused tensors of the current layer
+  std::set<std::string> used;               // checkpoint tensors the model took
   const int64_t E = m->config().num_experts, I = m->config().moe_intermediate_size, H = m->config().hidden_size;
   auto fused_tensor = [&](const std::string& name, std::vector<int64_t> want, c10::ScalarType dt) -> at::Tensor {
     auto it = fused.find(name);
@@ -409,6 +428,7 @@ void load_weights(Qwen3Moe& m, const std::string& dir) {
     const TensorEntry& e = ck.entry(name);
     if (e.shape != want)
       throw Error(ck.file_of(name) + ": tensor '" + name + "' has shape " + shape_str(e.shape) + " but the config needs " + shape_str(want));
+    used.insert(name);
     return fused[name] = ck.get(name, dt);
   };
   for (auto& [name, p] : named_weights(m)) {
@@ -419,6 +439,7 @@ void load_weights(Qwen3Moe& m, const std::string& dir) {
         throw Error(ck.file_of(name) + ": tensor '" + name + "' has shape " + shape_str(e.shape) + " but the config needs " +
                     shape_str(p.sizes()));
       src = ck.get(name, p.scalar_type());
+      used.insert(name);
     } else {
       std::smatch mm;
       if (!std::regex_match(name, mm, expert_re)) throw Error(dir + ": missing tensor '" + name + "'");
@@ -438,6 +459,7 @@ void load_weights(Qwen3Moe& m, const std::string& dir) {
     }
     p.copy_(src);
   }
+  check_all_used(ck, used, m->config().tie_word_embeddings, dir);
 }
 
 Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::ScalarType dtype) {
@@ -451,9 +473,10 @@ Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::Scal
 }
 
 void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
-                const std::function<void(const std::string&)>& add_files) {
+                const std::function<void(const std::string&)>& add_files, int64_t max_shard_bytes) {
   std::string d = dir;
   while (d.size() > 1 && d.back() == '/') d.pop_back();
+  check_carry_over(d);
   std::string tmpl = d + ".tmp-XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
@@ -468,17 +491,13 @@ void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair
                       : m->embed_weight.scalar_type() == at::kHalf   ? "float16"
                                                                     : "float32";
     io::write_file_atomic(staged + "/config.json", config_to_json(cfg).dump(2) + "\n");
-    write_safetensors(staged + "/model.safetensors", named_weights(m));
-    bool has_tok = false;
+    write_weights(staged, named_weights(m), max_shard_bytes);
     for (const auto& [name, contents] : extra_files) {
       if (name.empty() || name.find('/') != std::string::npos) throw Error("save_model: bad file name '" + name + "'");
       io::write_file_atomic(staged + "/" + name, contents);
-      has_tok |= name == "tokenizer.json";
     }
-    struct stat st;
-    if (!has_tok && ::stat((d + "/tokenizer.json").c_str(), &st) == 0)
-      io::write_file_atomic(staged + "/tokenizer.json", io::read_file(d + "/tokenizer.json"));
     if (add_files) add_files(staged);
+    carry_over_files(d, staged);
     io::sync_dir(staged);
     io::replace_dir(staged, d);
   } catch (...) {

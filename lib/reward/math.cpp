@@ -276,6 +276,13 @@ size_t matching_close(std::string_view s) {
 
 }  // namespace
 
+std::string_view math_after_thinking(std::string_view r) {
+  size_t close = r.rfind("</think>");
+  if (close != std::string_view::npos) return r.substr(close + 8);
+  if (r.find("<think>") != std::string_view::npos) return {};
+  return r;
+}
+
 std::optional<std::string> math_extract_answer(std::string_view text) {
   size_t boxed = text.rfind("\\boxed"), fbox = text.rfind("\\fbox");
   size_t hit = boxed == std::string_view::npos ? fbox

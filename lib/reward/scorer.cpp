@@ -76,7 +76,7 @@ Score score_math(const format::RolloutRecord& rec, const RewardOptions& opts) {
   else if (it->is_number_integer()) reference = std::to_string(it->get<int64_t>());
   else if (it->is_number()) reference = it->dump();
   else throw Error("task payload '" + opts.answer_key + "' is not a string or a number");
-  auto extracted = math_extract_answer(response_for_scoring(rec.response_text));
+  auto extracted = math_extract_answer(math_after_thinking(response_for_scoring(rec.response_text)));
   Score s;
   s.correct = extracted && math_equal(*extracted, reference);
   s.score = s.correct ? 1.0 : extracted ? opts.format_reward : 0.0;

@@ -110,8 +110,10 @@ std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Reque
       Generation& g = out[active[b]];
       g.tokens.push_back(tp[b]);
       g.logprobs.push_back(lp[b]);
-      if (opt.eos_id >= 0 && tp[b] == opt.eos_id) {
+      if (is_eos(opt, tp[b])) {
         g.finish_reason = "eos";
+      } else if (opt.stop && opt.stop(g.tokens)) {
+        g.finish_reason = "stop";
       } else if (static_cast<int64_t>(g.tokens.size()) >= opt.max_new_tokens) {
         g.finish_reason = "length";
       } else {

@@ -14,7 +14,7 @@ Policy load_policy(const std::string& dir, const std::string& device, const std:
   } catch (const c10::Error& e) {  // e.g. a CUDA device in a CPU-only build
     throw Error(dir + ": " + e.what_without_backtrace());
   }
-  p.tok = tokenizer::CharTokenizer::load(dir + "/tokenizer.json");
+  p.tok = tokenizer::Tokenizer::load_dir(dir);
   const int64_t vocab = p.model->config().vocab_size;
   if (p.tok.size() > vocab)
     throw Error(dir + ": tokenizer has " + std::to_string(p.tok.size()) + " tokens but config.json vocab_size is " +

@@ -13,7 +13,7 @@
 #include "moe/model/qwen3_moe.h"
 #include "moe/rollout/policy.h"
 #include "moe/rollout/prompts.h"
-#include "moe/tokenizer/char_tokenizer.h"
+#include "moe/tokenizer/stop_strings.h"
 
 namespace moe::rollout {
 namespace {
@@ -86,11 +86,19 @@ void check_run(const RolloutRun& run) {
 void run_sample(const RolloutRun& run) {
   check_run(run);
   Policy l = load_policy(run.model_dir, run.device, run.dtype);
-  std::vector<Prompt> prompts = read_prompts(run.input, run.prompt_key, l.tok);
+  PromptFormat fmt;
+  fmt.key = run.prompt_key;
+  fmt.chat = run.chat;
+  fmt.thinking = !run.no_thinking;
+  fmt.vocab_size = l.model->config().vocab_size;
+  std::vector<Prompt> prompts = read_prompts(run.input, fmt, l.tok);
   check_prompt_lengths(prompts, run.input, l.model->config().max_position_embeddings);
 
   GenerateOptions gen = run.gen;
   gen.eos_id = l.tok.eos_id();
+  gen.eos_ids = l.tok.stop_ids();
+  const tokenizer::StopStrings stops(l.tok, run.stop);
+  if (!stops.empty()) gen.stop = [&stops](const std::vector<int64_t>& ids) { return stops.hit(ids); };
   gen.capture_routing = !run.routing_out.empty();
 
   format::Header h;
@@ -98,6 +106,9 @@ void run_sample(const RolloutRun& run) {
   h.meta = {{"vocab_size", l.model->config().vocab_size},
             {"model_digest", l.digest},
             {"eos_id", l.tok.eos_id()},
+            {"eos_ids", l.tok.stop_ids()},
+            {"stop", run.stop},
+            {"chat", run.chat || run.no_thinking},
             {"pad_id", l.tok.pad_id()},
             {"temperature", gen.sampling.temperature},
             {"top_p", gen.sampling.top_p},
@@ -131,7 +142,7 @@ void run_sample(const RolloutRun& run) {
       rec.logprobs = g.logprobs;
       rec.finish_reason = g.finish_reason;
       rec.prompt_text = pr.text;
-      rec.response_text = l.tok.decode(g.tokens, /*skip_special=*/true);
+      rec.response_text = stops.cut(l.tok.decode(g.tokens, /*skip_special=*/true));
       rec.task = pr.task;
       o.write(rec, std::move(g.routing));
       new_tokens += static_cast<int64_t>(g.tokens.size());

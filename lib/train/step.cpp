@@ -28,7 +28,8 @@
 #include "moe/io/jsonl.h"
 #include "moe/io/lock.h"
 #include "moe/model/config.h"
-#include "moe/tokenizer/char_tokenizer.h"
+#include "moe/tokenizer/tokenizer.h"
+#include "moe/model/checkpoint_files.h"
 #include "moe/train/step.h"
 
 namespace moe::train {
@@ -92,7 +93,7 @@ void detect(const std::string& path, Spooled& s) {
 }
 
 // prompt+solution JSONL -> sequences (response = solution tokens + eos).
-void read_sft_jsonl(const std::string& name, const std::string& text, const tokenizer::CharTokenizer& tok,
+void read_sft_jsonl(const std::string& name, const std::string& text, const tokenizer::Tokenizer& tok,
                     const StepConfig& cfg, int64_t max_positions, std::vector<Sequence>& out) {
   size_t pos = 0;
   for (int64_t lineno = 1; pos < text.size(); ++lineno) {
@@ -350,14 +351,9 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
 
   model::Qwen3Moe model = model::load_model(cfg.model_dir, model::parse_device(cfg.device), at::kFloat);
   const model::ModelConfig& mc = model->config();
-  std::vector<std::pair<std::string, std::string>> extra;
-  std::string tok_text;
-  try {
-    tok_text = io::read_file(cfg.model_dir + "/tokenizer.json");
-    extra.emplace_back("tokenizer.json", tok_text);
-  } catch (const Error&) {
-    if (tc.sft) throw;
-  }
+  // Every file of the model dir that is not ours (tokenizer files, generation_config.json, README, ...) goes
+  // into the output dir unchanged.
+  std::vector<std::pair<std::string, std::string>> extra = model::companion_files(cfg.model_dir);
 
   // Inputs.
   std::vector<Sequence> seqs;
@@ -366,7 +362,8 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     if (tc.sft) detect(cfg.input, sp);
     if (tc.sft && !cfg.routing.empty()) throw UsageError("--routing applies to RL algorithms");
     if (tc.sft && sp.kind == InputKind::jsonl) {
-      auto tok = tokenizer::CharTokenizer::from_json(tok_text, cfg.model_dir + "/tokenizer.json");
+      auto tok = tokenizer::Tokenizer::load_dir(cfg.model_dir);
+      if (tok.eos_id() < 0) throw Error(cfg.model_dir + ": the tokenizer has no eos token to end SFT responses with");
       std::string text = sp.text;
       std::string name = "<stdin>";
       if (!sp.path.empty()) {
@@ -614,11 +611,14 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   if (rank == 0) {
     // Called with the new checkpoint fully written, before its swap: the last moment a failure still
     // leaves every output untouched.
-    trainer.save(out_dir, extra, st_extra, [&] {
-      summarize();
-      sink.line(j, false);
-      sink.prepare();
-    });
+    trainer.save(
+        out_dir, extra, st_extra,
+        [&] {
+          summarize();
+          sink.line(j, false);
+          sink.prepare();
+        },
+        cfg.max_shard_bytes);
     if (rout) rout->commit();
     sink.commit();
     if (!cli::quiet()) std::fputs((j.dump() + "\n").c_str(), stderr);

@@ -269,7 +269,8 @@ void Trainer::load_state(const std::string& dir) {
 }
 
 void Trainer::save(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
-                   const nlohmann::json& state_extra, const std::function<void()>& before_swap) {
+                   const nlohmann::json& state_extra, const std::function<void()>& before_swap,
+                   int64_t max_shard_bytes) {
   if (comm_ && comm_->rank() != 0) return;
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::set<std::string> names;
@@ -303,7 +304,7 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
     model::write_safetensors(staged + "/optimizer.safetensors", tensors,
                              {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}});
     if (before_swap) before_swap();
-  });
+  }, max_shard_bytes);
 }
 
 void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, model::Qwen3Moe* ref) {

@@ -773,3 +773,42 @@ TEST_CASE("expert row checks: every duplicate distance and range edge, top-8 fas
     }
   }
 }
+
+TEST_CASE("a record id seen before in the stream is an error with its offset (rollout and routing)", "[format][bad]") {
+  const std::string path = scratch_dir() + "/dup.zst", rpath = scratch_dir() + "/dup-routing.zst";
+  {
+    moe::io::Output out(path);
+    RolloutWriter w(out, test_header());
+    RolloutRecord rec;
+    for (uint64_t id : {0, 1, 2, 1}) {
+      rec.id = id;
+      w.write(rec);
+    }
+    w.finish();
+    out.close();
+  }
+  moe::io::Input in(path);
+  RolloutReader r(in);
+  RolloutRecord x;
+  CHECK(r.next(x));
+  CHECK(r.next(x));
+  CHECK(r.next(x));
+  CHECK_THROWS_WITH(r.next(x), Catch::Contains("dup.zst: offset ") && Catch::Contains("duplicate record id 1"));
+  {
+    moe::io::Output out(rpath);
+    RoutingWriter w(out, test_header(), meta(1, 8, 2, "none"));
+    moe::testing::RoutingSynth synth(1, 8, 2, 3);
+    for (uint64_t id : {5, 5}) {
+      RoutingRecord rr;
+      synth.fill(id, 0, 2, false, 0, 0, rr);
+      w.write(rr);
+    }
+    w.finish();
+    out.close();
+  }
+  moe::io::Input rin(rpath);
+  RoutingReader rr(rin);
+  RoutingRecord y;
+  CHECK(rr.next(y));
+  CHECK_THROWS_WITH(rr.next(y), Catch::Contains("duplicate record id 5"));
+}

@@ -182,3 +182,12 @@ TEST_CASE("math checking survives hostile text", "[reward][math]") {
   for (int i = 0; i < 2000; ++i) fracs += "\\frac{";
   CHECK_FALSE(math_equal(fracs, "1"));
 }
+
+TEST_CASE("math answers of reasoning models: the boxed answer after </think> counts, an unclosed <think> has none", "[reward][math]") {
+  using moe::reward::math_after_thinking;
+  const std::string cot = "<think>\nMaybe \\boxed{41}? " + std::string(5000, 'x') + " no: 6*7 = 42.\n</think>\n\nSo \\boxed{42}.";
+  CHECK(*math_extract_answer(math_after_thinking(cot)) == "42");
+  CHECK(!math_extract_answer(math_after_thinking("<think>\nstill \\boxed{41} thinking")));
+  CHECK(*math_extract_answer(math_after_thinking("plain \\boxed{7}")) == "7");
+  CHECK(*math_extract_answer(math_after_thinking("<think></think>\n\nThe answer is 12")) == "12");
+}

@@ -6,6 +6,7 @@
 #include "moe/cli/app.h"
 #include "moe/io/file.h"
 #include "moe/reward/countdown.h"
+#include "tokenize.h"
 
 namespace {
 
@@ -54,10 +55,13 @@ int main(int argc, char** argv) {
   CLI::App* countdown = nullptr;
   ImportArgs imp;
   CLI::App* import_cmd = nullptr;
+  moe_data::TokenizeArgs tk;
+  CLI::App *tokenize = nullptr, *detokenize = nullptr;
   return moe::cli::run_tool(
       "moe-data", argc, argv,
       [&](CLI::App& app) {
-        app.description("Generate task datasets as prompt JSONL (one problem per line); import engine rollouts.");
+        app.description("Generate task datasets as prompt JSONL (one problem per line); tokenize and detokenize "
+                        "JSON Lines; import engine rollouts.");
         app.require_subcommand(1);
         countdown = app.add_subcommand("countdown", "Countdown: reach a target with + - * / over given numbers");
         countdown->add_option("-n,--count", cd.n, "number of problems")->required()->check(CLI::NonNegativeNumber);
@@ -80,11 +84,13 @@ int main(int argc, char** argv) {
         moe::cli::add_output(*countdown, common);
         moe::cli::add_quiet_verbose(*countdown, common);
         import_cmd = add_import_command(app, imp);
+        moe_data::add_tokenize_commands(app, tk, common, tokenize, detokenize);
       },
       [&] {
         moe::cli::set_verbosity(common.verbose, common.quiet);
         if (countdown->parsed()) return run_countdown(cd, common);
         if (import_cmd->parsed()) return run_import(imp, argc, argv);
+        if (tokenize->parsed() || detokenize->parsed()) return moe_data::run_tokenize(detokenize->parsed(), tk, common);
         return int(moe::cli::kExitUsage);
       });
 }

@@ -35,6 +35,9 @@ int main(int argc, char** argv) {
         app.add_option("--max-new-tokens", run.max_new_tokens, "stop a response after this many tokens")->capture_default_str();
         app.add_option("--batch-size", run.batch_size, "sequences per forward batch")->capture_default_str();
         app.add_option("--prompt-key", run.prompt_key, "JSONL key holding the prompt text")->capture_default_str();
+        app.add_flag("--chat", run.chat, "render prompt text as one user message of the model's chat template (ChatML)");
+        app.add_flag("--no-thinking", run.no_thinking, "chat: Qwen3's enable_thinking=False (implies --chat)");
+        app.add_option("--stop", run.stop, "end a response when its text contains this string (repeatable)");
         app.add_option("--answer-key", run.reward.answer_key, "JSONL key of the reference answer (math)")->capture_default_str();
         app.add_flag("--json", run.json, "one JSON object instead of the table");
         app.add_flag("--markdown", run.markdown, "the table as a markdown table");
@@ -72,6 +75,7 @@ int main(int argc, char** argv) {
         run.seed = common.seed;
         run.output = common.output;
         run.producer = moe::format::make_producer("moe-eval", argc, argv);
+        if (run.no_thinking) run.chat = true;
         moe::eval::run_eval(run);
         return 0;
       });

@@ -42,6 +42,9 @@ int main(int argc, char** argv) {
         app.add_option("--routing-probs", run.routing_probs, "probability precision in the routing stream: f16, f32, none")
             ->capture_default_str();
         sample_only.push_back(app.add_option("--prompt-key", run.prompt_key, "JSONL key holding the prompt text")->capture_default_str());
+        sample_only.push_back(app.add_flag("--chat", run.chat, "render prompt text as one user message of the model's chat template (ChatML)"));
+        sample_only.push_back(app.add_flag("--no-thinking", run.no_thinking, "chat: Qwen3's enable_thinking=False (implies --chat)"));
+        sample_only.push_back(app.add_option("--stop", run.stop, "end a response when its text contains this string (repeatable)"));
         app.add_flag("--score", score, "re-score the rollout stream on input by teacher forcing");
         moe::cli::add_quiet_verbose(app, common);
       },
@@ -53,6 +56,7 @@ int main(int argc, char** argv) {
         run.device = common.device;
         run.gen.seed = common.seed;
         run.producer = moe::format::make_producer("moe-rollout", argc, argv);
+        if (run.no_thinking) run.chat = true;
         if (score) {
           for (CLI::Option* o : sample_only)
             if (o->count() > 0) throw moe::UsageError(o->get_name() + " does not apply to --score");

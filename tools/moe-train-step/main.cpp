@@ -7,6 +7,7 @@
 #include "moe/cli/app.h"
 #include "moe/format/stream.h"
 #include "moe/io/error.h"
+#include "moe/model/checkpoint_files.h"
 #include "moe/train/step.h"
 
 namespace {
@@ -30,6 +31,7 @@ std::pair<double, double> parse_range(const std::string& s, const char* opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::string max_shard;
   moe::cli::Common common;
   moe::train::StepConfig cfg;
   auto& loss = cfg.train.loss;
@@ -51,6 +53,7 @@ int main(int argc, char** argv) {
         app.add_option("rollouts", cfg.input, "rewarded rollout stream, or (sft) prompt+solution JSONL ('-' = stdin)")
             ->capture_default_str();
         app.add_option("-o,--output", cfg.output_dir, "write the updated model dir here (default: replace -m DIR in place)");
+        app.add_option("--max-shard-size", max_shard, "weights larger than this are written as shards + index (e.g. 500MB; default 5GB)");
         app.add_option("--algo", algo, "grpo, dapo, drgrpo, gspo, gmpo, rspo or sft")->capture_default_str();
         app.add_option("--routing", cfg.routing, "the rollout's routing stream (joined by id)");
         app.add_option("--router", router, "free, freeze, replay-old (R2), replay-rollout (R3), copy-old-logits")
@@ -115,6 +118,7 @@ int main(int argc, char** argv) {
         moe::cli::set_verbosity(common.verbose, common.quiet);
         cfg.model_dir = common.model;
         cfg.seed = common.seed;
+        if (!max_shard.empty()) cfg.max_shard_bytes = moe::model::parse_size(max_shard);
         cfg.threads = common.threads;
         cfg.device = common.device;
         cfg.shuffle = !no_shuffle;

@@ -55,6 +55,9 @@ struct EvalRun {
   std::string dtype = "f32";
   std::vector<std::string> data;      // prompt JSONL files ("-" = stdin, at most once)
   std::string prompt_key = "prompt";  // JSONL key of the prompt text; every other key is the task payload
+  bool chat = false;                  // render prompt text with the chat template (rollout::PromptFormat)
+  bool no_thinking = false;           // Qwen3 chat: enable_thinking=False
+  std::vector<std::string> stop;      // stop strings (finish_reason "stop"; response_text cut before them)
   reward::RewardOptions reward;       // task, answer_key (format_reward only shows in --rollouts-out)
   int64_t samples = 8;                // k sampled responses per prompt (0 = greedy only)
   double temperature = 1.0;           // of the sampled responses (and of every recorded log-prob)

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -55,7 +56,8 @@ class RolloutReader {
  public:
   explicit RolloutReader(io::Input& in);  // rejects other kinds
   const Header& header() const;
-  // Next record; false at the verified end. Missing required fields or wrong types: moe::Error with offset.
+  // Next record; false at the verified end. Missing required fields or wrong types, or an id already seen
+  // in this stream: moe::Error with offset.
   bool next(RolloutRecord& rec);
   uint64_t offset() const;  // offset of the last record returned
   const std::string& name() const;
@@ -64,6 +66,7 @@ class RolloutReader {
   StreamReader r_;
   Record raw_;
   int64_t vocab_size_ = 0;
+  std::unordered_set<uint64_t> seen_ids_;  // record ids are unique within a stream
 };
 
 }  // namespace moe::format

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "moe/format/stream.h"
@@ -65,6 +66,7 @@ class RoutingReader {
   RoutingMeta meta_;
   Record raw_;
   int64_t max_positions_ = 0;
+  std::unordered_set<uint64_t> seen_ids_;  // record ids are unique within a stream
 };
 
 // A routing record as JSON: experts (and probs) as nested arrays [n_pos][num_layers][top_k].

@@ -191,7 +191,8 @@ std::vector<std::pair<std::string, at::Tensor>> named_weights(Qwen3Moe& m);
 // the model's dtype. Experts load from per-expert names or the fused transformers-5 spelling
 // (mlp.experts.gate_up_proj [E, 2I, H], mlp.experts.down_proj [E, H, I]). A missing tensor or a shape that
 // differs from the config throws moe::Error naming the tensor and both shapes. lm_head.weight is ignored
-// when tied. Unused checkpoint tensors are ignored.
+// when tied. A checkpoint tensor the model does not use (e.g. attention biases with attention_bias false)
+// throws moe::Error naming it.
 void load_weights(Qwen3Moe& m, const std::string& dir);
 
 // config.json + weights -> a model on `device` in `dtype`, in eval mode.
@@ -199,10 +200,13 @@ Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::Scal
 
 // Writes config.json, model.safetensors (Hub names, the model's dtype) and `extra_files` (name -> contents)
 // into a staged sibling directory, lets `add_files(staged_dir)` write more (e.g. optimizer state), then swaps
-// it in with io::replace_dir: `dir` is the old or the new complete model at every moment. Of an existing dir
-// only tokenizer.json is carried over (unless extra_files has one); nothing else is kept.
+// it in with io::replace_dir: `dir` is the old or the new complete model at every moment. Weights above
+// max_shard_bytes are written as shards + model.safetensors.index.json. Of an existing dir every regular
+// file that is not a weight file and not written anew is carried over (model/checkpoint_files.h); a
+// subdirectory in it throws before anything is written.
 void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files = {},
-                const std::function<void(const std::string& staged_dir)>& add_files = {});
+                const std::function<void(const std::string& staged_dir)>& add_files = {},
+                int64_t max_shard_bytes = 5'000'000'000);
 
 // "cpu", "cuda", "cuda:1" -> device; "f32"/"float32", "bf16"/"bfloat16", "f16"/"float16" -> dtype.
 // Throw moe::UsageError on an unknown spelling.

@@ -13,6 +13,10 @@ namespace moe::reward {
 // or "Answer:" (case-insensitive). nullopt when none is found.
 std::optional<std::string> math_extract_answer(std::string_view response);
 
+// The part of a reasoning model's response that holds its answer: after the last "</think>"; empty when
+// a "<think>" is never closed (the thinking was cut off: no answer); the whole response without either.
+std::string_view math_after_thinking(std::string_view response);
+
 // Canonical text of an answer: spaces, $, \left/\right, \! \, \; spacing, \displaystyle, ^\circ, \%, %,
 // \text{...} units after a value, a trailing period, "x =" prefixes and \boxed wrappers removed;
 // \dfrac and \tfrac -> \frac; \frac12 -> \frac{1}{2}; \sqrt2 -> \sqrt{2}; thousands separators and

@@ -2,6 +2,7 @@
 // teacher-forced re-scoring of existing sequences (the "training engine" view of the same tokens).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,9 +17,21 @@ struct GenerateOptions {
   SamplingParams sampling;
   int64_t max_new_tokens = 64;  // >= 1
   int64_t eos_id = -1;          // -1: stop on length only
+  std::vector<int64_t> eos_ids; // more ids that end a response as eos_id does (Qwen3: <|im_end|>, <|endoftext|>)
+  // Called with the response so far after each token that is not an eos; true ends the response
+  // (finish_reason "stop"), e.g. on a stop string.
+  std::function<bool(const std::vector<int64_t>&)> stop;
   uint64_t seed = 0;
   bool capture_routing = false;
 };
+
+// True if id ends a response (eos_id or one of eos_ids): finish_reason "eos".
+inline bool is_eos(const GenerateOptions& o, int64_t id) {
+  if (id == o.eos_id && id >= 0) return true;
+  for (int64_t e : o.eos_ids)
+    if (e == id) return true;
+  return false;
+}
 
 struct Request {
   uint64_t stream = 0;          // the sequence's random stream (its record id): independent of batching
@@ -33,9 +46,9 @@ struct SequenceRouting {
 };
 
 struct Generation {
-  std::vector<int64_t> tokens;  // the response; ends with eos_id when finish_reason is "eos"
+  std::vector<int64_t> tokens;  // the response; ends with an eos id when finish_reason is "eos"
   std::vector<float> logprobs;  // per response token, under softmax(logits / temperature)
-  std::string finish_reason;    // "eos" | "length"
+  std::string finish_reason;    // "eos" | "stop" | "length"
   SequenceRouting routing;      // prompt + response positions except the last token (never forwarded)
 };
 

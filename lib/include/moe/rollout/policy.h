@@ -3,17 +3,18 @@
 #include <string>
 
 #include "moe/model/qwen3_moe.h"
-#include "moe/tokenizer/char_tokenizer.h"
+#include "moe/tokenizer/tokenizer.h"
 
 namespace moe::rollout {
 
 struct Policy {
   model::Qwen3Moe model{nullptr};  // in eval mode
-  tokenizer::CharTokenizer tok;
+  tokenizer::Tokenizer tok;  // with the directory's stop ids and chat template
   std::string digest;  // model::config_digest of its config, for stream headers
 };
 
-// Loads config.json + weights (first: their errors name what the directory lacks), then tokenizer.json.
+// Loads config.json + weights (first: their errors name what the directory lacks), then the tokenizer
+// (tokenizer.json, tokenizer_config.json, generation_config.json: tokenizer::Tokenizer::load_dir).
 // Throws moe::Error naming `dir` for a tokenizer larger than vocab_size or a device/dtype libtorch
 // cannot provide (the message without libtorch's backtrace); moe::UsageError for an unknown spelling.
 Policy load_policy(const std::string& dir, const std::string& device, const std::string& dtype);

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -19,6 +20,9 @@ struct RolloutRun {
   std::string routing_out;        // routing stream ("" = none)
   std::string routing_probs = "f16";  // f16 | f32 | none
   std::string prompt_key = "prompt";
+  bool chat = false;              // render prompt text with the chat template (one user message)
+  bool no_thinking = false;       // Qwen3 chat: enable_thinking=False
+  std::vector<std::string> stop;  // stop strings (finish_reason "stop"; response_text cut before them)
   int64_t samples = 1;        // responses per prompt (G)
   int64_t batch_size = 64;    // sequences per forward batch
   GenerateOptions gen;        // sampling, max_new_tokens, seed (eos comes from the tokenizer)
@@ -26,8 +30,8 @@ struct RolloutRun {
   nlohmann::json producer;    // header producer (program, version, argv)
 };
 
-// Reads prompt JSONL (one object per line; `prompt_key` a string; every other field is carried into the
-// record's task payload), samples `samples` responses per prompt and writes the rollout stream (and the
+// Reads prompt JSONL (one object per line: `prompt_key` text, "messages" or "prompt_ids" as read_prompts
+// says; every other field is carried into the record's task payload), samples `samples` responses per prompt and writes the rollout stream (and the
 // routing stream). Record ids are group * samples + sample. Throws moe::Error for bad input (file:line).
 void run_sample(const RolloutRun& run);
 

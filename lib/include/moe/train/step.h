@@ -81,12 +81,13 @@ class Trainer {
   // A moment whose shape differs from its parameter is an error naming the tensor.
   void load_state(const std::string& dir);
   // Writes the model, optimizer.safetensors and trainer_state.json into `dir` atomically (staged dir +
-  // replace_dir); `extra_files` are copied in (e.g. tokenizer.json). Only rank 0 writes.
+  // replace_dir); `extra_files` are copied in (e.g. tokenizer.json); weights above max_shard_bytes are
+  // sharded (model::save_model). Only rank 0 writes.
   // `before_swap` (optional) runs with the new checkpoint fully staged, just before it is swapped in: the
   // step prepares its other outputs there, so an error in them leaves the old checkpoint in place.
   void save(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
             const nlohmann::json& state_extra = nlohmann::json::object(),
-            const std::function<void()>& before_swap = nullptr);
+            const std::function<void()>& before_swap = nullptr, int64_t max_shard_bytes = 5'000'000'000);
 
   // No-grad pass with the current weights: fills old[i] for seqs[i] (see OldPass). R3 replays the rollout
   // routing, so every sequence needs rollout_routing then. `ref` (optional) gives logp_ref.
@@ -135,6 +136,7 @@ DistConfig dist_from_env(std::optional<int> rank, std::optional<int> world, cons
 struct StepConfig {
   std::string model_dir;
   std::string output_dir;      // "" = replace model_dir
+  int64_t max_shard_bytes = 5'000'000'000;  // weights above this are written as shards + index
   std::string input = "-";     // rollout stream, or (SFT) prompt+solution JSONL; detected by magic bytes
   std::string routing;         // rollout routing stream ("" = none)
   std::string routing_out;     // write the old pass's native routing here ("" = no)
