@@ -35,21 +35,9 @@ std::vector<int32_t> engine_rows(const Routed& r, const format::RoutingMeta& m, 
   return out;
 }
 
-json nested(const std::vector<uint16_t>& v, int64_t rows, int64_t L, int64_t K) {
-  json a = json::array();
-  for (int64_t t = 0; t < rows; ++t) {
-    json row = json::array();
-    for (int64_t l = 0; l < L; ++l) {
-      json ks = json::array();
-      for (int64_t k = 0; k < K; ++k) ks.push_back(v[size_t((t * L + l) * K + k)]);
-      row.push_back(std::move(ks));
-    }
-    a.push_back(std::move(row));
-  }
-  return a;
-}
-
-json nested_f(const std::vector<float>& v, int64_t rows, int64_t L, int64_t K) {
+// v as nested arrays [rows][L][K] (expert ids or probabilities).
+template <class T>
+json nested(const std::vector<T>& v, int64_t rows, int64_t L, int64_t K) {
   json a = json::array();
   for (int64_t t = 0; t < rows; ++t) {
     json row = json::array();
@@ -129,7 +117,7 @@ uint64_t export_rollouts(io::Input& rin, io::Input* route_in, const std::string&
         if (r) {
           j["first_pos"] = r->first_pos;
           j["routed_experts"] = nested(r->experts, r->n_pos, M, K);
-          if (!r->probs.empty()) j["routed_probs"] = nested_f(r->probs, r->n_pos, M, K);
+          if (!r->probs.empty()) j["routed_probs"] = nested(r->probs, r->n_pos, M, K);
         }
       } else {
         json mi = {{"id", "moekit-" + std::to_string(rec.id)},
