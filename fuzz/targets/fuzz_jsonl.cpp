@@ -9,7 +9,7 @@
 #include "moe/io/file.h"
 #include "moe/io/jsonl.h"
 #include "moe/rollout/prompts.h"
-#include "moe/tokenizer/char_tokenizer.h"
+#include "moe/tokenizer/tokenizer.h"
 
 using namespace moe;
 
@@ -21,10 +21,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     while (r.next(j)) (void)j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   } catch (const Error&) {
   }
-  static const tokenizer::CharTokenizer tok = tokenizer::CharTokenizer::default_vocab();
+  static const tokenizer::Tokenizer tok(tokenizer::CharTokenizer::default_vocab());
   std::vector<rollout::Prompt> prompts;
   try {
-    prompts = rollout::read_prompts(f.path(), "prompt", tok);
+    prompts = rollout::read_prompts(f.path(), rollout::PromptFormat{}, tok);
     rollout::check_prompt_lengths(prompts, f.path(), 512);
   } catch (const Error&) {
     return 0;
