@@ -80,10 +80,10 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) {
   if (with_bias) bias = register_parameter("bias", at::zeros({out}));
 }
 at::Tensor LinearImpl::forward(const at::Tensor& x) {
-  // One row without gradients (decode at batch 1): a matrix-vector product reads the weight once, where a
+  // One row (decode at batch 1): a matrix-vector product reads the weight once, where a
   // matrix product would first repack all of it.
-  if (x.dim() >= 1 && x.numel() == x.size(-1) && x.numel() > 0 &&
-      !(at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad()))) {
+  // (With or without gradients, so that a no-grad pass and a training forward compute alike.)
+  if (x.dim() >= 1 && x.numel() == x.size(-1) && x.numel() > 0) {
     at::Tensor y = at::mv(weight, x.reshape({-1}));
     if (bias.defined()) y = y + bias;
     std::vector<int64_t> sz = x.sizes().vec();
@@ -142,8 +142,7 @@ void SparseMoeImpl::fuse_experts() {
 }
 
 // slot_expert [N*k]: the expert of each (row, slot), or E for a slot that runs no expert (padding).
-at::Tensor SparseMoeImpl::dispatch_loop(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating,
-                                        bool fused) {
+at::Tensor SparseMoeImpl::dispatch_loop(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating, bool) {
   const int64_t E = num_experts, K = top_k;
   // Sort the (row, slot) pairs by expert (stable: rows ascending within an expert); each expert runs on one
   // contiguous block of the gathered rows.
@@ -157,41 +156,15 @@ at::Tensor SparseMoeImpl::dispatch_loop(const at::Tensor& x, const at::Tensor& s
   at::Tensor token = at::div(order, K, "floor");
   at::Tensor xs = x.index_select(0, token);
   at::Tensor weight = gating.reshape({-1}).index_select(0, order).unsqueeze(1);
-  at::Tensor ys;
-  if (fused) {
-    // One matmul for gate and up; the down projection writes straight into its block of ys.
-    const int64_t I = down_w_.size(2);
-    ys = at::empty_like(xs);
-    int64_t off = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = cnt[e];
-      if (n == 0) continue;
-      if (n == 1) {
-        // One row (most experts at decode batch 1-4): a matrix-vector product reads the weight once, where
-        // a matrix product would first repack all of it.
-        at::Tensor gu = at::mv(gate_up_w_[e], xs[off]);  // [2I]
-        at::Tensor h = at::silu(gu.narrow(0, 0, I)).mul_(gu.narrow(0, I, I));
-        at::Tensor dst = ys[off];
-        at::mv_out(dst, down_w_[e], h);
-      } else {
-        at::Tensor gu = at::mm(xs.narrow(0, off, n), gate_up_w_[e].t());  // [n, 2I]
-        at::Tensor h = at::silu(gu.narrow(1, 0, I)).mul_(gu.narrow(1, I, I));
-        at::Tensor dst = ys.narrow(0, off, n);
-        at::mm_out(dst, h, down_w_[e].t());
-      }
-      off += n;
-    }
-  } else {
-    std::vector<at::Tensor> parts;
-    int64_t off = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = cnt[e];
-      if (n == 0) continue;
-      parts.push_back(experts[e]->forward(xs.narrow(0, off, n)));
-      off += n;
-    }
-    ys = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+  std::vector<at::Tensor> parts;
+  int64_t off = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = cnt[e];
+    if (n == 0) continue;
+    parts.push_back(experts[e]->forward(xs.narrow(0, off, n)));
+    off += n;
   }
+  at::Tensor ys = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
   // index_add_ adds in index order: each row sums its experts in ascending expert order, as a loop would.
   return out.index_add_(0, token, ys * weight);
 }
@@ -277,9 +250,14 @@ MoeLayerOutput SparseMoeImpl::forward(const at::Tensor& x, RouterMode mode, cons
   if (grad) {
     out = dispatch_loop(x, slot_expert, gating, false);
   } else {
-    fuse_experts();
-    out = kernel == ExpertKernel::loop ? dispatch_loop(x, slot_expert, gating, true)
-                                       : dispatch_padded(x, slot_expert, gating, kernel == ExpertKernel::grouped);
+    // The loop runs the same operations as with gradients: an old-policy pass equals the training forward
+    // bit for bit (the on-policy ratio is exactly 1).
+    if (kernel == ExpertKernel::loop) {
+      out = dispatch_loop(x, slot_expert, gating, false);
+    } else {
+      fuse_experts();
+      out = dispatch_padded(x, slot_expert, gating, kernel == ExpertKernel::grouped);
+    }
   }
 
   MoeLayerOutput r;
