@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/version.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -20,6 +21,15 @@
 #include "moe/io/file.h"
 #include "moe/model/checkpoint_files.h"
 #include "moe/model/safetensors.h"
+
+// at::scaled_dot_product_attention (libtorch >= 2.1, with its scale argument) and at::_grouped_mm
+// (>= 2.9); Debian's libtorch 1.13 has neither.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+#define MOE_HAVE_SDPA 1
+#endif
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#define MOE_HAVE_GROUPED_MM 1
+#endif
 
 namespace moe::model {
 namespace {
@@ -50,6 +60,14 @@ void KVCache::select_rows(const at::Tensor& rows) {
   if (mask.defined()) mask = mask.index_select(0, rows.to(mask.device()));
 }
 
+bool grouped_mm_available() {
+#ifdef MOE_HAVE_GROUPED_MM
+  return true;
+#else
+  return false;
+#endif
+}
+
 // ---- building blocks ----
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", at::ones({dim})); }
 
@@ -64,7 +82,19 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) {
   weight = register_parameter("weight", at::empty({out, in}));
   if (with_bias) bias = register_parameter("bias", at::zeros({out}));
 }
-at::Tensor LinearImpl::forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+at::Tensor LinearImpl::forward(const at::Tensor& x) {
+  // One row (decode at batch 1): a matrix-vector product reads the weight once, where a
+  // matrix product would first repack all of it.
+  // (With or without gradients, so that a no-grad pass and a training forward compute alike.)
+  if (x.dim() >= 1 && x.numel() == x.size(-1) && x.numel() > 0) {
+    at::Tensor y = at::mv(weight, x.reshape({-1}));
+    if (bias.defined()) y = y + bias;
+    std::vector<int64_t> sz = x.sizes().vec();
+    sz.back() = weight.size(0);
+    return y.view(sz);
+  }
+  return at::linear(x, weight, bias);
+}
 
 MlpImpl::MlpImpl(int64_t hidden, int64_t inner) {
   gate_proj = register_module("gate_proj", Linear(hidden, inner, false));
@@ -81,9 +111,111 @@ SparseMoeImpl::SparseMoeImpl(const ModelConfig& c)
     experts.push_back(list->register_module(std::to_string(e), Mlp(c.hidden_size, c.moe_intermediate_size)));
 }
 
+void SparseMoeImpl::fuse_experts() {
+  const int64_t E = num_experts;
+  // Still views of the fused tensors? (Pointer arithmetic only: this runs every forward.)
+  bool ok = gate_up_w_.defined() && gate_up_w_.scalar_type() == experts[0]->gate_proj->weight.scalar_type();
+  if (ok) {
+    const int64_t I = down_w_.size(2), H = down_w_.size(1), es = gate_up_w_.element_size();
+    const char* gu = static_cast<const char*>(gate_up_w_.data_ptr());
+    const char* dn = static_cast<const char*>(down_w_.data_ptr());
+    for (int64_t e = 0; ok && e < E; ++e) {
+      const auto& x = experts[e];
+      ok = x->gate_proj->weight.data_ptr() == gu + es * (e * 2 * I * H) &&
+           x->up_proj->weight.data_ptr() == gu + es * (e * 2 * I * H + I * H) &&
+           x->down_proj->weight.data_ptr() == dn + es * (e * H * I);
+    }
+  }
+  if (ok) return;
+  at::NoGradGuard ng;
+  std::vector<at::Tensor> gu, dn;
+  for (auto& x : experts) {
+    gu.push_back(at::cat({x->gate_proj->weight, x->up_proj->weight}, 0));
+    dn.push_back(x->down_proj->weight);
+  }
+  gate_up_w_ = at::stack(gu);
+  down_w_ = at::stack(dn);
+  // The parameters become views of the fused tensors (same TensorImpl, so optimizer state stays attached).
+  const int64_t I = experts[0]->gate_proj->weight.size(0);
+  for (int64_t e = 0; e < E; ++e) {
+    experts[e]->gate_proj->weight.set_data(gate_up_w_[e].narrow(0, 0, I));
+    experts[e]->up_proj->weight.set_data(gate_up_w_[e].narrow(0, I, I));
+    experts[e]->down_proj->weight.set_data(down_w_[e]);
+  }
+}
+
+// slot_expert [N*k]: the expert of each (row, slot), or E for a slot that runs no expert (padding).
+at::Tensor SparseMoeImpl::dispatch_loop(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating) {
+  const int64_t E = num_experts, K = top_k;
+  // Sort the (row, slot) pairs by expert (stable: rows ascending within an expert); each expert runs on one
+  // contiguous block of the gathered rows.
+  at::Tensor order = std::get<1>(at::sort(slot_expert, /*stable=*/true, 0, false));
+  at::Tensor counts = at::bincount(slot_expert, {}, E + 1).to(at::kCPU);
+  const int64_t* cnt = counts.data_ptr<int64_t>();
+  const int64_t n_run = slot_expert.size(0) - cnt[E];
+  at::Tensor out = at::zeros_like(x);
+  if (n_run == 0) return out;
+  order = order.narrow(0, 0, n_run);
+  at::Tensor token = at::div(order, K, "floor");
+  at::Tensor xs = x.index_select(0, token);
+  at::Tensor weight = gating.reshape({-1}).index_select(0, order).unsqueeze(1);
+  std::vector<at::Tensor> parts;
+  int64_t off = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = cnt[e];
+    if (n == 0) continue;
+    parts.push_back(experts[e]->forward(xs.narrow(0, off, n)));
+    off += n;
+  }
+  at::Tensor ys = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+  // index_add_ adds in index order: each row sums its experts in ascending expert order, as a loop would.
+  return out.index_add_(0, token, ys * weight);
+}
+
+// No host copy: every expert gets a block of C = N rows (an expert is chosen at most once per row), filled
+// at each slot's rank among its expert's slots.
+at::Tensor SparseMoeImpl::dispatch_padded(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating,
+                                          bool grouped) {
+  const int64_t E = num_experts, K = top_k, N = x.size(0), H = x.size(1), I = down_w_.size(2);
+  auto lopt = slot_expert.options();
+  at::Tensor order = std::get<1>(at::sort(slot_expert, /*stable=*/true, 0, false));
+  at::Tensor sorted_e = slot_expert.index_select(0, order);
+  at::Tensor counts = at::bincount(slot_expert, {}, E + 1);
+  at::Tensor start = counts.cumsum(0) - counts;                                     // [E + 1]
+  at::Tensor rank = at::arange(N * K, lopt) - start.index_select(0, sorted_e);       // within its expert
+  at::Tensor real = sorted_e.lt(E);
+  at::Tensor token = at::div(order, K, "floor");
+  at::Tensor weight = gating.reshape({-1}).index_select(0, order).mul(real.to(gating.scalar_type())).unsqueeze(1);
+  at::Tensor ys;
+#ifdef MOE_HAVE_GROUPED_MM
+  if (grouped) {
+    // Rows sorted by expert, padding slots last (never read: the offsets stop before them).
+    at::Tensor xs = x.index_select(0, token);
+    at::Tensor offs = counts.narrow(0, 0, E).cumsum(0).to(at::kInt);
+    at::Tensor gu = at::_grouped_mm(xs, gate_up_w_.transpose(1, 2), offs);  // [N*K, 2I]
+    at::Tensor h = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
+    ys = at::_grouped_mm(h, down_w_.transpose(1, 2), offs);                  // [N*K, H]
+    ys = ys * weight;  // rows past the offsets are garbage, weight 0 there
+    ys = at::where(real.unsqueeze(1), ys, at::zeros({}, ys.options()));
+    return at::zeros_like(x).index_add_(0, token, ys);
+  }
+#else
+  (void)grouped;
+#endif
+  at::Tensor dest = at::where(real, sorted_e * N + rank, at::full({}, E * N, lopt));  // padding -> spare block
+  at::Tensor xp = at::zeros({(E + 1) * N, H}, x.options());
+  xp.index_copy_(0, dest, x.index_select(0, token));
+  at::Tensor xe = xp.narrow(0, 0, E * N).view({E, N, H});
+  at::Tensor gu = at::bmm(xe, gate_up_w_.transpose(1, 2));  // [E, N, 2I]
+  at::Tensor h = at::silu(gu.narrow(2, 0, I)).mul_(gu.narrow(2, I, I));
+  at::Tensor y = at::bmm(h, down_w_.transpose(1, 2)).view({E * N, H});
+  ys = y.index_select(0, dest.clamp_max(E * N - 1)) * weight;  // padding slots: weight 0
+  return at::zeros_like(x).index_add_(0, token, ys);
+}
+
 MoeLayerOutput SparseMoeImpl::forward(const at::Tensor& x, RouterMode mode, const at::Tensor& indices,
                                       const at::Tensor& given_logits, const at::Tensor& valid, const at::Tensor& probs_at,
-                                      bool want_logits, bool want_capture) {
+                                      bool want_logits, bool want_capture, const at::Tensor& run_rows) {
   const int64_t E = num_experts, K = top_k;
   at::Tensor w = mode == RouterMode::frozen ? gate->weight.detach() : gate->weight;
   at::Tensor logits = at::linear(x, w);                 // [N, E] model dtype
@@ -116,22 +248,23 @@ MoeLayerOutput SparseMoeImpl::forward(const at::Tensor& x, RouterMode mode, cons
                                                  : sel_probs;
   gating = gating.to(x.scalar_type());
 
-  // Dispatch: sort the (token, slot) pairs by expert and run each expert on its own tokens only.
-  at::Tensor flat = sel.reshape({-1});
-  at::Tensor order = std::get<1>(at::sort(flat, /*stable=*/true, 0, false));
-  at::Tensor counts = at::bincount(flat, {}, E).to(at::kCPU);
-  at::Tensor token = at::div(order, K, "floor");
-  at::Tensor weight = gating.reshape({-1}).index_select(0, order);
-  at::Tensor out = at::zeros_like(x);
-  const int64_t* cnt = counts.data_ptr<int64_t>();
-  int64_t off = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    int64_t n = cnt[e];
-    if (n == 0) continue;
-    at::Tensor t = token.slice(0, off, off + n);
-    at::Tensor y = experts[e]->forward(x.index_select(0, t)) * weight.slice(0, off, off + n).unsqueeze(1);
-    out.index_add_(0, t, y);
-    off += n;
+  at::Tensor slot_expert = sel.reshape({-1});
+  if (run_rows.defined())
+    slot_expert = at::where(run_rows.unsqueeze(1).expand({x.size(0), K}).reshape({-1}), slot_expert,
+                            at::full({}, E, slot_expert.options()));
+  const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || gate->weight.requires_grad());
+  at::Tensor out;
+  if (grad) {
+    out = dispatch_loop(x, slot_expert, gating);
+  } else {
+    // The loop runs the same operations as with gradients: an old-policy pass equals the training forward
+    // bit for bit (the on-policy ratio is exactly 1).
+    if (kernel == ExpertKernel::loop) {
+      out = dispatch_loop(x, slot_expert, gating);
+    } else {
+      fuse_experts();
+      out = dispatch_padded(x, slot_expert, gating, kernel == ExpertKernel::grouped);
+    }
   }
 
   MoeLayerOutput r;
@@ -156,7 +289,7 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& allowed,
-                                  const at::Tensor& past_k, const at::Tensor& past_v, at::Tensor* new_k, at::Tensor* new_v) {
+                                  const at::Tensor& cache_k, const at::Tensor& cache_v, int64_t past) {
   const int64_t B = x.size(0), T = x.size(1);
   at::Tensor q = q_norm(q_proj(x).view({B, T, heads, head_dim})).transpose(1, 2);
   at::Tensor k = k_norm(k_proj(x).view({B, T, kv_heads, head_dim})).transpose(1, 2);
@@ -164,22 +297,30 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
   at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);
   q = q * c + rotate_half(q) * s;
   k = k * c + rotate_half(k) * s;
-  if (past_k.defined() && past_k.size(2) > 0) {
-    k = at::cat({past_k, k}, 2);
-    v = at::cat({past_v, v}, 2);
+  if (cache_k.defined()) {
+    // Written in place: the cache never moves (it was sized for the whole generation).
+    cache_k.narrow(2, past, T).copy_(k);
+    cache_v.narrow(2, past, T).copy_(v);
+    k = cache_k.narrow(2, 0, past + T);
+    v = cache_v.narrow(2, 0, past + T);
   }
-  if (new_k) *new_k = k;
-  if (new_v) *new_v = v;
   const int64_t S = k.size(2), rep = heads / kv_heads;
-  at::Tensor kk = k, vv = v;
-  if (rep > 1) {
-    kk = k.unsqueeze(2).expand({B, kv_heads, rep, S, head_dim}).reshape({B, heads, S, head_dim});
-    vv = v.unsqueeze(2).expand({B, kv_heads, rep, S, head_dim}).reshape({B, heads, S, head_dim});
+  // Grouped-query attention: query head h uses key/value head h / rep (transformers' repeat_kv), so the rep
+  // query heads of a group become rep * T query rows against the group's keys; nothing is repeated.
+  at::Tensor qg = q.reshape({B, kv_heads, rep * T, head_dim});
+  at::Tensor o;
+#ifdef MOE_HAVE_SDPA
+  {
+    at::Tensor m = allowed.unsqueeze(2).expand({B, 1, rep, T, S}).reshape({B, 1, rep * T, S});
+    o = at::scaled_dot_product_attention(qg, k, v, m, 0.0, false, 1.0 / std::sqrt(static_cast<double>(head_dim)));
   }
-  at::Tensor scores = at::matmul(q, kk.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
-  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
+#else
+  at::Tensor scores = at::matmul(qg, k.transpose(2, 3)).mul_(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  scores.view({B, kv_heads, rep, T, S}).masked_fill_(allowed.logical_not().unsqueeze(2), -std::numeric_limits<double>::infinity());
   at::Tensor attn = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-  at::Tensor o = at::matmul(attn, vv).transpose(1, 2).reshape({B, T, heads * head_dim});
+  o = at::matmul(attn, v);  // [B, kvH, rep * T, D]
+#endif
+  o = o.reshape({B, heads, T, head_dim}).transpose(1, 2).reshape({B, T, heads * head_dim});
   return o_proj(o);
 }
 
@@ -214,6 +355,21 @@ std::vector<at::Tensor> Qwen3MoeImpl::router_parameters() {
   return r;
 }
 
+void Qwen3MoeImpl::set_expert_kernel(ExpertKernel k) {
+  if (k == ExpertKernel::grouped && !grouped_mm_available()) k = ExpertKernel::padded;
+  for (auto& l : layers)
+    if (l->moe) l->moe->kernel = k;
+}
+
+void Qwen3MoeImpl::choose_expert_kernel() {
+  // at::_grouped_mm runs bf16 on CUDA; other accelerator cases pad (no host copy either way).
+  if (embed_weight.device().is_cpu())
+    set_expert_kernel(ExpertKernel::loop);
+  else
+    set_expert_kernel(embed_weight.device().is_cuda() && embed_weight.scalar_type() == at::kBFloat16 ? ExpertKernel::grouped
+                                                                                                     : ExpertKernel::padded);
+}
+
 at::Tensor Qwen3MoeImpl::lm_head_weight() { return lm_head ? lm_head->weight : embed_weight; }
 
 ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, const RoutingPlan& plan,
@@ -224,7 +380,7 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
   const auto dev = embed_weight.device();
   const auto dtype = embed_weight.scalar_type();
   at::Tensor ids = input_ids.to(dev, at::kLong);
-  {
+  if (opt.check_ids) {
     int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
     if (lo < 0 || hi >= cfg_.vocab_size)
       throw Error("forward: token id " + std::to_string(lo < 0 ? lo : hi) + " outside the vocabulary [0, " +
@@ -241,8 +397,32 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
   const int64_t past = cache ? cache->length() : 0;
   if (cache && past > 0 && cache->mask.size(0) != B)
     throw Error("forward: cache holds " + std::to_string(cache->mask.size(0)) + " rows but the input has " + std::to_string(B));
-  at::Tensor full_mask = past > 0 ? at::cat({cache->mask, mask}, 1) : mask;  // [B, S]
   const int64_t S = past + T;
+  at::Tensor full_mask;  // [B, S]
+  if (cache) {
+    if (S > cache->capacity() || static_cast<int64_t>(cache->k.size()) != static_cast<int64_t>(layers.size())) {
+      // Allocate once for the whole generation when the caller said how long it gets; else double.
+      const int64_t cap = std::max({S, cache->reserve, 2 * cache->capacity()});
+      const auto& a = layers[0]->self_attn;
+      auto fopt = at::TensorOptions().dtype(dtype).device(dev);
+      at::Tensor nm = at::zeros({B, cap}, mask.options());
+      if (past > 0) nm.narrow(1, 0, past).copy_(cache->mask.narrow(1, 0, past));
+      cache->mask = nm;
+      cache->k.resize(layers.size());
+      cache->v.resize(layers.size());
+      for (size_t i = 0; i < layers.size(); ++i) {
+        for (auto* t : {&cache->k[i], &cache->v[i]}) {
+          at::Tensor n = at::empty({B, a->kv_heads, cap, a->head_dim}, fopt);
+          if (past > 0) n.narrow(2, 0, past).copy_(t->narrow(2, 0, past));
+          *t = n;
+        }
+      }
+    }
+    cache->mask.narrow(1, past, T).copy_(mask);
+    full_mask = cache->mask.narrow(1, 0, S);
+  } else {
+    full_mask = mask;
+  }
 
   // Positions count real tokens only, so padding never shifts a sequence.
   at::Tensor positions = (full_mask.cumsum(1) - 1).clamp_min(0).slice(1, past);  // [B, T]
@@ -299,32 +479,20 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
 
   at::Tensor h = at::embedding(embed_weight, ids);
   std::vector<at::Tensor> cap_i, cap_p, out_pat, out_logits;
-  if (cache) {
-    cache->k.resize(layers.size());
-    cache->v.resize(layers.size());
-  }
+  // Padding rows skip the experts (their outputs are never read by a real token).
+  at::Tensor run_rows = attention_mask.defined() ? valid : at::Tensor();
   int64_t moe_ix = 0;
   for (size_t i = 0; i < layers.size(); ++i) {
     auto& layer = layers[i];
-    at::Tensor pk, pv;
-    if (cache && past > 0) {
-      pk = cache->k[i];
-      pv = cache->v[i];
-    }
-    at::Tensor nk, nv;
-    at::Tensor a = layer->self_attn->forward(layer->input_layernorm(h), cos, sin, allowed, pk, pv, cache ? &nk : nullptr,
-                                             cache ? &nv : nullptr);
-    if (cache) {
-      cache->k[i] = nk.detach();
-      cache->v[i] = nv.detach();
-    }
+    at::Tensor a = cache ? layer->self_attn->forward(layer->input_layernorm(h), cos, sin, allowed, cache->k[i], cache->v[i], past)
+                         : layer->self_attn->forward(layer->input_layernorm(h), cos, sin, allowed);
     h = h + a;
     at::Tensor x = layer->post_attention_layernorm(h);
     if (layer->moe) {
       auto sl = [&](const at::Tensor& t) { return t.defined() ? t.select(1, moe_ix) : t; };
       MoeLayerOutput r = layer->moe->forward(x.reshape({N, -1}), plan.mode, sl(rindices), sl(rlogits),
                                              plan.mode == RouterMode::replay ? valid : at::Tensor(), sl(pat),
-                                             opt.return_router_logits, opt.capture_routing);
+                                             opt.return_router_logits, opt.capture_routing, run_rows);
       h = h + r.hidden.view(h.sizes());
       if (opt.capture_routing) {
         cap_i.push_back(r.indices);
@@ -337,7 +505,7 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
       h = h + layer->dense(x);
     }
   }
-  if (cache) cache->mask = full_mask;
+  if (cache) cache->len = S;
   h = norm(h);
   if (opt.last_logits_only) h = h.slice(1, T - 1);
   ForwardOutput out;
@@ -469,6 +637,7 @@ Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::Scal
   load_weights(m, dir);
   m->to(device);
   m->eval();
+  m->choose_expert_kernel();
   return m;
 }
 

@@ -19,11 +19,12 @@ c10::Device device_of(model::Qwen3Moe& m) { return m->embed_weight.device(); }
 struct StepRouting {
   at::Tensor idx, prob;
   int64_t T = 0, LK = 0;
-  explicit StepRouting(const model::ForwardOutput& fw)
-      : idx(fw.routing_indices.to(at::kCPU).contiguous()),
-        prob(fw.routing_probs.to(at::kCPU, at::kFloat).contiguous()),
+  StepRouting(const at::Tensor& indices, const at::Tensor& probs)
+      : idx(indices.to(at::kCPU).contiguous()),
+        prob(probs.to(at::kCPU, at::kFloat).contiguous()),
         T(idx.size(1)),
         LK(idx.size(2) * idx.size(3)) {}
+  explicit StepRouting(const model::ForwardOutput& fw) : StepRouting(fw.routing_indices, fw.routing_probs) {}
   // Appends positions [first, first + n) of batch row `row` to `out` (raw copies: this runs every step).
   void append(SequenceRouting& out, int64_t row, int64_t first, int64_t n) const {
     if (n <= 0) return;
@@ -33,6 +34,24 @@ struct StepRouting {
     out.experts.insert(out.experts.end(), ip, ip + m);  // ids < 65536: checked by the routing writer
     out.probs.insert(out.probs.end(), pp, pp + m);
     out.n_pos += n;
+  }
+};
+
+// Routing of the decode steps, kept on the device until generation ends: one [B_s, 1, L, k] pair per step
+// and the request of each of its rows.
+struct DecodeRouting {
+  std::vector<at::Tensor> idx, prob;
+  std::vector<std::vector<int64_t>> rows;
+  void add(const model::ForwardOutput& fw, const std::vector<int64_t>& active) {
+    idx.push_back(fw.routing_indices);
+    prob.push_back(fw.routing_probs);
+    rows.push_back(active);
+  }
+  void flush(std::vector<Generation>& out) {
+    for (size_t s = 0; s < idx.size(); ++s) {
+      StepRouting r(idx[s], prob[s]);
+      for (size_t b = 0; b < rows[s].size(); ++b) r.append(out[rows[s][b]].routing, static_cast<int64_t>(b), 0, 1);
+    }
   }
 };
 
@@ -78,6 +97,7 @@ std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Reque
   fo.capture_routing = opt.capture_routing;
   fo.last_logits_only = true;
   model::KVCache cache;
+  cache.reserve = tmax + opt.max_new_tokens;  // the whole generation fits: keys and values never move
   model::ForwardOutput fw = model->forward(input, amask, model::RoutingPlan::native(), fo, &cache);
 
   if (opt.capture_routing) {
@@ -96,21 +116,28 @@ std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Reque
   std::vector<int64_t> active(requests.size());  // batch row -> request index
   for (size_t i = 0; i < requests.size(); ++i) active[i] = static_cast<int64_t>(i);
 
+  fo.check_ids = false;  // from here on the ids are sampled ones
+  DecodeRouting decode_routing;
   for (int64_t step = 0; !active.empty(); ++step) {
     std::vector<double> u(active.size());
     for (size_t b = 0; b < active.size(); ++b) u[b] = stream_uniform(opt.seed, requests[active[b]].stream, step);
-    Sampled s = sample_next(logits, opt.sampling, u);
-    at::Tensor tok_cpu = s.tokens.to(at::kCPU);
-    at::Tensor lp_cpu = s.logprobs.to(at::kCPU);
-    const int64_t* tp = tok_cpu.data_ptr<int64_t>();
-    const float* lp = lp_cpu.data_ptr<float>();
+    Sampled s = sample_next(logits, opt.sampling, u, /*check_finite=*/false);
+    // The step's one host round trip: tokens, log-probs and the finite flags together.
+    at::Tensor host = at::stack({s.tokens.to(at::kDouble), s.logprobs.to(at::kDouble), s.finite.to(at::kDouble)}).to(at::kCPU);
+    const double* tp = host.data_ptr<double>();
+    const int64_t nb = static_cast<int64_t>(active.size());
+    const double* lp = tp + nb;
+    const double* fin = tp + 2 * nb;
+    for (int64_t b = 0; b < nb; ++b)
+      if (fin[b] == 0) throw Error("sampling: logits contain NaN or no finite value");
 
-    std::vector<int64_t> keep_rows, next_active, next_tokens;
+    std::vector<int64_t> keep_rows, next_active;
     for (size_t b = 0; b < active.size(); ++b) {
       Generation& g = out[active[b]];
-      g.tokens.push_back(tp[b]);
-      g.logprobs.push_back(lp[b]);
-      if (is_eos(opt, tp[b])) {
+      const int64_t tok = static_cast<int64_t>(tp[b]);
+      g.tokens.push_back(tok);
+      g.logprobs.push_back(static_cast<float>(lp[b]));
+      if (is_eos(opt, tok)) {
         g.finish_reason = "eos";
       } else if (opt.stop && opt.stop(g.tokens)) {
         g.finish_reason = "stop";
@@ -119,23 +146,24 @@ std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Reque
       } else {
         keep_rows.push_back(static_cast<int64_t>(b));
         next_active.push_back(active[b]);
-        next_tokens.push_back(tp[b]);
       }
     }
     if (next_active.empty()) break;
-    if (keep_rows.size() != active.size()) cache.select_rows(at::tensor(keep_rows, long_on(at::kCPU)).to(dev));
+    at::Tensor step_in = s.tokens;  // the sampled tokens stay on the device
+    if (keep_rows.size() != active.size()) {
+      at::Tensor keep = at::tensor(keep_rows, long_on(at::kCPU)).to(dev);
+      cache.select_rows(keep);
+      step_in = step_in.index_select(0, keep);
+    }
     active.swap(next_active);
 
     const int64_t B = static_cast<int64_t>(active.size());
-    at::Tensor step_in = at::tensor(next_tokens, long_on(at::kCPU)).view({B, 1}).to(dev);
-    at::Tensor step_mask = at::ones({B, 1}, long_on(dev));
-    fw = model->forward(step_in, step_mask, model::RoutingPlan::native(), fo, &cache);
+    step_in = step_in.view({B, 1});
+    fw = model->forward(step_in, {}, model::RoutingPlan::native(), fo, &cache);
     logits = fw.logits.select(1, 0);
-    if (opt.capture_routing) {
-      StepRouting r(fw);
-      for (int64_t b = 0; b < B; ++b) r.append(out[active[b]].routing, b, 0, 1);
-    }
+    if (opt.capture_routing) decode_routing.add(fw, active);
   }
+  if (opt.capture_routing) decode_routing.flush(out);
   return out;
 }
 

@@ -22,7 +22,8 @@ double stream_uniform(uint64_t seed, uint64_t stream, uint64_t step) {
   return static_cast<double>(h >> 11) * 0x1.0p-53;  // 53 random bits
 }
 
-Sampled sample_next(const at::Tensor& logits, const SamplingParams& p, const std::vector<double>& uniforms) {
+Sampled sample_next(const at::Tensor& logits, const SamplingParams& p, const std::vector<double>& uniforms,
+                    bool check_finite) {
   if (logits.dim() != 2) throw Error("sample_next: logits must be [batch, vocab]");
   if (!(p.temperature > 0) || !std::isfinite(p.temperature))
     throw Error("temperature must be > 0, got " + std::to_string(p.temperature));
@@ -32,26 +33,45 @@ Sampled sample_next(const at::Tensor& logits, const SamplingParams& p, const std
 
   at::Tensor scaled = logits.to(at::kFloat) / p.temperature;
   at::Tensor logp = at::log_softmax(scaled, -1);
-  if (B > 0 && !at::isfinite(std::get<0>(logp.max(-1))).all().item<bool>())
-    throw Error("sampling: logits contain NaN or no finite value");
+  at::Tensor finite = at::isfinite(std::get<0>(logp.max(-1)));
+  if (check_finite && B > 0 && !finite.all().item<bool>()) throw Error("sampling: logits contain NaN or no finite value");
 
   at::Tensor tokens;
   if (p.greedy) {
     tokens = scaled.argmax(-1);
   } else {
     if (static_cast<int64_t>(uniforms.size()) != B) throw Error("sample_next: need one uniform per row");
-    // Sort once (stable, so ties keep vocabulary order), truncate by top-k and top-p, then invert the CDF.
-    auto sorted = at::sort(logp, /*stable=*/true, /*dim=*/-1, /*descending=*/true);
-    at::Tensor probs = std::get<0>(sorted).exp();
-    at::Tensor order = std::get<1>(sorted);
-    if (p.top_k > 0 && p.top_k < V) probs.narrow(1, p.top_k, V - p.top_k).zero_();
+    // Candidates in descending probability, ties in vocabulary order; truncate by top-k and top-p, then
+    // invert the CDF. With top-k, only the k best are selected and ordered (no sort of the vocabulary).
+    at::Tensor vals, order;
+    const int64_t k = p.top_k > 0 && p.top_k < V ? p.top_k : V;
+    if (k < V) {
+      // The k entries a stable sort would put first: all above the k-th largest value, then the ties at it
+      // in vocabulary order; gathered in vocabulary order (a scatter by running count, no host copy).
+      at::Tensor kth = std::get<0>(logp.topk(k, -1, /*largest=*/true, /*sorted=*/false)).amin(-1, true);
+      at::Tensor above = logp > kth, tie = logp == kth;
+      at::Tensor room = k - above.sum(-1, true);
+      at::Tensor keep = above | (tie & (tie.cumsum(-1) <= room));
+      at::Tensor slot = at::where(keep, keep.cumsum(-1) - 1, at::full({}, k, at::kLong));
+      at::Tensor top = at::zeros({B, k + 1}, slot.options());  // zeros: a NaN row keeps fewer than k
+      top.scatter_(1, slot, at::arange(V, slot.options()).expand({B, V}));
+      top = top.narrow(1, 0, k);
+      auto sorted = at::sort(logp.gather(1, top), /*stable=*/true, /*dim=*/-1, /*descending=*/true);
+      vals = std::get<0>(sorted);
+      order = top.gather(1, std::get<1>(sorted));
+    } else {
+      auto sorted = at::sort(logp, /*stable=*/true, /*dim=*/-1, /*descending=*/true);
+      vals = std::get<0>(sorted);
+      order = std::get<1>(sorted);
+    }
+    at::Tensor probs = vals.exp();
     if (p.top_p < 1.0) {
       // Keep token j when the mass strictly before it is < top_p (so the first token always stays).
       at::Tensor before = probs.cumsum(-1) - probs;
       probs = probs.masked_fill(before >= p.top_p, 0.0);
     }
     at::Tensor cdf = probs.to(at::kDouble).cumsum(-1);
-    at::Tensor total = cdf.select(1, V - 1).unsqueeze(1);
+    at::Tensor total = cdf.select(1, k - 1).unsqueeze(1);
     at::Tensor u = at::tensor(uniforms, at::TensorOptions().dtype(at::kDouble)).to(cdf.device()).unsqueeze(1);
     // Index of the first entry whose cumulative mass exceeds u * total.
     at::Tensor idx = (cdf <= u * total).sum(-1, /*keepdim=*/true);
@@ -61,7 +81,7 @@ Sampled sample_next(const at::Tensor& logits, const SamplingParams& p, const std
     tokens = order.gather(1, idx).squeeze(1);
   }
   at::Tensor lp = logp.gather(1, tokens.unsqueeze(1)).squeeze(1);
-  return {tokens, lp};
+  return {tokens, lp, finite};
 }
 
 }  // namespace moe::rollout

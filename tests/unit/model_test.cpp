@@ -463,6 +463,102 @@ TEST_CASE("KV-cached incremental decode equals the full forward", "[model]") {
   CHECK(max_diff(b.logits[0], inc[2].slice(0, 7, 8)) < 1e-5);
 }
 
+TEST_CASE("the KV cache is preallocated and written in place", "[model]") {
+  Qwen3Moe m = tiny_model(9);
+  auto [pids, pmask] = padded_batch({random_seq(5, 50, 40), random_seq(3, 50, 41)}, true);
+  at::Tensor cont = at::randint(1, 50, {2, 6}, at::kLong);
+  ForwardOptions opt;
+  opt.capture_routing = true;
+  at::NoGradGuard ng;
+  ForwardOutput full = m->forward(at::cat({pids, cont}, 1), at::cat({pmask, at::ones({2, 6}, at::kLong)}, 1), RoutingPlan::native(), opt);
+  // reserve: one allocation for the whole run, the same storage every step
+  KVCache c;
+  c.reserve = 11;
+  m->forward(pids, pmask, RoutingPlan::native(), opt, &c);
+  CHECK(c.capacity() == 11);
+  const void* k0 = c.k[0].data_ptr();
+  const void* v2 = c.v[2].data_ptr();
+  std::vector<at::Tensor> inc;
+  for (int s = 0; s < 6; ++s) inc.push_back(m->forward(cont.slice(1, s, s + 1), {}, RoutingPlan::native(), opt, &c).logits);
+  CHECK(c.length() == 11);
+  CHECK(c.k[0].data_ptr() == k0);
+  CHECK(c.v[2].data_ptr() == v2);
+  CHECK(max_diff(at::cat(inc, 1), full.logits.slice(1, 5)) < 1e-5);
+  // no reserve: the capacity doubles when full, results unchanged
+  KVCache g;
+  m->forward(pids, pmask, RoutingPlan::native(), opt, &g);
+  CHECK(g.capacity() == 5);
+  std::vector<at::Tensor> inc2;
+  std::vector<int64_t> caps;
+  for (int s = 0; s < 6; ++s) {
+    inc2.push_back(m->forward(cont.slice(1, s, s + 1), {}, RoutingPlan::native(), opt, &g).logits);
+    caps.push_back(g.capacity());
+  }
+  CHECK(caps == std::vector<int64_t>{10, 10, 10, 10, 10, 20});
+  CHECK(at::equal(at::cat(inc2, 1), at::cat(inc, 1)));
+  CHECK(at::equal(g.mask.narrow(1, 0, 11), c.mask));
+  CHECK(g.mask.narrow(1, 11, 9).sum().item<int64_t>() == 0);
+}
+
+TEST_CASE("expert kernels agree: loop with and without gradients, padded, grouped", "[model]") {
+  json j = tiny_json();
+  j["num_experts"] = 5;
+  j["num_experts_per_tok"] = 3;
+  SparseMoe moe(parse_config(j));
+  at::manual_seed(3);
+  {
+    at::NoGradGuard ng;
+    for (auto& p : moe->parameters()) p.normal_(0, 0.5);
+  }
+  at::Tensor x = at::randn({9, 32});
+  at::Tensor rows = at::tensor({1, 1, 0, 1, 1, 1, 0, 1, 1}, at::kLong).ne(0);
+  // with gradients: the per-expert parameters
+  MoeLayerOutput ref = moe->forward(x.clone().requires_grad_(true), RouterMode::native, {}, {}, {}, {}, false, true, rows);
+  // a plain reference: each row's experts one by one
+  at::Tensor want = at::zeros_like(x);
+  {
+    at::NoGradGuard ng;
+    at::Tensor probs = at::softmax(at::linear(x, moe->gate->weight), -1);
+    auto top = probs.topk(3, -1);
+    at::Tensor w = std::get<0>(top) / std::get<0>(top).sum(-1, true);
+    for (int64_t n = 0; n < 9; ++n) {
+      if (!rows[n].item<bool>()) continue;
+      for (int64_t k = 0; k < 3; ++k)
+        want[n] += w[n][k] * moe->experts[std::get<1>(top)[n][k].item<int64_t>()]->forward(x[n].unsqueeze(0))[0];
+    }
+  }
+  CHECK(max_diff(ref.hidden, want) < 1e-5);
+  CHECK(ref.hidden[2].abs().max().item<double>() == 0.0);  // padding rows skip the experts
+  at::NoGradGuard ng;
+  for (ExpertKernel k : {ExpertKernel::loop, ExpertKernel::padded, ExpertKernel::grouped}) {
+    moe->kernel = k;
+    MoeLayerOutput r = moe->forward(x, RouterMode::native, {}, {}, {}, {}, false, true, rows);
+    INFO("kernel " << static_cast<int>(k));
+    CHECK(max_diff(r.hidden, ref.hidden) < 1e-5);
+    CHECK(at::equal(r.indices, ref.indices));
+    if (k == ExpertKernel::loop) CHECK(at::equal(r.hidden, ref.hidden));  // the old pass == the training forward
+  }
+  // The per-expert parameters now share the fused storage: an in-place update (an optimizer step) and a
+  // move to another dtype both reach the no-grad kernels.
+  moe->experts[4]->up_proj->weight.mul_(2.0);
+  moe->experts[0]->down_proj->weight.add_(0.25);
+  at::Tensor grad_path = moe->forward(x.clone().requires_grad_(true), RouterMode::native, {}, {}, {}, {}, false, false).hidden;
+  for (ExpertKernel k : {ExpertKernel::loop, ExpertKernel::padded}) {
+    moe->kernel = k;
+    CHECK(max_diff(moe->forward(x, RouterMode::native, {}, {}, {}, {}, false, false).hidden, grad_path) < 1e-5);
+  }
+  moe->to(at::kDouble);
+  moe->experts[1]->gate_proj->weight.mul_(-1.0);
+  at::Tensor xd = x.to(at::kDouble);
+  at::Tensor g2 = moe->forward(xd.clone().requires_grad_(true), RouterMode::native, {}, {}, {}, {}, false, false).hidden;
+  for (ExpertKernel k : {ExpertKernel::loop, ExpertKernel::padded}) {
+    moe->kernel = k;
+    at::Tensor h = moe->forward(xd, RouterMode::native, {}, {}, {}, {}, false, false).hidden;
+    CHECK(h.scalar_type() == at::kDouble);
+    CHECK(max_diff(h, g2) < 1e-12);
+  }
+}
+
 TEST_CASE("bf16 model runs and stays near fp32", "[model]") {
   Qwen3Moe m = tiny_model(11);
   auto [ids, mask] = padded_batch({random_seq(5, 50, 30)}, true);

@@ -85,6 +85,53 @@ TEST_CASE("a row's sample does not depend on its batch-mates", "[rollout]") {
   CHECK(alone.logprobs.item<float>() == batched.logprobs[2].item<float>());
 }
 
+TEST_CASE("top-k sampling without a sort of the vocabulary picks what a full stable sort picks", "[rollout]") {
+  // Reference: sort the whole vocabulary (stable, descending), keep the first k, invert the CDF.
+  auto reference = [](const at::Tensor& row, int64_t k, double top_p, double u) {
+    at::Tensor lp = at::log_softmax(row.to(at::kFloat), -1);
+    auto sorted = at::sort(lp, true, -1, true);
+    std::vector<double> p;
+    for (int64_t i = 0; i < k; ++i) p.push_back(std::exp(std::get<0>(sorted)[i].item<float>()));
+    double before = 0, total = 0;
+    std::vector<double> kept;
+    for (double q : p) {
+      if (before >= top_p) break;
+      kept.push_back(q);
+      before += q;
+    }
+    for (double q : kept) total += q;
+    double c = 0;
+    for (size_t i = 0; i < kept.size(); ++i) {
+      c += kept[i];
+      if (c > u * total) return std::get<1>(sorted)[i].item<int64_t>();
+    }
+    return std::get<1>(sorted)[kept.size() - 1].item<int64_t>();
+  };
+  at::manual_seed(4);
+  at::Tensor logits = at::randn({6, 300});
+  logits[1].narrow(0, 10, 20).fill_(2.5);  // ties across the top-k boundary keep vocabulary order
+  SamplingParams p;
+  for (int64_t k : {1, 7, 40}) {
+    for (double top_p : {1.0, 0.5}) {
+      p.top_k = k;
+      p.top_p = top_p;
+      std::vector<double> u;
+      for (int b = 0; b < 6; ++b) u.push_back(stream_uniform(3, b, k));
+      auto s = sample_next(logits, p, u);
+      for (int b = 0; b < 6; ++b) {
+        INFO("k " << k << " top_p " << top_p << " row " << b);
+        CHECK(s.tokens[b].item<int64_t>() == reference(logits[b], k, top_p, u[b]));
+      }
+    }
+  }
+  // without check_finite a NaN row is reported, not thrown
+  at::Tensor bad = logits.narrow(0, 0, 2).clone();
+  bad[1].fill_(NAN);
+  auto s = sample_next(bad, p, {0.1, 0.2}, false);
+  CHECK(s.finite[0].item<bool>());
+  CHECK_FALSE(s.finite[1].item<bool>());
+}
+
 TEST_CASE("greedy picks the argmax, and bad parameters are errors", "[rollout]") {
   at::Tensor logits = at::tensor({0.1f, 3.0f, 3.0f, -2.0f}).unsqueeze(0);
   SamplingParams p;

@@ -50,6 +50,8 @@ struct ForwardOptions {
   bool return_router_logits = false;  // fill ForwardOutput::router_logits
   at::Tensor probs_at;              // [B, T, L, k] expert ids: fill ForwardOutput::probs_at
   bool last_logits_only = false;    // lm_head on the last position only: logits [B, 1, V]
+  bool check_ids = true;            // check token ids against the vocabulary (a host round trip); off for
+                                    // ids the caller produced itself (sampled tokens)
 };
 
 struct ForwardOutput {
@@ -62,16 +64,29 @@ struct ForwardOutput {
   at::Tensor router_logits;    // [B, T, L, E] float32 with gradient: the current router's logits
 };
 
-// Keys and values of every layer for incremental decoding. Slot s of a row holds the token fed at step s
-// (pad slots included); `mask` says which slots are real tokens.
+// Keys and values of every layer for incremental decoding, preallocated and written in place (no copy of
+// the cache per token). Slot s of a row holds the token fed at step s (pad slots included); `mask` says which
+// slots are real tokens. Slots [length(), capacity()) are allocated but unused.
 struct KVCache {
-  std::vector<at::Tensor> k, v;  // per layer [B, num_key_value_heads, S, head_dim]
-  at::Tensor mask;               // [B, S] int64, 1 = real token
-  int64_t length() const { return mask.defined() ? mask.size(1) : 0; }
-  void clear() { k.clear(); v.clear(); mask = at::Tensor(); }
+  std::vector<at::Tensor> k, v;  // per layer [B, num_key_value_heads, capacity, head_dim]
+  at::Tensor mask;               // [B, capacity] int64, 1 = real token; 0 beyond length()
+  int64_t len = 0;               // slots in use
+  int64_t reserve = 0;           // slots to allocate when the cache first fills (e.g. prompt + new tokens);
+                                 // when exceeded, the capacity doubles (copying the used slots once)
+  int64_t length() const { return len; }
+  int64_t capacity() const { return mask.defined() ? mask.size(1) : 0; }
+  void clear() { k.clear(); v.clear(); mask = at::Tensor(); len = 0; }
   // Keeps only the rows `rows` (int64 indices), e.g. to drop finished sequences or to repeat prompts.
   void select_rows(const at::Tensor& rows);
 };
+
+// How a MoE layer runs its experts (chosen once at load, see choose_expert_kernel):
+enum class ExpertKernel {
+  loop,     // host loop over experts with tokens (expert counts on the host: free on the CPU)
+  padded,   // no-grad only: one batched matmul over all experts, each padded to the batch's rows (no host copy)
+  grouped,  // no-grad only: at::_grouped_mm over the rows sorted by expert (libtorch >= 2.9; else padded)
+};
+bool grouped_mm_available();  // this libtorch has at::_grouped_mm
 
 class RMSNormImpl : public torch::nn::Module {
  public:
@@ -107,23 +122,37 @@ class SparseMoeImpl : public torch::nn::Module {
  public:
   explicit SparseMoeImpl(const ModelConfig& c);
   // x [N, H]; indices/logits [N, k]/[N, E] per the plan mode; valid [N] bool: rows whose replay indices count
-  // (other rows use native routing). Experts run only on the rows routed to them.
+  // (other rows use native routing); run_rows [N] bool (undefined = all): rows the experts run on (padding
+  // gets a zero MLP output, its routing is still computed). Experts run only on the rows routed to them.
   MoeLayerOutput forward(const at::Tensor& x, RouterMode mode, const at::Tensor& indices, const at::Tensor& logits,
-                         const at::Tensor& valid, const at::Tensor& probs_at, bool want_logits, bool want_capture);
+                         const at::Tensor& valid, const at::Tensor& probs_at, bool want_logits, bool want_capture,
+                         const at::Tensor& run_rows = {});
   Linear gate{nullptr};
   std::vector<Mlp> experts;
   int64_t num_experts, top_k;
   bool norm_topk_prob;
+  ExpertKernel kernel = ExpertKernel::loop;  // used without gradients; with gradients always the loop
+
+ private:
+  // The experts' weights as two tensors, gate_up [E, 2I, H] (gate rows, then up rows: transformers 5's
+  // layout) and down [E, H, I]. Built on first use; the per-expert parameters are then views into them, so
+  // optimizer steps and loads keep them current; rebuilt if a parameter was moved (to(dtype/device)).
+  void fuse_experts();
+  at::Tensor gate_up_w_, down_w_;
+  at::Tensor dispatch_loop(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating);
+  at::Tensor dispatch_padded(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating, bool grouped);
 };
 TORCH_MODULE(SparseMoe);
 
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const ModelConfig& c);
-  // x [B, T, H]; cos/sin [B, T, head_dim]; allowed [B, 1, T, S] bool (S = past + T); past_k/v may be undefined.
-  // Returns the output and stores the full keys/values [B, kvH, S, D] in new_k/new_v.
+  // x [B, T, H]; cos/sin [B, T, head_dim]; allowed [B, 1, T, S] bool (S = past + T). Without a cache
+  // (cache_k undefined) past is 0; with one, the new keys/values are written into slots [past, past + T) of
+  // cache_k/cache_v [B, kvH, capacity, D] and attention reads slots [0, S). Query heads share their key/value
+  // head without a repeated copy.
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& allowed,
-                     const at::Tensor& past_k, const at::Tensor& past_v, at::Tensor* new_k, at::Tensor* new_v);
+                     const at::Tensor& cache_k = {}, const at::Tensor& cache_v = {}, int64_t past = 0);
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};
   int64_t heads, kv_heads, head_dim;
@@ -154,6 +183,11 @@ class Qwen3MoeImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return cfg_; }
   const std::vector<int>& moe_layer_ids() const { return moe_layers_; }
+  // Sets the expert kernel of every MoE layer (padded/grouped fall back as ExpertKernel says).
+  void set_expert_kernel(ExpertKernel k);
+  // The fastest kernel for the model's device: loop on the CPU (its counts are already on the host),
+  // grouped (or padded) on an accelerator, where a host copy per layer stalls the device.
+  void choose_expert_kernel();
   // The router weights ([E, H] each, one per MoE layer), e.g. to freeze them in an optimizer.
   std::vector<at::Tensor> router_parameters();
   at::Tensor lm_head_weight();  // lm_head.weight, or embed_tokens.weight when tied

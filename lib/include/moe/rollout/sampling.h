@@ -22,10 +22,14 @@ double stream_uniform(uint64_t seed, uint64_t stream, uint64_t step);
 struct Sampled {
   at::Tensor tokens;    // [B] int64
   at::Tensor logprobs;  // [B] float32: log softmax(logits / T) at the token
+  at::Tensor finite;    // [B] bool: the row had a finite log-prob (false: NaN or all -inf logits)
 };
 
 // logits [B, V] (any floating dtype and device); uniforms: B values in [0, 1) (ignored when greedy).
-// Throws moe::Error on a bad parameter or when a row is all -inf/NaN.
-Sampled sample_next(const at::Tensor& logits, const SamplingParams& params, const std::vector<double>& uniforms);
+// Throws moe::Error on a bad parameter, and (check_finite) when a row is all -inf/NaN; without
+// check_finite the caller checks `finite` (no host round trip here).
+// Top-k alone needs no sort of the vocabulary (a top-k selection, then a sort of k entries).
+Sampled sample_next(const at::Tensor& logits, const SamplingParams& params, const std::vector<double>& uniforms,
+                    bool check_finite = true);
 
 }  // namespace moe::rollout

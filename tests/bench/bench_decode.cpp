@@ -1,0 +1,229 @@
+// Decode figures of the generation engine. Prints numbers, never fails on a time.
+//   bench_decode gen MODEL_DIR BATCH PROMPT NEW greedy|sampled THREADS
+//       one warm-up, then one timed rollout::generate (no eos: every row runs NEW tokens); prints
+//       "moekit <mode> batch B: X tok/s (S s wall), Y tok/s per CPU second (C s)". Prompts: token (7 b + 3 t) % (V - 3) + 3, as ref_decode.py.
+//   bench_decode experts THREADS [TOKENS...]
+//       the expert dispatch of one MoE layer at a Qwen3-30B-A3B shape (hidden 2048, 128 experts, top-8,
+//       moe_intermediate 768), random weights: the host loop against the padded batched matmul (and
+//       at::_grouped_mm where the libtorch has it), tokens/s, outputs compared.
+//   bench_decode bandwidth THREADS [LAYERS=8] [BATCHES...=1 2 4]
+//       the `small` preset cut to LAYERS layers (hidden 1024, 64 experts top-8), random weights: greedy KV-cached
+//       decode steps at each batch; bytes of the weights a step touches (attention, routers, the distinct
+//       experts chosen in each layer, lm_head rows) / step time, against this machine's copy bandwidth
+//       measured in the same run (a 1 GiB memcpy, read + write bytes).
+//   bench_decode save MODEL_DIR PRESET   writes a randomly initialised model (for the Python side).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <link.h>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/version.h>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "moe/model/config.h"
+#include "moe/model/qwen3_moe.h"
+#include "moe/rollout/generate.h"
+
+using namespace moe;
+
+namespace {
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+// CPU seconds of the whole process: on a loaded machine a fairer clock than the wall for 1-thread runs.
+double cpu_now() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+std::string blas_in_use() {
+  std::string found;
+  dl_iterate_phdr(
+      [](struct dl_phdr_info* info, size_t, void* data) {
+        std::string name = info->dlpi_name ? info->dlpi_name : "";
+        if (name.find("libblas") != std::string::npos || name.find("openblas") != std::string::npos) {
+          char real[PATH_MAX];
+          *static_cast<std::string*>(data) = realpath(name.c_str(), real) ? real : name;
+        }
+        return 0;
+      },
+      &found);
+  return found.empty() ? "(no libblas loaded)" : found;
+}
+
+void banner(int threads) {
+  at::set_num_threads(threads);
+  std::fprintf(stderr, "bench_decode: libtorch %s, %d thread(s), BLAS %s\n", TORCH_VERSION, threads, blas_in_use().c_str());
+}
+
+int gen(int argc, char** argv) {
+  if (argc < 8) return 2;
+  std::string dir = argv[2], mode = argv[6];
+  int64_t B = std::stoll(argv[3]), P = std::stoll(argv[4]), N = std::stoll(argv[5]);
+  banner(std::stoi(argv[7]));
+  model::Qwen3Moe m = model::load_model(dir, c10::Device(c10::kCPU), at::kFloat);
+  const int64_t V = m->config().vocab_size;
+  std::vector<rollout::Request> reqs;
+  for (int64_t b = 0; b < B; ++b) {
+    rollout::Request r;
+    r.stream = static_cast<uint64_t>(b);
+    for (int64_t t = 0; t < P; ++t) r.prompt.push_back((7 * b + 3 * t) % (V - 3) + 3);
+    reqs.push_back(r);
+  }
+  rollout::GenerateOptions opt;
+  opt.max_new_tokens = N;
+  opt.seed = 1;
+  opt.sampling.greedy = mode == "greedy";
+  opt.sampling.temperature = 1.0;
+  auto warm = opt;
+  warm.max_new_tokens = 4;
+  rollout::generate(m, reqs, warm);
+  double t0 = now(), c0 = cpu_now();
+  auto out = rollout::generate(m, reqs, opt);
+  double t = now() - t0, c = cpu_now() - c0;
+  int64_t toks = 0;
+  for (auto& g : out) toks += g.tokens.size();
+  std::printf("moekit %s batch %lld: %.0f tok/s (%.3f s wall), %.0f tok/s per CPU second (%.3f s)\n", mode.c_str(), (long long)B,
+              toks / t, t, toks / c, c);
+  return 0;
+}
+
+int experts(int argc, char** argv) {
+  if (argc < 3) return 2;
+  banner(std::stoi(argv[2]));
+  std::vector<int64_t> ntoks;
+  for (int i = 3; i < argc; ++i) ntoks.push_back(std::stoll(argv[i]));
+  if (ntoks.empty()) ntoks = {1, 4, 64, 256};
+  nlohmann::json j = {{"model_type", "qwen3_moe"}, {"hidden_size", 2048}, {"num_experts", 128}, {"num_experts_per_tok", 8},
+                      {"moe_intermediate_size", 768}, {"norm_topk_prob", true}, {"vocab_size", 16},
+                      {"num_hidden_layers", 1}, {"num_attention_heads", 32}, {"num_key_value_heads", 4},
+                      {"head_dim", 128}, {"intermediate_size", 6144}};
+  model::ModelConfig c = model::parse_config(j);
+  model::SparseMoe moe(c);
+  torch::NoGradGuard ng;
+  at::manual_seed(0);
+  for (auto& p : moe->parameters()) p.normal_(0, 0.02);
+  std::printf("expert dispatch, hidden 2048, 128 experts, top-8, moe_intermediate 768 (fp32):\n");
+  std::vector<std::pair<const char*, model::ExpertKernel>> kernels{{"loop", model::ExpertKernel::loop},
+                                                                   {"padded", model::ExpertKernel::padded}};
+  if (model::grouped_mm_available()) kernels.push_back({"grouped", model::ExpertKernel::grouped});
+  for (int64_t n : ntoks) {
+    at::Tensor x = at::randn({n, 2048});
+    std::vector<double> best(kernels.size(), 1e30);
+    std::vector<at::Tensor> outs(kernels.size());
+    const int reps = n <= 64 ? 7 : 3;
+    for (int r = 0; r < reps; ++r)  // interleaved, best of reps
+      for (size_t k = 0; k < kernels.size(); ++k) {
+        moe->kernel = kernels[k].second;
+        double t0 = now();
+        outs[k] = moe->forward(x, model::RouterMode::native, {}, {}, {}, {}, false, false).hidden;
+        best[k] = std::min(best[k], now() - t0);
+      }
+    std::printf("  %4lld tokens:", (long long)n);
+    for (size_t k = 0; k < kernels.size(); ++k)
+      std::printf("  %s %.0f tok/s (%.2f ms)", kernels[k].first, n / best[k], 1e3 * best[k]);
+    double d = 0;
+    for (size_t k = 1; k < kernels.size(); ++k) d = std::max(d, (outs[k] - outs[0]).abs().max().item<double>());
+    std::printf("  padded/loop time x%.2f  max |diff| %.1e\n", best[1] / best[0], d);
+  }
+  return 0;
+}
+
+int bandwidth(int argc, char** argv) {
+  if (argc < 3) return 2;
+  const int threads = std::stoi(argv[2]);
+  banner(threads);
+  const int64_t layers = argc > 3 ? std::stoll(argv[3]) : 8;
+  std::vector<int64_t> batches;
+  for (int i = 4; i < argc; ++i) batches.push_back(std::stoll(argv[i]));
+  if (batches.empty()) batches = {1, 2, 4};
+  // Memory bandwidth: memcpy of 1 GiB, best of 3 (bytes read + written).
+  double bw = 0;
+  {
+    std::vector<char> a(1 << 30, 1), b(1 << 30, 2);
+    for (int r = 0; r < 3; ++r) {
+      double t0 = now();
+      std::memcpy(b.data(), a.data(), a.size());
+      bw = std::max(bw, 2.0 * a.size() / (now() - t0));
+      a[r] = b[r + 1];
+    }
+  }
+  model::ModelConfig cfg = model::preset_config("small", 98);
+  cfg.num_hidden_layers = layers;
+  model::Qwen3Moe m(cfg);
+  model::init_weights(m, 1);
+  m->eval();
+  int64_t params = 0;
+  for (auto& p : m->parameters()) params += p.numel();
+  const int64_t H = cfg.hidden_size, I = cfg.moe_intermediate_size, E = cfg.num_experts;
+  const double attn_bytes = 4.0 * (m->layers[0]->self_attn->q_proj->weight.numel() + m->layers[0]->self_attn->k_proj->weight.numel() +
+                                   m->layers[0]->self_attn->v_proj->weight.numel() + m->layers[0]->self_attn->o_proj->weight.numel() +
+                                   E * H + 4 * H);
+  const double expert_bytes = 4.0 * 3 * H * I;
+  std::printf("decode at the larger shape: hidden %lld, %lld layers, %lld experts top-%lld, moe_intermediate %lld, %.0f M parameters\n",
+              (long long)H, (long long)layers, (long long)E, (long long)cfg.num_experts_per_tok, (long long)I, params / 1e6);
+  std::printf("  memory bandwidth (memcpy, read + write): %.1f GB/s\n", bw / 1e9);
+  torch::NoGradGuard ng;
+  for (int64_t B : batches) {
+    model::KVCache cache;
+    cache.reserve = 64;
+    model::ForwardOptions fo;
+    fo.last_logits_only = true;
+    fo.capture_routing = true;
+    at::Tensor next = at::randint(3, 98, {B, 8}, at::kLong);
+    m->forward(next, {}, model::RoutingPlan::native(), fo, &cache);  // prefill, also builds the fused experts
+    next = next.narrow(1, 7, 1).contiguous();
+    double t = 0, bytes = 0;
+    const int steps = 24;
+    std::vector<double> times;
+    for (int s = 0; s < steps; ++s) {
+      double t0 = now();
+      model::ForwardOutput o = m->forward(next, {}, model::RoutingPlan::native(), fo, &cache);
+      next = o.logits.select(1, 0).argmax(-1, true);
+      double dt = now() - t0;
+      // distinct experts per layer this step
+      at::Tensor idx = o.routing_indices.reshape({B, layers, -1}).transpose(0, 1).reshape({layers, -1});
+      double touched = 0;
+      for (int64_t l = 0; l < layers; ++l) touched += std::get<0>(at::_unique(idx[l])).numel();
+      double b = layers * attn_bytes + touched * expert_bytes + 4.0 * (cfg.vocab_size * H + B * H);
+      if (s >= 4) {  // the first steps warm up
+        t += dt;
+        bytes += b;
+        times.push_back(dt);
+      }
+    }
+    std::sort(times.begin(), times.end());
+    std::printf("  batch %lld: %.2f ms/step (median %.2f), %.0f MB touched/step, %.1f GB/s = %.0f%% of the bandwidth bound\n",
+                (long long)B, 1e3 * t / times.size(), 1e3 * times[times.size() / 2], bytes / times.size() / 1e6, bytes / t / 1e9,
+                100.0 * (bytes / t) / bw);
+  }
+  return 0;
+}
+
+int save(int argc, char** argv) {
+  if (argc < 4) return 2;
+  model::ModelConfig cfg = model::preset_config(argv[3], 98);
+  model::Qwen3Moe m(cfg);
+  model::init_weights(m, 1);
+  model::save_model(m, argv[2]);
+  return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string what = argc > 1 ? argv[1] : "";
+  int rc = 2;
+  if (what == "gen") rc = gen(argc, argv);
+  else if (what == "experts") rc = experts(argc, argv);
+  else if (what == "save") rc = save(argc, argv);
+  else if (what == "bandwidth") rc = bandwidth(argc, argv);
+  if (rc == 2) std::fprintf(stderr, "usage: see the comment at the top of tests/bench/bench_decode.cpp\n");
+  return rc;
+}
