@@ -20,7 +20,7 @@ for dt in f32 bf16; do
   echo "$dt: $steps SFT steps in $(echo "$(date +%s.%N) - $s" | bc) s"
 done
 echo "step  sft_loss f32  sft_loss bf16"
-paste <(jq -r '.sft_loss' "$w/f32.jsonl") <(jq -r '.sft_loss' "$w/bf16.jsonl") |
+paste <(jq -r 'select(.sft_loss != null) | .sft_loss' "$w/f32.jsonl") <(jq -r 'select(.sft_loss != null) | .sft_loss' "$w/bf16.jsonl") |
   awk -v n="$steps" '{ i++; if (i == 1 || i % 10 == 0 || i == n) printf "%4d  %12.5f  %13.5f\n", i, $1, $2 }'
 echo "weights after SFT: $(moe_tensor_diff "$w/f32/model.safetensors" "$w/bf16/model.safetensors") max |bf16 - f32|, $(moe_tensor_diff "$w/f32/model.safetensors" "$w/m0/model.safetensors") max |f32 - start|"
 moe-data countdown -n 16 --seed 2 |
@@ -31,6 +31,6 @@ for dt in f32 bf16; do
   moe-train-step -m "$w/rl-$dt" "$w/rew.zst" --algo rspo --router replay-rollout --routing "$w/r.zst" --seed 3 --threads 1 \
     --dtype "$dt" --metrics "$w/rl-$dt.jsonl" -q
 done
-echo "one RSPO+R3 step from the f32 SFT model: loss f32 $(jq -r .loss "$w/rl-f32.jsonl" | tail -1), bf16 $(jq -r .loss "$w/rl-bf16.jsonl" | tail -1);" \
-  "grad_norm f32 $(jq -r .grad_norm "$w/rl-f32.jsonl" | tail -1), bf16 $(jq -r .grad_norm "$w/rl-bf16.jsonl" | tail -1);" \
+echo "one RSPO+R3 step from the f32 SFT model: summary loss f32 $(jq -r 'select(.kind == "summary") | .loss' "$w/rl-f32.jsonl"), bf16 $(jq -r 'select(.kind == "summary") | .loss' "$w/rl-bf16.jsonl");" \
+  "first grad_norm f32 $(jq -r 'select(.kind == "update") | .grad_norm' "$w/rl-f32.jsonl" | head -1), bf16 $(jq -r 'select(.kind == "update") | .grad_norm' "$w/rl-bf16.jsonl" | head -1);" \
   "max |w bf16 - w f32| $(moe_tensor_diff "$w/rl-f32/model.safetensors" "$w/rl-bf16/model.safetensors"), max |w f32 - w before| $(moe_tensor_diff "$w/rl-f32/model.safetensors" "$w/f32/model.safetensors")"

@@ -59,7 +59,8 @@ fresh() { rm -rf "$1"; cp -r "$W/m0" "$1"; }
   moe-train-step -m "$TMP/f" "$W/rew.zst" "${args[@]}" --metrics "$TMP/f.jsonl"
   moe-train-step -m "$TMP/b" "$W/rew.zst" "${args[@]}" --metrics "$TMP/b.jsonl" --dtype bf16
   # bf16 gradients really were used: another gradient norm
-  gf=$(jq -r .grad_norm "$TMP/f.jsonl" | tail -1) gb=$(jq -r .grad_norm "$TMP/b.jsonl" | tail -1)
+  gf=$(jq -r 'select(.kind == "update") | .grad_norm' "$TMP/f.jsonl" | head -1)
+  gb=$(jq -r 'select(.kind == "update") | .grad_norm' "$TMP/b.jsonl" | head -1)
   echo "grad_norm f32 $gf bf16 $gb"
   [ "$gf" != "$gb" ]
   awk -v a="$gf" -v b="$gb" 'BEGIN { exit !(b > 0.9 * a && b < 1.1 * a) }'

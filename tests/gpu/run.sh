@@ -59,5 +59,5 @@ moe_fake_reward "$w/sroll.zst" | moe-reward --task keep -q > "$w/srew.zst"
 s=$(date +%s.%N)
 moe-train-step -m "$w/small" "$w/srew.zst" --device cuda --metrics "$w/m.jsonl" -q
 e=$(date +%s.%N)
-echo "gpu: one train step, small preset on cuda:0: $(echo "$e - $s" | bc) s wall; $(jq -r '"\(.tokens) tokens, forward \(."time/forward") s, backward \(."time/backward") s, optimizer \(."time/optimizer") s"' "$w/m.jsonl" | tail -1)"
+echo "gpu: one train step, small preset on cuda:0: $(echo "$e - $s" | bc) s wall; $(jq -r 'select(.kind == "update") | "mini-batch of \(.tokens) tokens: forward \(."time/forward") s, backward \(."time/backward") s, optimizer \(."time/optimizer") s"' "$w/m.jsonl" | paste -sd ';')"
 exit $fail

@@ -148,7 +148,7 @@ TEST_CASE("checkpointed layers recompute in the backward pass: same gradients as
   }
 }
 
-TEST_CASE("bf16 training keeps float32 master weights and Adam states; parity with float32 training", "[train][bf16]") {
+TEST_CASE("bf16 training keeps float32 master weights and Adam states, close to float32 training", "[train][bf16]") {
   auto seqs = seqs_of(8);
   TrainConfig f32;
   f32.loss.algo = algo::parse_algo("grpo");
