@@ -426,14 +426,20 @@ LossOutputs compute_policy_loss(const LossConfig& config, const LossInputs& in) 
   } else {
     require(cfg.kl_coef == 0, "--kl-coef needs reference log-probs (logp_ref)");
   }
-  if (in.logits.defined()) {
-    require(in.logits.dim() == 3 && in.logits.size(0) == shape[0] && in.logits.size(1) == shape[1],
-            "compute_policy_loss: logits must be [B, T, V], got " + shape_str(in.logits.sizes()));
-    auto ent = token_entropy(in.logits).to(dt);
+  if (in.entropy.defined() || in.logits.defined()) {
+    at::Tensor ent;
+    if (in.entropy.defined()) {
+      require_shape(in.entropy, shape, "compute_policy_loss: entropy");
+      ent = in.entropy.to(dt);
+    } else {
+      require(in.logits.dim() == 3 && in.logits.size(0) == shape[0] && in.logits.size(1) == shape[1],
+              "compute_policy_loss: logits must be [B, T, V], got " + shape_str(in.logits.sizes()));
+      ent = token_entropy(in.logits).to(dt);
+    }
     metrics["entropy"] = mean_metric(ent, valid);
     if (cfg.entropy_coef != 0) loss = loss - cfg.entropy_coef * aggregate(ent, eff, agg, cfg.loss_scale);
   } else {
-    require(cfg.entropy_coef == 0, "--entropy-coef needs the logits");
+    require(cfg.entropy_coef == 0, "--entropy-coef needs the logits or the entropy");
   }
   if (in.aux_loss.defined()) {
     require(in.aux_loss.numel() == 1, "compute_policy_loss: aux_loss must be a scalar");

@@ -112,10 +112,13 @@ int run_tool(const char* prog, int argc, char** argv, const std::function<void(C
     print_error("out of memory");
     return kExitError;
   } catch (const std::exception& e) {
-    // libtorch's errors (c10::Error) append a C++ backtrace that means nothing to a user: keep the message.
+    // libtorch's errors (c10::Error) append a C++ backtrace, and newer versions hints on more lines, that
+    // mean nothing to a user: keep the first line of the message, whatever the version.
     std::string msg = e.what();
-    auto bt = msg.find("\nException raised from ");
-    if (bt != std::string::npos) msg.resize(bt);
+    const auto first = msg.find_first_not_of("\n");
+    msg = first == std::string::npos ? std::string() : msg.substr(first);
+    auto nl = msg.find('\n');
+    if (nl != std::string::npos) msg.resize(nl);
     print_error(msg);
     return kExitError;
   }

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/version.h>
+#include <torch/cuda.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -21,6 +22,7 @@
 #include "moe/io/file.h"
 #include "moe/model/checkpoint_files.h"
 #include "moe/model/safetensors.h"
+#include "model/checkpoint.h"
 
 // at::scaled_dot_product_attention (libtorch >= 2.1, with its scale argument) and at::_grouped_mm
 // (>= 2.9); Debian's libtorch 1.13 has neither.
@@ -484,6 +486,39 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
   int64_t moe_ix = 0;
   for (size_t i = 0; i < layers.size(); ++i) {
     auto& layer = layers[i];
+    if (opt.checkpoint_layers && !cache && at::GradMode::is_enabled()) {
+      // Activation checkpointing: only the layer's input is kept for the backward pass, which runs the layer
+      // again. The closure holds by value what that second run needs.
+      auto at_layer = [&](const at::Tensor& t) { return t.defined() ? t.select(1, moe_ix) : t; };
+      at::Tensor ri, rl, pt, vd;
+      if (layer->moe) {
+        ri = at_layer(rindices);
+        rl = at_layer(rlogits);
+        pt = at_layer(pat);
+        if (plan.mode == RouterMode::replay) vd = valid;
+      }
+      auto run = [layer, cos, sin, allowed, N, ri, rl, pt, vd, run_rows, mode = plan.mode, want_logits = opt.return_router_logits,
+                  want_capture = opt.capture_routing](const std::vector<at::Tensor>& in) mutable -> std::vector<at::Tensor> {
+        at::Tensor x = in[0];
+        x = x + layer->self_attn->forward(layer->input_layernorm(x), cos, sin, allowed);
+        at::Tensor y = layer->post_attention_layernorm(x);
+        if (!layer->moe) return {x + layer->dense(y)};
+        MoeLayerOutput r = layer->moe->forward(y.reshape({N, -1}), mode, ri, rl, vd, pt, want_logits, want_capture, run_rows);
+        return {x + r.hidden.view(x.sizes()), r.probs_at, r.router_logits, r.indices, r.probs};
+      };
+      std::vector<at::Tensor> o = checkpoint(run, {h}, 3);
+      h = o[0];
+      if (layer->moe) {
+        if (opt.capture_routing) {
+          cap_i.push_back(o[3]);
+          cap_p.push_back(o[4]);
+        }
+        if (pat.defined()) out_pat.push_back(o[1]);
+        if (opt.return_router_logits) out_logits.push_back(o[2]);
+        ++moe_ix;
+      }
+      continue;
+    }
     at::Tensor a = cache ? layer->self_attn->forward(layer->input_layernorm(h), cos, sin, allowed, cache->k[i], cache->v[i], past)
                          : layer->self_attn->forward(layer->input_layernorm(h), cos, sin, allowed);
     h = h + a;
@@ -509,7 +544,8 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
   h = norm(h);
   if (opt.last_logits_only) h = h.slice(1, T - 1);
   ForwardOutput out;
-  out.logits = at::linear(h, lm_head_weight());
+  if (opt.hidden_only) out.hidden = h;
+  else out.logits = at::linear(h, lm_head_weight());
   // Per-layer [N, x] results -> [B, T, L, x]; a model without MoE layers gives empty L axes.
   auto stack = [&](const std::vector<at::Tensor>& v, int64_t last, c10::ScalarType st) {
     return v.empty() ? at::empty({B, T, 0, last}, at::TensorOptions().dtype(st).device(dev)) : at::stack(v, 1).view({B, T, L, last});
@@ -580,9 +616,12 @@ void check_all_used(const Checkpoint& ck, const std::set<std::string>& used, boo
   throw Error(dir + ": checkpoint tensors that config.json does not use: " + list +
               " (does config.json describe this checkpoint? e.g. attention_bias, num_experts, mlp_only_layers)");
 }
-}  // namespace
 
-void load_weights(Qwen3Moe& m, const std::string& dir) {
+// Loads every parameter of m from dir. With a target (device, dtype) each parameter's storage is replaced by
+// the checkpoint tensor converted straight to it (set_data), one tensor at a time: the model's own
+// uninitialised float32 CPU allocations are never touched (so never resident), and a bf16 model for a GPU
+// never exists as a float32 CPU copy. Without a target, values are copied into the parameters as they are.
+void load_into(Qwen3Moe& m, const std::string& dir, c10::optional<c10::Device> device, c10::optional<c10::ScalarType> dtype) {
   at::NoGradGuard ng;
   Checkpoint ck(dir);
   static const std::regex expert_re(R"(^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight$)");
@@ -601,12 +640,13 @@ void load_weights(Qwen3Moe& m, const std::string& dir) {
   };
   for (auto& [name, p] : named_weights(m)) {
     at::Tensor src;
+    const c10::ScalarType want = dtype ? *dtype : p.scalar_type();  // read from the file straight into this dtype
     if (ck.has(name)) {
       const TensorEntry& e = ck.entry(name);
       if (e.shape != p.sizes().vec())
         throw Error(ck.file_of(name) + ": tensor '" + name + "' has shape " + shape_str(e.shape) + " but the config needs " +
                     shape_str(p.sizes()));
-      src = ck.get(name, p.scalar_type());
+      src = ck.get(name, want);
       used.insert(name);
     } else {
       std::smatch mm;
@@ -617,25 +657,35 @@ void load_weights(Qwen3Moe& m, const std::string& dir) {
       if (kind == "down") {
         std::string fname = base + ".down_proj";
         if (!ck.has(fname)) throw Error(dir + ": missing tensor '" + name + "' (and no fused '" + fname + "')");
-        src = fused_tensor(fname, {E, H, I}, p.scalar_type())[e];
+        src = fused_tensor(fname, {E, H, I}, want)[e];
       } else {
         std::string fname = base + ".gate_up_proj";
         if (!ck.has(fname)) throw Error(dir + ": missing tensor '" + name + "' (and no fused '" + fname + "')");
-        at::Tensor gu = fused_tensor(fname, {E, 2 * I, H}, p.scalar_type())[e];  // gate rows, then up rows
+        at::Tensor gu = fused_tensor(fname, {E, 2 * I, H}, want)[e];  // gate rows, then up rows
         src = kind == "gate" ? gu.slice(0, 0, I) : gu.slice(0, I, 2 * I);
       }
     }
-    p.copy_(src);
+    if (!device) {
+      p.copy_(src);
+      continue;
+    }
+    at::Tensor v = src.to(*device, *dtype);
+    // A slice of a fused tensor (or of a mapped file) must not keep the whole of it alive.
+    if (!v.is_contiguous() || v.storage().nbytes() != v.nbytes()) v = v.clone(at::MemoryFormat::Contiguous);
+    p.set_data(v);
   }
   check_all_used(ck, used, m->config().tie_word_embeddings, dir);
 }
 
+}  // namespace
+
+void load_weights(Qwen3Moe& m, const std::string& dir) { load_into(m, dir, c10::nullopt, c10::nullopt); }
+
 Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::ScalarType dtype) {
   ModelConfig cfg = load_config(dir + "/config.json");
-  Qwen3Moe m(cfg);
-  m->to(dtype);
-  load_weights(m, dir);
-  m->to(device);
+  Qwen3Moe m(cfg);  // parameters allocated uninitialised, replaced below
+  load_into(m, dir, device, dtype);
+  m->to(device);  // buffers, if any
   m->eval();
   m->choose_expert_kernel();
   return m;
@@ -686,9 +736,19 @@ void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair
 c10::Device parse_device(const std::string& s) {
   if (s == "cpu") return c10::Device(c10::kCPU);
   if (s == "cuda" || s.rfind("cuda:", 0) == 0) {
+    c10::optional<c10::Device> d;
     try {
-      return c10::Device(s);
+      d = c10::Device(s);
     } catch (const std::exception&) {
+    }
+    if (d) {
+      // Checked here, in one line, rather than by libtorch's multi-line error at the first tensor.
+      const int64_t n = static_cast<int64_t>(torch::cuda::device_count());
+      if (n == 0)
+        throw Error("--device " + s + ": no CUDA device found (it needs a GPU and a CUDA build of libtorch)");
+      if (d->has_index() && d->index() >= n)
+        throw Error("--device " + s + ": only " + std::to_string(n) + " CUDA device(s) found");
+      return *d;
     }
   }
   throw UsageError("unknown device '" + s + "' (expected cpu, cuda or cuda:N)");

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "moe/io/error.h"
+#include "moe/model/head.h"
 
 namespace moe::rollout {
 namespace {
@@ -196,12 +197,15 @@ std::vector<Scored> score(model::Qwen3Moe& model, const std::vector<ScoreRequest
   at::Tensor amask = at::tensor(mask, long_on(at::kCPU)).view({B, tmax}).to(dev);
   model::ForwardOptions fo;
   fo.capture_routing = capture_routing;
+  fo.hidden_only = true;
   model::ForwardOutput fw = model->forward(input, amask, model::RoutingPlan::native(), fo, nullptr);
 
-  // log-prob of token t+1 from position t, under the tempered policy.
-  at::Tensor logp = at::log_softmax(fw.logits.to(at::kFloat) / temperature, -1);
-  at::Tensor next = input.narrow(1, 1, tmax - 1).unsqueeze(-1);
-  at::Tensor tok_lp = logp.narrow(1, 0, tmax - 1).gather(2, next).squeeze(-1).to(at::kCPU).contiguous();
+  // log-prob of token t+1 from position t, under the tempered policy, over chunks of positions (memory
+  // linear in the length, never [B, T, V] float32).
+  at::Tensor next = input.narrow(1, 1, tmax - 1);
+  at::Tensor tok_lp = model::head_logprobs(fw.hidden.narrow(1, 0, tmax - 1), model->lm_head_weight(), next, temperature, false)
+                          .logp.to(at::kCPU)
+                          .contiguous();
   std::unique_ptr<StepRouting> routing;
   if (capture_routing) routing = std::make_unique<StepRouting>(fw);
   for (int64_t b = 0; b < B; ++b) {

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/version.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -20,12 +21,21 @@
 
 namespace moe::train {
 
+// Since torch 2.0 ProcessGroupGloo/NCCL derive from c10d::Backend (ProcessGroup became a dispatcher over
+// backends); both expose the collectives used here with the same signatures.
+#if TORCH_VERSION_MAJOR >= 2
+using Group = c10d::Backend;
+#else
+using Group = c10d::ProcessGroup;
+#endif
+
 struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  c10::intrusive_ptr<Group> pg;
 };
 
-Communicator::Communicator(const DistConfig& cfg) : impl_(std::make_unique<Impl>()), rank_(cfg.rank), world_(cfg.world_size) {
+Communicator::Communicator(const DistConfig& cfg, const c10::Device& device)
+    : impl_(std::make_unique<Impl>()), rank_(cfg.rank), world_(cfg.world_size), device_(device) {
   if (cfg.world_size < 1 || cfg.rank < 0 || cfg.rank >= cfg.world_size)
     throw UsageError("data parallel: rank " + std::to_string(cfg.rank) + " outside world size " + std::to_string(cfg.world_size));
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg.timeout_s * 1000));
@@ -56,6 +66,7 @@ Communicator::Communicator(const DistConfig& cfg) : impl_(std::make_unique<Impl>
       impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, cfg.rank, cfg.world_size, opts);
     } else if (cfg.backend == "nccl") {
 #ifdef USE_C10D_NCCL
+      if (!device.is_cuda()) throw UsageError("--dist-backend nccl needs --device cuda (NCCL reduces device tensors)");
       auto opts = c10d::ProcessGroupNCCL::Options::create();
       opts->timeout = timeout;
       impl_->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, cfg.rank, cfg.world_size, opts);
@@ -81,7 +92,7 @@ void Communicator::all_reduce_sum(std::vector<at::Tensor>& tensors) {
   try {
     // One flat buffer: one collective, and the same summation order on every rank.
     std::vector<at::Tensor> flat_parts;
-    for (auto& t : tensors) flat_parts.push_back(t.reshape({-1}).to(at::kFloat));
+    for (auto& t : tensors) flat_parts.push_back(t.reshape({-1}).to(device_, at::kFloat));
     std::vector<at::Tensor> buf{at::cat(flat_parts)};
     impl_->pg->allreduce(buf)->wait();
     int64_t off = 0;
@@ -95,9 +106,12 @@ void Communicator::all_reduce_sum(std::vector<at::Tensor>& tensors) {
   }
 }
 
+at::TensorOptions Communicator::options() const { return at::TensorOptions().dtype(at::kFloat).device(device_); }
+
 double Communicator::sum(double v) {
   if (world_ == 1) return v;
-  std::vector<at::Tensor> t{at::full({1}, v, at::kDouble)};
+  // A device tensor: NCCL rejects CPU tensors. fp64 so that token counts stay exact.
+  std::vector<at::Tensor> t{at::full({1}, v, options().dtype(at::kDouble))};
   try {
     impl_->pg->allreduce(t)->wait();
   } catch (const std::exception& e) {
@@ -108,7 +122,7 @@ double Communicator::sum(double v) {
 
 double Communicator::max(double v) {
   if (world_ == 1) return v;
-  std::vector<at::Tensor> t{at::full({1}, v, at::kDouble)};
+  std::vector<at::Tensor> t{at::full({1}, v, options().dtype(at::kDouble))};
   c10d::AllreduceOptions o;
   o.reduceOp = c10d::ReduceOp::MAX;
   try {

@@ -206,6 +206,7 @@ DistConfig dist_from_env(std::optional<int> rank, std::optional<int> world, cons
   if (!addr.empty()) d.master_addr = addr;
   else if (const char* a = std::getenv("MASTER_ADDR"); a && *a) d.master_addr = a;
   d.master_port = port ? *port : env_int("MASTER_PORT", 29500);
+  d.local_rank = env_int("LOCAL_RANK", d.rank);
   if (d.world_size < 1) throw UsageError("world size must be >= 1");
   if (d.rank < 0 || d.rank >= d.world_size)
     throw UsageError("rank " + std::to_string(d.rank) + " outside [0, " + std::to_string(d.world_size) + ")");
@@ -339,17 +340,22 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   at::manual_seed(cfg.seed);
   const double t_start = now_s();
 
+  // Each data-parallel rank on its own GPU: a bare "cuda" means cuda:LOCAL_RANK (torchrun's variable).
+  c10::Device device = model::parse_device(cfg.device);
+  tc.compute_dtype = model::parse_dtype(cfg.dtype);
+  if (tc.compute_dtype == at::kHalf) throw UsageError("--dtype f16 is not supported for training (no loss scaling): use bf16");
+  if (device.is_cuda() && !device.has_index()) device = model::parse_device("cuda:" + std::to_string(cfg.dist.local_rank));
   std::unique_ptr<Communicator> comm;
   if (cfg.dist.world_size > 1) {
     if (!cfg.routing_out.empty()) throw UsageError("--routing-out is not supported with data parallel (world size > 1)");
     const double t0 = now_s();
-    comm = std::make_unique<Communicator>(cfg.dist);
+    comm = std::make_unique<Communicator>(cfg.dist, device);
     cli::debug("rank " + std::to_string(cfg.dist.rank) + " of " + std::to_string(cfg.dist.world_size) +
                ": process group formed in " + std::to_string(now_s() - t0) + " s");
   }
   const int rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;
 
-  model::Qwen3Moe model = model::load_model(cfg.model_dir, model::parse_device(cfg.device), at::kFloat);
+  model::Qwen3Moe model = model::load_model(cfg.model_dir, device, at::kFloat);
   const model::ModelConfig& mc = model->config();
   // Every file of the model dir that is not ours (tokenizer files, generation_config.json, README, ...) goes
   // into the output dir unchanged.
@@ -393,7 +399,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
 
   std::unique_ptr<model::Qwen3Moe> ref;
   if (!cfg.ref_dir.empty()) {
-    ref = std::make_unique<model::Qwen3Moe>(model::load_model(cfg.ref_dir, model::parse_device(cfg.device), at::kFloat));
+    ref = std::make_unique<model::Qwen3Moe>(model::load_model(cfg.ref_dir, device, tc.compute_dtype));
     if (model::config_digest((*ref)->config()) != model::config_digest(mc) || (*ref)->config().vocab_size != mc.vocab_size)
       throw Error(cfg.ref_dir + ": the reference model has another shape than " + cfg.model_dir);
   }
@@ -468,8 +474,9 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       if (!keys.empty()) {
         std::vector<double> v;
         for (auto& k : keys) v.push_back((part.count(k) ? part[k] : 0.0) * owned_tokens);
-        std::vector<at::Tensor> t{at::tensor(v, at::kDouble)};
+        std::vector<at::Tensor> t{at::tensor(v, at::kDouble).to(comm->device())};
         comm->all_reduce_sum(t);
+        t[0] = t[0].cpu();
         for (size_t i = 0; i < keys.size(); ++i) part[keys[i]] = t[0][i].item<double>() / total_tokens_all;
       }
     }

@@ -1,5 +1,4 @@
 #include <ATen/ATen.h>
-#include <c10/util/string_utils.h>
 #include <torch/optim/adamw.h>
 
 #include <chrono>
@@ -8,13 +7,16 @@
 #include <map>
 #include <limits>
 #include <set>
+#include <sstream>
 #include <sys/stat.h>
+#include <type_traits>
 
 #include "dist.h"
 #include "moe/algo/router.h"
 #include "moe/algo/terms.h"
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/model/head.h"
 #include "moe/model/safetensors.h"
 #include "moe/train/step.h"
 
@@ -176,7 +178,7 @@ void reduce_metrics(algo::Metrics& m, Communicator& comm, WeightOf weight_of) {
     buf[n + i] = w;
     buf[2 * n + i] = 1;
   }
-  std::vector<at::Tensor> t{at::tensor(buf, at::kDouble)};
+  std::vector<at::Tensor> t{at::tensor(buf, at::kDouble).to(comm.device())};
   comm.all_reduce_sum(t);
   at::Tensor r = t[0].to(at::kDouble).contiguous();
   const double* p = r.data_ptr<double>();
@@ -200,13 +202,40 @@ void reduce_metrics(algo::Metrics& m, Communicator& comm, WeightOf weight_of) {
   }
 }
 
-std::string impl_key(const at::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
+// The optimizer's key of a parameter's state: its TensorImpl address, printed (libtorch 1.x) or as void*
+// (libtorch 2.x).
+using StateKey = std::decay_t<decltype(std::declval<torch::optim::AdamW&>().state())>::key_type;
+template <class Key>
+Key state_key(const at::Tensor& p) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;  // as c10::guts::to_string, which libtorch 1.x's optimizers use
+    os << static_cast<const void*>(p.unsafeGetTensorImpl());
+    return os.str();
+  } else {
+    return p.unsafeGetTensorImpl();
+  }
+}
+StateKey impl_key(const at::Tensor& p) { return state_key<StateKey>(p); }
+
+// Token log-probs [B, T] (and entropies) of the tempered policy at the targets, from the hidden states of a
+// hidden_only forward, over chunks of positions (never a [B, T, V] float32 tensor).
+model::HeadOutput head(model::Qwen3Moe& m, const model::ForwardOutput& fw, const at::Tensor& target, double T,
+                       bool want_entropy) {
+  return model::head_logprobs(fw.hidden, m->lm_head_weight(), target, T, want_entropy);
+}
 
 }  // namespace
 
 struct Trainer::Impl {
   std::unique_ptr<torch::optim::AdamW> opt;
   std::map<std::string, at::Tensor> carried;  // optimizer tensors of parameters not trained in this step
+  // Mixed precision (compute_dtype != float32): float32 master of every model weight (named_weights order),
+  // and of each trained parameter (trained_ order, aliasing `master`); empty in float32 training.
+  std::vector<at::Tensor> master, trained_master;
+  // The tensor the optimizer updates for trained_[i]: the master, or the parameter itself.
+  at::Tensor& opt_param(std::vector<std::pair<std::string, at::Tensor>>& trained, size_t i) {
+    return trained_master.empty() ? trained[i].second : trained_master[i];
+  }
 };
 
 Trainer::Trainer(model::Qwen3Moe model, TrainConfig cfg, Communicator* comm)
@@ -217,10 +246,20 @@ Trainer::Trainer(model::Qwen3Moe model, TrainConfig cfg, Communicator* comm)
   if (cfg_.router == RouterControl::freeze || cfg_.router == RouterControl::copy_old_logits)
     for (auto& w : model_->router_parameters()) router.insert(w.unsafeGetTensorImpl());
   std::vector<at::Tensor> params;
+  const bool mixed = cfg_.compute_dtype != at::kFloat;
   for (auto& [name, p] : model::named_weights(model_)) {
+    if (mixed) {
+      if (p.scalar_type() != at::kFloat) throw Error("mixed-precision training needs the model loaded in float32");
+      // The float32 storage stays as the master; the parameter moves to a copy in the compute dtype.
+      at::Tensor m = p.detach();
+      impl_->master.push_back(m);
+      at::NoGradGuard ng;
+      p.set_data(m.to(cfg_.compute_dtype));
+    }
     if (router.count(p.unsafeGetTensorImpl())) continue;
     trained_.emplace_back(name, p);
-    params.push_back(p);
+    params.push_back(mixed ? impl_->master.back() : p);
+    if (mixed) impl_->trained_master.push_back(impl_->master.back());
   }
   torch::optim::AdamWOptions o(cfg_.optim.lr);
   o.betas(std::make_tuple(cfg_.optim.beta1, cfg_.optim.beta2)).eps(cfg_.optim.eps).weight_decay(cfg_.optim.weight_decay);
@@ -246,7 +285,9 @@ void Trainer::load_state(const std::string& dir) {
   model::SafetensorsFile f(opt_path);
   std::set<std::string> used;
   auto& st = impl_->opt->state();
-  for (auto& [name, p] : trained_) {
+  for (size_t i = 0; i < trained_.size(); ++i) {
+    const std::string& name = trained_[i].first;
+    const at::Tensor& p = impl_->opt_param(trained_, i);
     const std::string a = name + ".exp_avg", s = name + ".exp_avg_sq", k = name + ".step";
     if (!f.has(a) && !f.has(s)) continue;
     if (!f.has(a) || !f.has(s) || !f.has(k)) throw Error(opt_path + ": incomplete AdamW state of " + name);
@@ -275,8 +316,9 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::set<std::string> names;
   auto& st = impl_->opt->state();
-  for (auto& [name, p] : trained_) {
-    auto it = st.find(impl_key(p));
+  for (size_t i = 0; i < trained_.size(); ++i) {
+    const std::string& name = trained_[i].first;
+    auto it = st.find(impl_key(impl_->opt_param(trained_, i)));
     if (it == st.end()) continue;
     auto& ps = static_cast<torch::optim::AdamWParamState&>(*it->second);
     tensors.emplace_back(name + ".exp_avg", ps.exp_avg());
@@ -300,11 +342,27 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
   state_ = state;
   auto files = extra_files;
   files.emplace_back("trainer_state.json", state.dump(2) + "\n");
-  model::save_model(model_, dir, files, [&](const std::string& staged) {
-    model::write_safetensors(staged + "/optimizer.safetensors", tensors,
-                             {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}});
-    if (before_swap) before_swap();
-  }, max_shard_bytes);
+  // Mixed precision: the checkpoint holds the float32 masters; the compute copies come back afterwards.
+  std::vector<at::Tensor> compute;
+  auto weights = model::named_weights(model_);
+  auto swap_in = [&](bool masters) {
+    at::NoGradGuard ng;
+    for (size_t i = 0; i < impl_->master.size(); ++i) {
+      if (masters) compute.push_back(weights[i].second.detach());
+      weights[i].second.set_data(masters ? impl_->master[i] : compute[i]);
+    }
+  };
+  swap_in(true);
+  try {
+    model::save_model(model_, dir, files, [&](const std::string& staged) {
+      model::write_safetensors(staged + "/optimizer.safetensors", tensors,
+                               {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}});
+    });
+  } catch (...) {
+    swap_in(false);
+    throw;
+  }
+  swap_in(false);
 }
 
 void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, model::Qwen3Moe* ref) {
@@ -332,9 +390,10 @@ void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& 
     model::ForwardOptions fo;
     fo.capture_routing = !cfg_.sft;
     fo.return_router_logits = !cfg_.sft && (r3 || cfg_.router == RouterControl::copy_old_logits || cfg_.record_routing);
+    fo.hidden_only = true;
     model::ForwardOutput fw = model_->forward(b.input, b.amask, plan, fo);
     const double T = cfg_.sft ? 1.0 : cfg_.temperature;
-    at::Tensor logp = algo::token_logprobs(fw.logits.to(at::kFloat) / T, b.target).to(at::kCPU);
+    at::Tensor logp = head(model_, fw, b.target, T, false).logp.to(at::kCPU);
     at::Tensor ridx, rprob, rlog, native;
     if (!cfg_.sft) {
       ridx = fw.routing_indices.to(at::kCPU);
@@ -344,8 +403,10 @@ void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& 
     }
     at::Tensor lref;
     if (ref) {
-      model::ForwardOutput rf = (*ref)->forward(b.input.to(device_of(*ref)), b.amask.to(device_of(*ref)));
-      lref = algo::token_logprobs(rf.logits.to(at::kFloat) / T, b.target.to(device_of(*ref))).to(at::kCPU);
+      model::ForwardOptions ro;
+      ro.hidden_only = true;
+      model::ForwardOutput rf = (*ref)->forward(b.input.to(device_of(*ref)), b.amask.to(device_of(*ref)), model::RoutingPlan::native(), ro);
+      lref = head(*ref, rf, b.target.to(device_of(*ref)), T, false).logp.to(at::kCPU);
     }
     for (size_t j = 0; j < part.size(); ++j) {
       OldPass& o = old[first + j];
@@ -390,17 +451,16 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
     std::vector<const Sequence*> part;
     for (size_t i : local) part.push_back(&seqs[i]);
     Batch b = make_batch(part, dev);
-    local_tokens = b.resp.sum().item<double>();
+    for (int64_t r : b.R) local_tokens += static_cast<double>(r);  // response tokens, counted on the host
     if (cfg_.sft) {
-      model::ForwardOutput fw = model_->forward(b.input, b.amask);
-      at::Tensor logits = fw.logits.to(at::kFloat);
-      loss = algo::sft_loss(logits, b.target, b.resp);
+      model::ForwardOptions fo;
+      fo.hidden_only = true;
+      fo.checkpoint_layers = cfg_.checkpoint_activations;
+      model::ForwardOutput fw = model_->forward(b.input, b.amask, model::RoutingPlan::native(), fo);
+      model::HeadOutput hl = head(model_, fw, b.target, 1.0, true);
+      loss = algo::aggregate(-hl.logp, b.resp > 0, algo::Agg::token_mean);  // = algo::sft_loss
       metrics["sft_loss"] = loss.item<double>();
-      {
-        at::NoGradGuard ng;
-        at::Tensor ent = algo::token_entropy(logits.detach());
-        metrics["entropy"] = (ent * b.resp).sum().item<double>() / std::max(1.0, local_tokens);
-      }
+      metrics["entropy"] = (hl.entropy.detach() * b.resp).sum().item<double>() / std::max(1.0, local_tokens);
       // token-mean over the global mini-batch: this rank's share of the tokens.
       if (dp) loss = loss * (local_tokens / std::max<double>(1, global_tokens));
     } else {
@@ -439,9 +499,11 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
         fo.capture_routing = !replayed;
       }
       fo.return_router_logits = cfg_.loss.aux_coef != 0 || (shift && replayed);
+      fo.hidden_only = true;
+      fo.checkpoint_layers = cfg_.checkpoint_activations;
       model::ForwardOutput fw = model_->forward(b.input, b.amask, plan, fo);
-      at::Tensor logits = fw.logits.to(at::kFloat) / T;
-      at::Tensor logp = algo::token_logprobs(logits, b.target);
+      model::HeadOutput hl = head(model_, fw, b.target, T, true);
+      at::Tensor logp = hl.logp;
 
       algo::LossInputs in;
       in.logp = logp;
@@ -462,7 +524,7 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
       in.mask = b.resp;
       if (all_roll) in.logp_roll = scatter_resp(lr, b, 0, dev);
       if (any_ref) in.logp_ref = scatter_resp(lref, b, 0, dev);
-      in.logits = logits;
+      in.entropy = hl.entropy;
       if (shift) {
         in.router_p_old = scatter_resp(po, b, 1, dev);
         in.router_p_new = fw.probs_at;
@@ -512,17 +574,22 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
         at::Tensor eff = b.resp > 0;
         if (c.router_shift && c.rs.mask_below > 0)
           eff = eff & algo::router_shift(in.router_p_old, in.router_p_new.detach(), in.mask, c.rs).keep;
+        at::Tensor kept = at::zeros({}, eff.options().dtype(at::kLong));
         if (c.is.active() && in.logp_roll.defined()) {
           at::Tensor keep = algo::importance_weights(in.logp_old, in.logp_roll, in.mask, c.is).keep;
           eff = eff & keep;
-          kept_tokens = ((b.resp > 0) & keep).sum().item<double>();
+          kept = ((b.resp > 0) & keep).sum();
         }
-        eff_tokens = eff.sum().item<double>();
-        const double eff_rows = eff.any(1).sum().item<double>();
-        const double all_rows = static_cast<double>(local.size());
-        std::vector<at::Tensor> den{at::tensor({eff_tokens, eff_rows}, at::kFloat)};
+        // Local and global counts, reduced on the device and read back in one copy.
+        at::Tensor local_den = at::stack({eff.sum(), eff.any(1).sum()}).to(at::kFloat);
+        std::vector<at::Tensor> den{local_den.clone()};
         comm_->all_reduce_sum(den);
-        const double g_tokens = den[0][0].item<double>(), g_rows = den[0][1].item<double>();
+        at::Tensor counts = at::cat({local_den, den[0], kept.to(at::kFloat).view({1})}).to(at::kCPU, at::kDouble);
+        const double* cnt = counts.data_ptr<double>();
+        eff_tokens = cnt[0];
+        const double eff_rows = cnt[1], g_tokens = cnt[2], g_rows = cnt[3];
+        if (c.is.active() && in.logp_roll.defined()) kept_tokens = cnt[4];
+        const double all_rows = static_cast<double>(local.size());
         // seq-mean-token-sum-norm: C is a constant (the same on every rank), so no reduction is needed.
         algo::LossConfig pc = c;
         pc.kl_coef = 0;
@@ -543,7 +610,7 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
         if (c.kl_coef != 0)
           loss = loss + c.kl_coef * agg_scale * algo::aggregate(algo::kl_k3(logp, in.logp_ref), eff, agg, c.loss_scale);
         if (c.entropy_coef != 0)
-          loss = loss - c.entropy_coef * agg_scale * algo::aggregate(algo::token_entropy(logits), eff, agg, c.loss_scale);
+          loss = loss - c.entropy_coef * agg_scale * algo::aggregate(hl.entropy, eff, agg, c.loss_scale);
         // The aux loss is per rank: each rank's Switch loss over its own tokens, averaged over ranks (f and P
         // are not all-reduced), so it equals the single-process one only when the ranks' routing statistics do.
         if (c.aux_coef != 0) loss = loss + c.aux_coef * in.aux_loss / static_cast<double>(comm_->world_size());
@@ -553,30 +620,39 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
     if (!dp) throw Error("update: empty mini-batch");
     // No sequences on this rank: contribute zero to the collectives the others make.
     if (!cfg_.sft) {
-      std::vector<at::Tensor> den{at::zeros({2}, at::kFloat)};
+      std::vector<at::Tensor> den{at::zeros({2}, comm_->options())};
       comm_->all_reduce_sum(den);
     }
   }
 
-  const double local_loss = loss.defined() ? loss.item<double>() : 0.0;
-  if (!std::isfinite(local_loss))
-    throw Error("non-finite loss (" + std::to_string(local_loss) + ") at optimizer step " + std::to_string(global_step_ + 1) +
-                ": step aborted, checkpoint left untouched");
+  // The loss is checked after the backward pass, with the gradient norm, in one device-to-host copy; the
+  // step is aborted before the optimizer touches a weight.
   const double t1 = clock();
   if (loss.defined() && loss.requires_grad()) loss.backward();
 
   std::vector<at::Tensor> params;
-  for (auto& [n, p] : trained_) params.push_back(p);
+  for (size_t i = 0; i < trained_.size(); ++i) params.push_back(impl_->opt_param(trained_, i));
+  if (!impl_->trained_master.empty()) {
+    // Mixed precision: the compute dtype's gradients become the float32 masters' (summed over ranks there).
+    for (size_t i = 0; i < trained_.size(); ++i) {
+      at::Tensor& p = trained_[i].second;
+      if (p.grad().defined()) params[i].mutable_grad() = p.grad().to(at::kFloat);
+      else params[i].mutable_grad().reset();
+      p.mutable_grad().reset();
+    }
+  }
   if (dp) {
     // Sum gradients, and which parameters have one at all (an expert no rank routed to stays without).
     std::vector<at::Tensor> bufs;
     std::vector<float> has;
     for (auto& p : params) has.push_back(p.grad().defined() ? 1.f : 0.f);
-    bufs.push_back(at::tensor(has, at::kFloat));
+    bufs.push_back(at::tensor(has, at::kFloat).to(comm_->device()));  // on the gradients' device
     for (auto& p : params) bufs.push_back(p.grad().defined() ? p.grad() : at::zeros_like(p));
     comm_->all_reduce_sum(bufs);
+    at::Tensor any = bufs[0].to(at::kCPU);
+    const float* any_grad = any.data_ptr<float>();
     for (size_t i = 0; i < params.size(); ++i) {
-      if (bufs[0][i].item<float>() == 0.f) {
+      if (any_grad[i] == 0.f) {
         params[i].mutable_grad().reset();
       } else {
         if (!params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
@@ -589,24 +665,30 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
     // Test hook (tests/cli/train.bats): the all-reduced gradient of this update, before clipping, as
     // PREFIX.<optimizer step>.safetensors, so 1, 2 and 3 processes can be compared gradient to gradient.
     std::vector<std::pair<std::string, at::Tensor>> g;
-    for (auto& [n, p] : trained_)
-      if (p.grad().defined()) g.emplace_back(n, p.grad().detach().to(at::kCPU, at::kFloat).contiguous());
+    for (size_t i = 0; i < params.size(); ++i)  // the float32 masters' gradients under --dtype bf16
+      if (params[i].grad().defined()) g.emplace_back(trained_[i].first, params[i].grad().detach().to(at::kCPU, at::kFloat).contiguous());
     model::write_safetensors(std::string(dump) + "." + std::to_string(global_step_ + 1) + ".safetensors", g,
                              {{"producer", "moe-train-step MOEKIT_TRAIN_GRAD_DUMP"}});
   }
   // Global L2 norm, clipped as torch.nn.utils.clip_grad_norm_ does.
-  double norm = 0;
+  double norm = 0, local_loss = 0;
   {
     at::NoGradGuard ng;
     std::vector<at::Tensor> norms;
     for (auto& p : params)
-      if (p.grad().defined()) norms.push_back(p.grad().norm(2));
+      if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(at::kFloat));
+    at::Tensor total = norms.empty() ? at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(dev)) : at::stack(norms).norm(2);
+    at::Tensor l = loss.defined() ? loss.detach().to(at::kDouble).reshape({}).to(dev) : at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
+    at::Tensor host = at::stack({l, total.to(at::kDouble)}).to(at::kCPU);  // the step's one sync
+    local_loss = host[0].item<double>();
+    norm = host[1].item<double>();
+    if (!std::isfinite(local_loss))
+      throw Error("non-finite loss (" + std::to_string(local_loss) + ") at optimizer step " + std::to_string(global_step_ + 1) +
+                  ": step aborted, checkpoint left untouched");
+    if (!std::isfinite(norm))
+      throw Error("non-finite gradient norm at optimizer step " + std::to_string(global_step_ + 1) +
+                  ": step aborted, checkpoint left untouched");
     if (!norms.empty()) {
-      at::Tensor total = at::stack(norms).norm(2);
-      norm = total.item<double>();
-      if (!std::isfinite(norm))
-        throw Error("non-finite gradient norm at optimizer step " + std::to_string(global_step_ + 1) +
-                    ": step aborted, checkpoint left untouched");
       if (cfg_.optim.grad_clip > 0) {
         at::Tensor coef = at::clamp(cfg_.optim.grad_clip / (total + 1e-6), c10::nullopt, 1.0);
         for (auto& p : params)
@@ -617,6 +699,10 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   const double lr = scheduled_lr(cfg_.optim, global_step_);
   for (auto& g : impl_->opt->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
   impl_->opt->step();
+  if (!impl_->trained_master.empty()) {
+    at::NoGradGuard ng;
+    for (size_t i = 0; i < trained_.size(); ++i) trained_[i].second.detach().copy_(impl_->trained_master[i]);
+  }
   ++global_step_;
   const double t3 = clock();
 

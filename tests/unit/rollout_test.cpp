@@ -57,7 +57,9 @@ TEST_CASE("inverse-CDF sampling follows the distribution and honours top-k and t
   CHECK(pick(0.7) == 2);
   CHECK(pick(0.999999) == 2);
   p.top_k = 0;
-  p.top_p = 0.5;  // only the first token (mass before token 2 is 0.5 >= 0.5)
+  // Values away from the edges: at top_p = 0.5 the kept set hangs on whether cumsum - probs rounds to
+  // 0.5 or 0.49999997, which differs between libtorch versions.
+  p.top_p = 0.45;  // only the first token (mass before token 2 is 0.5 >= 0.45)
   CHECK(pick(0.999999) == 1);
   p.top_p = 0.6;  // tokens 1 and 2
   CHECK(pick(0.999999) == 2);

@@ -109,6 +109,10 @@ int main(int argc, char** argv) {
         app.add_option("--dist-init-file", cfg.dist.init_file, "rendezvous through this shared file instead of TCP");
         app.add_option("--dist-timeout", cfg.dist.timeout_s, "seconds before a missing peer is an error")->capture_default_str();
         app.add_option("--dist-backend", cfg.dist.backend, "gloo (CPU) or nccl (CUDA builds)")->capture_default_str();
+        app.add_flag("--checkpoint-activations", cfg.train.checkpoint_activations,
+                     "recompute each decoder layer in the backward pass instead of keeping its activations");
+        app.add_option("--dtype", cfg.dtype, "compute dtype: f32, or bf16 (float32 master weights and Adam states)")
+            ->capture_default_str();
         moe::cli::add_seed(app, common);
         moe::cli::add_threads(app, common);
         moe::cli::add_device(app, common);

@@ -99,6 +99,8 @@ struct LossInputs {
   at::Tensor router_idx_old, router_idx_new;
   at::Tensor logp_ref;  // optional [B, T] reference-model log-probs: adds metric kl; needed when kl_coef != 0
   at::Tensor logits;    // optional [B, T, V] current logits: adds metric entropy; needed when entropy_coef != 0
+  at::Tensor entropy;   // optional [B, T] token entropy of the current policy, used instead of logits (e.g. from
+                        // model::head_logprobs, which never holds [B, T, V]); differentiable
   at::Tensor aux_loss;  // optional 0-dim load-balancing loss: adds metric aux_loss; needed when aux_coef != 0
 };
 

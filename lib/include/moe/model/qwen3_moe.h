@@ -52,10 +52,14 @@ struct ForwardOptions {
   bool last_logits_only = false;    // lm_head on the last position only: logits [B, 1, V]
   bool check_ids = true;            // check token ids against the vocabulary (a host round trip); off for
                                     // ids the caller produced itself (sampled tokens)
+  bool hidden_only = false;         // no lm_head: ForwardOutput::hidden instead of logits (see model/head.h)
+  bool checkpoint_layers = false;   // with gradients and no cache: keep only each decoder layer's input for the
+                                    // backward pass, which recomputes the layer (memory for one more forward)
 };
 
 struct ForwardOutput {
-  at::Tensor logits;           // [B, T, V] in the model dtype
+  at::Tensor logits;           // [B, T, V] in the model dtype (undefined with hidden_only)
+  at::Tensor hidden;           // [B, T, H] final-norm hidden states, the lm_head's input (hidden_only)
   at::Tensor routing_indices;  // [B, T, L, k] int64: experts used (native top-k, replayed, or from given logits)
   at::Tensor routing_probs;    // [B, T, L, k] float32, detached: full-softmax probability of each used expert
                                // (of the given logits in mode logits), before renormalisation

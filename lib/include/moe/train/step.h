@@ -69,6 +69,11 @@ struct TrainConfig {
   double temperature = 1.0;   // log-probs under softmax(logits / T); SFT uses T = 1
   int64_t micro_batch = 64;   // sequences per forward of the old pass
   bool record_routing = false;  // old pass keeps OldPass::routing_idx/routing_prob (--routing-out)
+  // Compute dtype of forward and backward (--dtype). kBFloat16: the float32 weights the model arrives with
+  // become the master weights (the optimizer and its states stay float32; the checkpoint is written from
+  // them), and the model computes on bf16 copies refreshed after every update.
+  c10::ScalarType compute_dtype = c10::kFloat;
+  bool checkpoint_activations = false;  // recompute each decoder layer in the backward pass (--checkpoint-activations)
 };
 
 // Model + AdamW + the step's bookkeeping. Deterministic for a seed and thread count.
@@ -122,6 +127,7 @@ class Trainer {
 // The data-parallel group: torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or flags.
 struct DistConfig {
   int rank = 0, world_size = 1;
+  int local_rank = 0;        // GPU of this rank on its host (LOCAL_RANK; default: rank): --device cuda means cuda:local_rank
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   std::string init_file;     // FileStore rendezvous instead of TCP when set
@@ -150,6 +156,7 @@ struct StepConfig {
   uint64_t seed = 0;
   int threads = 0;
   std::string device = "cpu";
+  std::string dtype = "f32";  // compute dtype: f32 or bf16 (TrainConfig::compute_dtype)
   std::string prompt_key = "prompt", solution_key = "solution";
   DistConfig dist;
   nlohmann::json producer;  // header of --routing-out
