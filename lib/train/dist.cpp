@@ -130,6 +130,9 @@ at::Tensor Communicator::all_to_all(const at::Tensor& x, const std::vector<int64
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape[0] = n_out;
   if (ep_size_ == 1) return x.clone();
+  // Gloo's all-to-all has no bf16/f16: those rows travel as float32 (exactly) and come back in their dtype.
+  const bool widen = device_.is_cpu() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+  if (widen) return all_to_all(x.to(at::kFloat), send, recv).to(x.scalar_type());
   // Gloo's transport does not take empty buffers: every exchange carries at least one spare row per rank,
   // which the caller never sees.
   std::vector<int64_t> send1(send), recv1(recv);
