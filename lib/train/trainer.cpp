@@ -357,7 +357,8 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
     model::save_model(model_, dir, files, [&](const std::string& staged) {
       model::write_safetensors(staged + "/optimizer.safetensors", tensors,
                                {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}});
-    });
+      if (before_swap) before_swap();
+    }, max_shard_bytes);
   } catch (...) {
     swap_in(false);
     throw;
