@@ -35,7 +35,7 @@ case "$torch_kind" in
     if ! "$venv/bin/python" -c 'import torch' >/dev/null 2>&1; then
       echo "build: installing torch==$version from PyPI into $venv (several GB the first time)" >&2
       python3 -m venv "$venv"
-      "$venv/bin/pip" install -q --disable-pip-version-check "torch==$version" >&2
+      "$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir "torch==$version" >&2
     fi
     torch_dir=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
     site=$(dirname "$torch_dir")
