@@ -262,14 +262,15 @@ std::vector<std::pair<std::string, at::Tensor>> gather_experts(Communicator& com
   at::Tensor buf = at::cat(parts).to(comm.device());
   const int64_t len = buf.numel();
   (void)n;
+  // Rows of one element: the all-to-all's per-rank spare row stays one element.
   std::vector<int64_t> send(S, 0), recv(S, 0);
-  send[0] = 1;
-  if (me == 0) std::fill(recv.begin(), recv.end(), 1);
-  at::Tensor all = comm.all_to_all(buf.view({1, len}), send, recv).to(at::kCPU);
+  send[0] = len;
+  if (me == 0) std::fill(recv.begin(), recv.end(), len);
+  at::Tensor all = comm.all_to_all(buf.view({len, 1}), send, recv).to(at::kCPU).view({-1});
   std::vector<std::pair<std::string, at::Tensor>> out;
   if (me != 0) return out;
   for (int s = 0; s < S; ++s) {
-    at::Tensor row = all[s];
+    at::Tensor row = all.narrow(0, s * len, len);
     int64_t off = 0;
     at::Tensor flags = row.narrow(0, len - static_cast<int64_t>(local.size()), static_cast<int64_t>(local.size()));
     for (size_t i = 0; i < local.size(); ++i) {
@@ -420,8 +421,22 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
       so.push_back(p.sizes().vec());
       so.push_back({1});
     }
-    gathered_w = gather_experts(*comm_, per, lw, sw);
-    gathered_opt = gather_experts(*comm_, per, lo, so);
+    // One MoE layer at a time: the transfer buffers stay a layer's size (the same calls on every rank).
+    auto by_layer = [&](const std::vector<std::pair<std::string, at::Tensor>>& l, const std::vector<std::vector<int64_t>>& sh,
+                        std::vector<std::pair<std::string, at::Tensor>>& out) {
+      for (size_t i = 0; i < l.size();) {
+        std::smatch a, b;
+        std::regex_match(l[i].first, a, expert_name_re());
+        size_t j = i + 1;
+        while (j < l.size() && std::regex_match(l[j].first, b, expert_name_re()) && b[1] == a[1]) ++j;
+        std::vector<std::pair<std::string, at::Tensor>> part(l.begin() + i, l.begin() + j);
+        std::vector<std::vector<int64_t>> psh(sh.begin() + i, sh.begin() + j);
+        for (auto& e : gather_experts(*comm_, per, part, psh)) out.push_back(std::move(e));
+        i = j;
+      }
+    };
+    by_layer(lw, sw, gathered_w);
+    by_layer(lo, so, gathered_opt);
     if (comm_->rank() != 0) return;
   }
   std::vector<std::pair<std::string, at::Tensor>> tensors;

@@ -35,6 +35,9 @@ for n in $eps; do
   done
   wait
   line="EP $n:"
-  for r in $(seq 0 $((n - 1))); do line="$line rank $r $(( $(cat "$w/rss.$r") / 1024 )) MiB,"; done
+  for r in $(seq 0 $((n - 1))); do
+    kb=$(tail -1 "$w/rss.$r")  # a killed rank's file starts with "Command terminated by signal N"
+    line="$line rank $r $((kb / 1024)) MiB$(grep -q terminated "$w/rss.$r" && echo ' (killed)'),"
+  done
   echo "${line%,} (peak RSS)"
 done
