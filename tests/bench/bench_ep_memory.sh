@@ -37,7 +37,7 @@ for n in $eps; do
   line="EP $n:"
   for r in $(seq 0 $((n - 1))); do
     kb=$(tail -1 "$w/rss.$r")  # a killed rank's file starts with "Command terminated by signal N"
-    line="$line rank $r $((kb / 1024)) MiB$(grep -q terminated "$w/rss.$r" && echo ' (killed)'),"
+    line="$line rank $r $((kb / 1024)) MiB$(grep -q terminated "$w/rss.$r" && echo ' (killed)' || true),"
   done
   echo "${line%,} (peak RSS)"
 done
