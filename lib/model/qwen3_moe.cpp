@@ -105,16 +105,21 @@ MlpImpl::MlpImpl(int64_t hidden, int64_t inner) {
 }
 at::Tensor MlpImpl::forward(const at::Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
 
-SparseMoeImpl::SparseMoeImpl(const ModelConfig& c)
+SparseMoeImpl::SparseMoeImpl(const ModelConfig& c, ExpertShard shard)
     : num_experts(c.num_experts), top_k(c.num_experts_per_tok), norm_topk_prob(c.norm_topk_prob) {
+  if (shard.size < 1 || shard.rank < 0 || shard.rank >= shard.size || c.num_experts % shard.size != 0)
+    throw UsageError("expert parallel: " + std::to_string(c.num_experts) + " experts cannot be split over " +
+                     std::to_string(shard.size) + " ranks (the size must divide the number of experts)");
+  const int64_t per = c.num_experts / shard.size;
+  first_expert = shard.rank * per;
   gate = register_module("gate", Linear(c.hidden_size, c.num_experts, false));
   auto list = register_module("experts", std::make_shared<torch::nn::Module>());
-  for (int64_t e = 0; e < c.num_experts; ++e)
+  for (int64_t e = first_expert; e < first_expert + per; ++e)
     experts.push_back(list->register_module(std::to_string(e), Mlp(c.hidden_size, c.moe_intermediate_size)));
 }
 
 void SparseMoeImpl::fuse_experts() {
-  const int64_t E = num_experts;
+  const int64_t E = static_cast<int64_t>(experts.size());
   // Still views of the fused tensors? (Pointer arithmetic only: this runs every forward.)
   bool ok = gate_up_w_.defined() && gate_up_w_.scalar_type() == experts[0]->gate_proj->weight.scalar_type();
   if (ok) {
@@ -256,7 +261,10 @@ MoeLayerOutput SparseMoeImpl::forward(const at::Tensor& x, RouterMode mode, cons
                             at::full({}, E, slot_expert.options()));
   const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || gate->weight.requires_grad());
   at::Tensor out;
-  if (grad) {
+  if (static_cast<int64_t>(experts.size()) != E) {
+    if (!ep) throw Error("expert parallel: a sharded MoE layer has no expert-parallel group");
+    out = dispatch_ep(x, slot_expert, gating);
+  } else if (grad) {
     out = dispatch_loop(x, slot_expert, gating);
   } else {
     // The loop runs the same operations as with gradients: an old-policy pass equals the training forward
@@ -326,10 +334,10 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
   return o_proj(o);
 }
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer, ExpertShard shard) {
   self_attn = register_module("self_attn", Attention(c));
   if (c.is_moe_layer(layer))
-    moe = register_module("mlp", SparseMoe(c));
+    moe = register_module("mlp", SparseMoe(c, shard));
   else
     dense = register_module("mlp", Mlp(c.hidden_size, c.intermediate_size));
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
@@ -337,17 +345,25 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
 }
 
 // ---- the model ----
-Qwen3MoeImpl::Qwen3MoeImpl(const ModelConfig& c) : cfg_(c), moe_layers_(c.moe_layer_ids()) {
+Qwen3MoeImpl::Qwen3MoeImpl(const ModelConfig& c, ExpertShard shard) : cfg_(c), shard_(shard), moe_layers_(c.moe_layer_ids()) {
   model_ = register_module("model", std::make_shared<torch::nn::Module>());
   auto embed = model_->register_module("embed_tokens", std::make_shared<torch::nn::Module>());
   embed_weight = embed->register_parameter("weight", at::empty({c.vocab_size, c.hidden_size}));
   auto list = model_->register_module("layers", std::make_shared<torch::nn::Module>());
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers.push_back(list->register_module(std::to_string(i), DecoderLayer(c, i)));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers.push_back(list->register_module(std::to_string(i), DecoderLayer(c, i, shard)));
   norm = model_->register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   if (!c.tie_word_embeddings) lm_head = register_module("lm_head", Linear(c.hidden_size, c.vocab_size, false));
   // inv_freq = 1 / theta^(2i / d) in fp32, as transformers' default rope init.
   at::Tensor ex = at::arange(0, c.head_dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(c.head_dim);
   inv_freq_ = 1.0 / at::pow(c.rope_theta, ex);
+}
+
+void Qwen3MoeImpl::set_expert_parallel(std::shared_ptr<ExpertParallel> ep) {
+  if (ep && (ep->size() != shard_.size || ep->rank() != shard_.rank))
+    throw Error("expert parallel: the group (rank " + std::to_string(ep->rank()) + " of " + std::to_string(ep->size()) +
+                ") does not match the model's expert shard (" + std::to_string(shard_.rank) + " of " + std::to_string(shard_.size) + ")");
+  for (auto& l : layers)
+    if (l->moe) l->moe->ep = ep;
 }
 
 std::vector<at::Tensor> Qwen3MoeImpl::router_parameters() {
@@ -605,10 +621,11 @@ std::vector<std::pair<std::string, at::Tensor>> named_weights(Qwen3Moe& m) {
 namespace {
 // A checkpoint tensor the config does not use means the config describes another model (e.g. attention
 // biases with attention_bias false): loading it anyway gives wrong outputs with no error.
-void check_all_used(const Checkpoint& ck, const std::set<std::string>& used, bool tied, const std::string& dir) {
+void check_all_used(const Checkpoint& ck, const std::set<std::string>& used, bool tied, const std::string& dir,
+                    const std::function<bool(const std::string&)>& other_shard) {
   std::vector<std::string> unused;
   for (const auto& n : ck.names())
-    if (!used.count(n) && !(tied && n == "lm_head.weight")) unused.push_back(n);
+    if (!used.count(n) && !(tied && n == "lm_head.weight") && !other_shard(n)) unused.push_back(n);
   if (unused.empty()) return;
   std::string list;
   for (size_t i = 0; i < unused.size() && i < 8; ++i) list += (i ? ", '" : "'") + unused[i] + "'";
@@ -674,16 +691,30 @@ void load_into(Qwen3Moe& m, const std::string& dir, c10::optional<c10::Device> d
     if (!v.is_contiguous() || v.storage().nbytes() != v.nbytes()) v = v.clone(at::MemoryFormat::Contiguous);
     p.set_data(v);
   }
-  check_all_used(ck, used, m->config().tie_word_embeddings, dir);
+  // Expert parallel: the other ranks' experts (per-expert names of another shard; the fused tensors are
+  // read in part) are not this rank's to use.
+  const ExpertShard sh = m->expert_shard();
+  const int64_t per = E / sh.size, first = sh.rank * per;
+  auto other_shard = [&](const std::string& n) {
+    if (sh.size == 1) return false;
+    std::smatch mm;
+    if (std::regex_match(n, mm, expert_re)) {
+      const int64_t e = std::stoll(mm[2]);
+      return e < first || e >= first + per;
+    }
+    return n.size() > 20 && (n.compare(n.size() - 20, 20, ".experts.gate_up_proj") == 0 ||
+                             n.compare(n.size() - 18, 18, ".experts.down_proj") == 0);
+  };
+  check_all_used(ck, used, m->config().tie_word_embeddings, dir, other_shard);
 }
 
 }  // namespace
 
 void load_weights(Qwen3Moe& m, const std::string& dir) { load_into(m, dir, c10::nullopt, c10::nullopt); }
 
-Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::ScalarType dtype) {
+Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::ScalarType dtype, ExpertShard shard) {
   ModelConfig cfg = load_config(dir + "/config.json");
-  Qwen3Moe m(cfg);  // parameters allocated uninitialised, replaced below
+  Qwen3Moe m(cfg, shard);  // parameters allocated uninitialised, replaced below
   load_into(m, dir, device, dtype);
   m->to(device);  // buffers, if any
   m->eval();
@@ -692,7 +723,8 @@ Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::Scal
 }
 
 void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
-                const std::function<void(const std::string&)>& add_files, int64_t max_shard_bytes) {
+                const std::function<void(const std::string&)>& add_files, int64_t max_shard_bytes,
+                const std::vector<std::pair<std::string, at::Tensor>>& weights) {
   std::string d = dir;
   while (d.size() > 1 && d.back() == '/') d.pop_back();
   check_carry_over(d);
@@ -710,7 +742,7 @@ void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair
                       : m->embed_weight.scalar_type() == at::kHalf   ? "float16"
                                                                     : "float32";
     io::write_file_atomic(staged + "/config.json", config_to_json(cfg).dump(2) + "\n");
-    write_weights(staged, named_weights(m), max_shard_bytes);
+    write_weights(staged, weights.empty() ? named_weights(m) : weights, max_shard_bytes);
     for (const auto& [name, contents] : extra_files) {
       if (name.empty() || name.find('/') != std::string::npos) throw Error("save_model: bad file name '" + name + "'");
       io::write_file_atomic(staged + "/" + name, contents);

@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <functional>
 
 #include "moe/io/error.h"
 
@@ -32,6 +33,9 @@ using Group = c10d::ProcessGroup;
 struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<Group> pg;
+  c10::intrusive_ptr<Group> ep, replicas;  // expert parallel: the expert group and the replica group (or null)
+  // A process group of `size` ranks (this one `rank` among them) over the store under `prefix`.
+  std::function<c10::intrusive_ptr<Group>(const std::string& prefix, int rank, int size)> make;
 };
 
 Communicator::Communicator(const DistConfig& cfg, const c10::Device& device)
@@ -52,7 +56,10 @@ Communicator::Communicator(const DistConfig& cfg, const c10::Device& device)
       impl_->store = c10::make_intrusive<c10d::TCPStore>(cfg.master_addr, o);
     }
     impl_->store->setTimeout(timeout);
-    auto store = c10::make_intrusive<c10d::PrefixStore>("moekit", impl_->store);
+    if (cfg.backend != "gloo" && cfg.backend != "nccl")
+      throw UsageError("unknown --dist-backend '" + cfg.backend + "' (expected gloo or nccl)");
+    impl_->make = [this, cfg, timeout](const std::string& prefix, int rank, int size) -> c10::intrusive_ptr<Group> {
+    auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, impl_->store);
     if (cfg.backend == "gloo") {
       auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
       const bool local = cfg.master_addr == "127.0.0.1" || cfg.master_addr == "localhost";
@@ -63,19 +70,18 @@ Communicator::Communicator(const DistConfig& cfg, const c10::Device& device)
       else
         opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
       opts->threads = 1;
-      impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, cfg.rank, cfg.world_size, opts);
-    } else if (cfg.backend == "nccl") {
-#ifdef USE_C10D_NCCL
-      if (!device.is_cuda()) throw UsageError("--dist-backend nccl needs --device cuda (NCCL reduces device tensors)");
-      auto opts = c10d::ProcessGroupNCCL::Options::create();
-      opts->timeout = timeout;
-      impl_->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, cfg.rank, cfg.world_size, opts);
-#else
-      throw UsageError("--dist-backend nccl needs a CUDA build of libtorch with NCCL");
-#endif
-    } else {
-      throw UsageError("unknown --dist-backend '" + cfg.backend + "' (expected gloo or nccl)");
+      return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, opts);
     }
+#ifdef USE_C10D_NCCL
+    if (!device_.is_cuda()) throw UsageError("--dist-backend nccl needs --device cuda (NCCL reduces device tensors)");
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = timeout;
+    return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size, opts);
+#else
+    throw UsageError("--dist-backend nccl needs a CUDA build of libtorch with NCCL");
+#endif
+    };
+    impl_->pg = impl_->make("moekit", cfg.rank, cfg.world_size);
   } catch (const UsageError&) {
     throw;
   } catch (const std::exception& e) {
@@ -87,14 +93,90 @@ Communicator::Communicator(const DistConfig& cfg, const c10::Device& device)
 
 Communicator::~Communicator() = default;
 
-void Communicator::all_reduce_sum(std::vector<at::Tensor>& tensors) {
-  if (world_ == 1 || tensors.empty()) return;
+void Communicator::split_expert_parallel(int n) {
+  if (n < 1 || world_ % n != 0)
+    throw UsageError("--expert-parallel " + std::to_string(n) + " does not divide the world size " + std::to_string(world_));
+  ep_size_ = n;
+  if (n == 1) return;
+  const int group = rank_ / n, pos = rank_ % n;
+  try {
+    impl_->ep = impl_->make("moekit-ep" + std::to_string(group), pos, n);
+    if (world_ / n > 1) impl_->replicas = impl_->make("moekit-rep" + std::to_string(pos), group, world_ / n);
+  } catch (const std::exception& e) {
+    throw Error("expert parallel: rank " + std::to_string(rank_) + ": cannot form the expert groups: " + e.what());
+  }
+}
+
+namespace {
+class GroupExchange : public model::ExpertParallel {
+ public:
+  GroupExchange(Communicator* c) : c_(c) {}
+  int rank() const override { return c_->ep_rank(); }
+  int size() const override { return c_->ep_size(); }
+  at::Tensor all_to_all(const at::Tensor& x, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) override {
+    return c_->all_to_all(x, send, recv);
+  }
+
+ private:
+  Communicator* c_;
+};
+}  // namespace
+
+std::shared_ptr<model::ExpertParallel> Communicator::expert_parallel() { return std::make_shared<GroupExchange>(this); }
+
+at::Tensor Communicator::all_to_all(const at::Tensor& x, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
+  int64_t n_out = 0;
+  for (int64_t r : recv) n_out += r;
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape[0] = n_out;
+  if (ep_size_ == 1) return x.clone();
+  // Gloo's all-to-all has no bf16/f16: those rows travel as float32 (exactly) and come back in their dtype.
+  const bool widen = device_.is_cpu() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+  if (widen) return all_to_all(x.to(at::kFloat), send, recv).to(x.scalar_type());
+  // Gloo's transport does not take empty buffers: every exchange carries at least one spare row per rank,
+  // which the caller never sees.
+  std::vector<int64_t> send1(send), recv1(recv);
+  for (auto& v : send1) v += 1;
+  for (auto& v : recv1) v += 1;
+  at::Tensor in = at::empty({0}, x.options().device(device_));
+  {
+    std::vector<int64_t> pad_shape = out_shape;
+    pad_shape[0] = 1;
+    std::vector<at::Tensor> parts;
+    int64_t off = 0;
+    for (size_t r = 0; r < send.size(); ++r) {
+      parts.push_back(x.narrow(0, off, send[r]).to(device_));
+      parts.push_back(at::zeros(pad_shape, x.options().device(device_)));
+      off += send[r];
+    }
+    in = at::cat(parts, 0).contiguous();
+  }
+  std::vector<int64_t> buf_shape = out_shape;
+  buf_shape[0] = n_out + static_cast<int64_t>(recv.size());
+  at::Tensor out = at::empty(buf_shape, in.options());
+  try {
+    impl_->ep->alltoall_base(out, in, recv1, send1)->wait();
+  } catch (const std::exception& e) {
+    throw Error("expert parallel: rank " + std::to_string(rank_) + ": all-to-all failed (a peer died?): " + e.what());
+  }
+  std::vector<at::Tensor> parts;
+  int64_t off = 0;
+  for (size_t r = 0; r < recv.size(); ++r) {
+    parts.push_back(out.narrow(0, off, recv[r]));
+    off += recv[r] + 1;
+  }
+  return at::cat(parts, 0).to(x.device());
+}
+
+void Communicator::all_reduce_sum(std::vector<at::Tensor>& tensors, Scope scope) {
+  Group* pg = scope == Scope::world ? impl_->pg.get() : scope == Scope::expert_group ? impl_->ep.get() : impl_->replicas.get();
+  if (world_ == 1 || tensors.empty() || !pg) return;
   try {
     // One flat buffer: one collective, and the same summation order on every rank.
     std::vector<at::Tensor> flat_parts;
     for (auto& t : tensors) flat_parts.push_back(t.reshape({-1}).to(device_, at::kFloat));
     std::vector<at::Tensor> buf{at::cat(flat_parts)};
-    impl_->pg->allreduce(buf)->wait();
+    pg->allreduce(buf)->wait();
     int64_t off = 0;
     for (auto& t : tensors) {
       const int64_t n = t.numel();

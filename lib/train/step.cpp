@@ -354,8 +354,19 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
                ": process group formed in " + std::to_string(now_s() - t0) + " s");
   }
   const int rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;
+  // Expert parallel: each rank materialises only its experts.
+  model::ExpertShard shard;
+  if (cfg.dist.expert_parallel > 1) {
+    if (!comm || world % cfg.dist.expert_parallel != 0)
+      throw UsageError("--expert-parallel " + std::to_string(cfg.dist.expert_parallel) + " does not divide the world size " +
+                       std::to_string(world));
+    if (!cfg.ref_dir.empty()) throw UsageError("--ref is not supported with --expert-parallel yet");
+    comm->split_expert_parallel(cfg.dist.expert_parallel);
+    shard.rank = comm->ep_rank();
+    shard.size = comm->ep_size();
+  }
 
-  model::Qwen3Moe model = model::load_model(cfg.model_dir, device, at::kFloat);
+  model::Qwen3Moe model = model::load_model(cfg.model_dir, device, at::kFloat, shard);
   const model::ModelConfig& mc = model->config();
   // Every file of the model dir that is not ours (tokenizer files, generation_config.json, README, ...) goes
   // into the output dir unchanged.
@@ -593,6 +604,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
                              {"algo", tc.sft ? std::string("sft") : std::string(algo::to_string(tc.loss.algo))},
                              {"router", to_string(tc.router)},
                              {"world_size", world},
+                             {"expert_parallel", shard.size},
                              {"train_steps", trainer.state().value("train_steps", 0) + 1}};
   nlohmann::json j;
   auto summarize = [&] {
@@ -630,6 +642,8 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     sink.commit();
     if (!cli::quiet()) std::fputs((j.dump() + "\n").c_str(), stderr);
   } else {
+    // Expert parallel: the first expert group sends rank 0 its experts (Trainer::save returns after that).
+    if (shard.size > 1 && rank < shard.size) trainer.save(out_dir, {}, st_extra, nullptr, cfg.max_shard_bytes);
     summarize();
   }
   if (comm) comm->sum(1.0);

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <map>
 #include <limits>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <sys/stat.h>
@@ -224,6 +225,70 @@ model::HeadOutput head(model::Qwen3Moe& m, const model::ForwardOutput& fw, const
   return model::head_logprobs(fw.hidden, m->lm_head_weight(), target, T, want_entropy);
 }
 
+// Expert tensors: model.layers.L.mlp.experts.E.<...> (names of the weights and of their Adam moments).
+const std::regex& expert_name_re() {
+  static const std::regex re(R"(^(model\.layers\.\d+\.mlp\.experts\.)(\d+)(\..*)$)");
+  return re;
+}
+bool is_expert_name(const std::string& n) { return std::regex_match(n, expert_name_re()); }
+
+// A one-token batch for a forward that only takes part in the expert group's collectives.
+Batch idle_batch(const c10::Device& dev) {
+  Sequence s;
+  s.prompt = {0};
+  s.response = {0};
+  return make_batch({&s}, dev);
+}
+
+// Expert parallel: every rank of the expert group sends `local` (its expert tensors, undefined = absent; the
+// same shapes and order on every rank, as `shapes`) to the group's rank 0, which gets them all back renamed
+// to their global expert ids (source s's expert j is s * per + j, as its owner names it). Elsewhere: empty.
+std::vector<std::pair<std::string, at::Tensor>> gather_experts(Communicator& comm, int64_t per,
+                                                               const std::vector<std::pair<std::string, at::Tensor>>& local,
+                                                               const std::vector<std::vector<int64_t>>& shapes) {
+  const int S = comm.ep_size(), me = comm.ep_rank();
+  std::vector<at::Tensor> parts;
+  std::vector<float> has;
+  int64_t n = 0;
+  for (size_t i = 0; i < local.size(); ++i) {
+    int64_t k = 1;
+    for (int64_t d : shapes[i]) k *= d;
+    n += k;
+    has.push_back(local[i].second.defined() ? 1.f : 0.f);
+    parts.push_back(local[i].second.defined() ? local[i].second.detach().to(at::kCPU, at::kFloat).reshape({-1})
+                                              : at::zeros({k}, at::kFloat));
+  }
+  parts.push_back(at::tensor(has, at::kFloat));
+  at::Tensor buf = at::cat(parts).to(comm.device());
+  const int64_t len = buf.numel();
+  (void)n;
+  // Rows of one element: the all-to-all's per-rank spare row stays one element.
+  std::vector<int64_t> send(S, 0), recv(S, 0);
+  send[0] = len;
+  if (me == 0) std::fill(recv.begin(), recv.end(), len);
+  at::Tensor all = comm.all_to_all(buf.view({len, 1}), send, recv).to(at::kCPU).view({-1});
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  if (me != 0) return out;
+  for (int s = 0; s < S; ++s) {
+    at::Tensor row = all.narrow(0, s * len, len);
+    int64_t off = 0;
+    at::Tensor flags = row.narrow(0, len - static_cast<int64_t>(local.size()), static_cast<int64_t>(local.size()));
+    for (size_t i = 0; i < local.size(); ++i) {
+      int64_t k = 1;
+      for (int64_t d : shapes[i]) k *= d;
+      at::Tensor t = row.narrow(0, off, k).view(shapes[i]).clone();
+      off += k;
+      if (flags[static_cast<int64_t>(i)].item<float>() == 0.f) continue;
+      std::smatch mm;
+      const std::string& name = local[i].first;
+      if (!std::regex_match(name, mm, expert_name_re())) throw Error("gather_experts: not an expert tensor: " + name);
+      const int64_t j = std::stoll(mm[2]) % per;
+      out.emplace_back(std::string(mm[1]) + std::to_string(s * per + j) + std::string(mm[3]), t);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 struct Trainer::Impl {
@@ -232,6 +297,8 @@ struct Trainer::Impl {
   // Mixed precision (compute_dtype != float32): float32 master of every model weight (named_weights order),
   // and of each trained parameter (trained_ order, aliasing `master`); empty in float32 training.
   std::vector<at::Tensor> master, trained_master;
+  std::shared_ptr<model::ExpertParallel> ep;  // expert parallel: the model's expert group (else null)
+  std::vector<char> expert;                   // trained_[i] is an expert tensor
   // The tensor the optimizer updates for trained_[i]: the master, or the parameter itself.
   at::Tensor& opt_param(std::vector<std::pair<std::string, at::Tensor>>& trained, size_t i) {
     return trained_master.empty() ? trained[i].second : trained_master[i];
@@ -260,6 +327,12 @@ Trainer::Trainer(model::Qwen3Moe model, TrainConfig cfg, Communicator* comm)
     trained_.emplace_back(name, p);
     params.push_back(mixed ? impl_->master.back() : p);
     if (mixed) impl_->trained_master.push_back(impl_->master.back());
+  }
+  for (const auto& t : trained_) impl_->expert.push_back(is_expert_name(t.first) ? 1 : 0);
+  if (comm_ && comm_->ep_size() > 1) {
+    if (model_->expert_shard().size != comm_->ep_size()) throw Error("expert parallel: the model was loaded with another expert shard");
+    impl_->ep = comm_->expert_parallel();
+    model_->set_expert_parallel(impl_->ep);
   }
   torch::optim::AdamWOptions o(cfg_.optim.lr);
   o.betas(std::make_tuple(cfg_.optim.beta1, cfg_.optim.beta2)).eps(cfg_.optim.eps).weight_decay(cfg_.optim.weight_decay);
@@ -306,16 +379,68 @@ void Trainer::load_state(const std::string& dir) {
     used.insert(k);
   }
   for (const auto& n : f.names())
-    if (!used.count(n)) impl_->carried[n] = f.get(n);  // e.g. moments of a router frozen in this step
+    if (!used.count(n) && !(impl_->ep && is_expert_name(n)))  // another rank's experts: carried by their owner
+      impl_->carried[n] = f.get(n);  // e.g. moments of a router frozen in this step
 }
 
 void Trainer::save(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
                    const nlohmann::json& state_extra, const std::function<void()>& before_swap,
                    int64_t max_shard_bytes) {
-  if (comm_ && comm_->rank() != 0) return;
+  const bool ep = impl_->ep != nullptr;
+  if (comm_ && comm_->rank() != 0 && !(ep && comm_->rank() < comm_->ep_size())) return;
+  auto& st = impl_->opt->state();
+  // Expert parallel: the first expert group gathers its experts' weights (float32 masters under mixed
+  // precision) and Adam moments on rank 0 (which then holds every expert once, for the write).
+  std::vector<std::pair<std::string, at::Tensor>> gathered_w, gathered_opt;
+  if (ep) {
+    const int64_t per = model_->config().num_experts / comm_->ep_size();
+    auto weights = model::named_weights(model_);
+    std::vector<std::pair<std::string, at::Tensor>> lw, lo;
+    std::vector<std::vector<int64_t>> sw, so;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      if (!is_expert_name(weights[i].first)) continue;
+      lw.emplace_back(weights[i].first, impl_->master.empty() ? weights[i].second : impl_->master[i]);
+      sw.push_back(weights[i].second.sizes().vec());
+    }
+    for (size_t i = 0; i < trained_.size(); ++i) {
+      if (!impl_->expert[i]) continue;
+      const std::string& name = trained_[i].first;
+      const at::Tensor& p = impl_->opt_param(trained_, i);
+      auto it = st.find(impl_key(p));
+      at::Tensor a, b, k;
+      if (it != st.end()) {
+        auto& ps = static_cast<torch::optim::AdamWParamState&>(*it->second);
+        a = ps.exp_avg();
+        b = ps.exp_avg_sq();
+        k = at::full({1}, static_cast<double>(ps.step()), at::kFloat);
+      }
+      lo.emplace_back(name + ".exp_avg", a);
+      lo.emplace_back(name + ".exp_avg_sq", b);
+      lo.emplace_back(name + ".step", k);
+      so.push_back(p.sizes().vec());
+      so.push_back(p.sizes().vec());
+      so.push_back({1});
+    }
+    // One MoE layer at a time: the transfer buffers stay a layer's size (the same calls on every rank).
+    auto by_layer = [&](const std::vector<std::pair<std::string, at::Tensor>>& l, const std::vector<std::vector<int64_t>>& sh,
+                        std::vector<std::pair<std::string, at::Tensor>>& out) {
+      for (size_t i = 0; i < l.size();) {
+        std::smatch a, b;
+        std::regex_match(l[i].first, a, expert_name_re());
+        size_t j = i + 1;
+        while (j < l.size() && std::regex_match(l[j].first, b, expert_name_re()) && b[1] == a[1]) ++j;
+        std::vector<std::pair<std::string, at::Tensor>> part(l.begin() + i, l.begin() + j);
+        std::vector<std::vector<int64_t>> psh(sh.begin() + i, sh.begin() + j);
+        for (auto& e : gather_experts(*comm_, per, part, psh)) out.push_back(std::move(e));
+        i = j;
+      }
+    };
+    by_layer(lw, sw, gathered_w);
+    by_layer(lo, so, gathered_opt);
+    if (comm_->rank() != 0) return;
+  }
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::set<std::string> names;
-  auto& st = impl_->opt->state();
   for (size_t i = 0; i < trained_.size(); ++i) {
     const std::string& name = trained_[i].first;
     auto it = st.find(impl_key(impl_->opt_param(trained_, i)));
@@ -325,7 +450,15 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
     tensors.emplace_back(name + ".exp_avg_sq", ps.exp_avg_sq());
     tensors.emplace_back(name + ".step", at::full({1}, ps.step(), at::kLong));
     names.insert(name + ".exp_avg");
+    names.insert(name + ".exp_avg_sq");
+    names.insert(name + ".step");
   }
+  for (auto& [n, t] : gathered_opt)
+    if (!names.count(n)) {
+      const bool step = n.size() > 5 && n.compare(n.size() - 5, 5, ".step") == 0;
+      tensors.emplace_back(n, step ? t.round().to(at::kLong) : t);
+      names.insert(n);
+    }
   for (auto& [n, t] : impl_->carried)
     if (!names.count(n)) tensors.emplace_back(n, t);
   nlohmann::json state = state_;
@@ -353,12 +486,34 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
     }
   };
   swap_in(true);
+  // Expert parallel: rank 0's weights with the other ranks' experts of each MoE layer after its own.
+  std::vector<std::pair<std::string, at::Tensor>> full;
+  if (ep) {
+    std::map<std::string, std::vector<std::pair<std::string, at::Tensor>>> others;  // by "model.layers.L.mlp.experts."
+    std::set<std::string> own;
+    for (auto& [n, t] : weights) own.insert(n);
+    for (auto& [n, t] : gathered_w) {
+      std::smatch mm;
+      if (!own.count(n) && std::regex_match(n, mm, expert_name_re())) others[mm[1]].emplace_back(n, t);
+    }
+    for (size_t k = 0; k < weights.size(); ++k) {
+      full.push_back(weights[k]);
+      std::smatch a, b;
+      const std::string& n = weights[k].first;
+      if (!std::regex_match(n, a, expert_name_re())) continue;
+      const bool last = k + 1 == weights.size() || !std::regex_match(weights[k + 1].first, b, expert_name_re()) || b[1] != a[1];
+      if (last) for (auto& e : others[a[1]]) full.push_back(e);
+    }
+  }
   try {
-    model::save_model(model_, dir, files, [&](const std::string& staged) {
-      model::write_safetensors(staged + "/optimizer.safetensors", tensors,
-                               {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}});
-      if (before_swap) before_swap();
-    }, max_shard_bytes);
+    model::save_model(
+        model_, dir, files,
+        [&](const std::string& staged) {
+          model::write_safetensors(staged + "/optimizer.safetensors", tensors,
+                                   {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}});
+          if (before_swap) before_swap();
+        },
+        max_shard_bytes, full);
   } catch (...) {
     swap_in(false);
     throw;
@@ -373,6 +528,25 @@ void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& 
   const int64_t K = model_->config().num_experts_per_tok;
   const int64_t chunk = std::max<int64_t>(1, cfg_.micro_batch);
   const bool r3 = cfg_.router == RouterControl::replay_rollout;
+  if (impl_->ep) {
+    // Expert parallel: every rank of a group runs as many forwards as the busiest one (the MoE layers'
+    // exchanges pair up); the extra ones are idle (no rows of their own).
+    const double mine = static_cast<double>((seqs.size() + chunk - 1) / chunk);
+    const int64_t extra = static_cast<int64_t>(comm_->max(mine) - mine);
+    Batch b = idle_batch(dev);
+    model::ForwardOptions fo;
+    fo.hidden_only = true;
+    for (int64_t i = 0; i < extra; ++i) {
+      impl_->ep->idle = true;
+      try {
+        model_->forward(b.input, b.amask, model::RoutingPlan::native(), fo);
+      } catch (...) {
+        impl_->ep->idle = false;
+        throw;
+      }
+      impl_->ep->idle = false;
+    }
+  }
   for (size_t first = 0; first < seqs.size(); first += chunk) {
     const size_t last = std::min(seqs.size(), first + static_cast<size_t>(chunk));
     std::vector<const Sequence*> part;
@@ -444,7 +618,7 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   const double t0 = clock();
 
   algo::Metrics metrics;
-  at::Tensor loss;
+  at::Tensor loss, idle_loss;
   double local_tokens = 0;
   double eff_tokens = 0;   // RL under data parallel: tokens that train (--rs-mask and --mis drops removed)
   double kept_tokens = 0;  // ... of them, those TIS/MIS keep (tis/w_mean's denominator)
@@ -620,6 +794,22 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   } else {
     if (!dp) throw Error("update: empty mini-batch");
     // No sequences on this rank: contribute zero to the collectives the others make.
+    if (impl_->ep) {
+      // Expert parallel: the rank's experts still serve the group, so it runs an idle forward (and, below,
+      // backward) in step with the others; its own gradient is zero.
+      Batch b = idle_batch(dev);
+      model::ForwardOptions fo;
+      fo.hidden_only = true;
+      fo.checkpoint_layers = cfg_.checkpoint_activations;
+      impl_->ep->idle = true;
+      try {
+        idle_loss = model_->forward(b.input, b.amask, model::RoutingPlan::native(), fo).hidden.sum() * 0;
+      } catch (...) {
+        impl_->ep->idle = false;
+        throw;
+      }
+      impl_->ep->idle = false;
+    }
     if (!cfg_.sft) {
       std::vector<at::Tensor> den{at::zeros({2}, comm_->options())};
       comm_->all_reduce_sum(den);
@@ -630,6 +820,16 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   // step is aborted before the optimizer touches a weight.
   const double t1 = clock();
   if (loss.defined() && loss.requires_grad()) loss.backward();
+  if (idle_loss.defined()) {
+    impl_->ep->idle = true;  // a recomputed layer (--checkpoint-activations) stays idle
+    try {
+      idle_loss.backward();
+    } catch (...) {
+      impl_->ep->idle = false;
+      throw;
+    }
+    impl_->ep->idle = false;
+  }
 
   std::vector<at::Tensor> params;
   for (size_t i = 0; i < trained_.size(); ++i) params.push_back(impl_->opt_param(trained_, i));
@@ -642,32 +842,57 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
       p.mutable_grad().reset();
     }
   }
-  if (dp) {
-    // Sum gradients, and which parameters have one at all (an expert no rank routed to stays without).
+  // Sum gradients of params[ix] over `scope`, and which parameters have one at all (an expert no rank routed
+  // to stays without). `absent`: this rank's gradients do not count (an idle rank's zero shared gradients).
+  auto reduce_grads = [&](const std::vector<size_t>& ix, Communicator::Scope scope, bool absent) {
     std::vector<at::Tensor> bufs;
     std::vector<float> has;
-    for (auto& p : params) has.push_back(p.grad().defined() ? 1.f : 0.f);
+    for (size_t i : ix) has.push_back(!absent && params[i].grad().defined() ? 1.f : 0.f);
     bufs.push_back(at::tensor(has, at::kFloat).to(comm_->device()));  // on the gradients' device
-    for (auto& p : params) bufs.push_back(p.grad().defined() ? p.grad() : at::zeros_like(p));
-    comm_->all_reduce_sum(bufs);
+    for (size_t i : ix) bufs.push_back(!absent && params[i].grad().defined() ? params[i].grad() : at::zeros_like(params[i]));
+    comm_->all_reduce_sum(bufs, scope);
     at::Tensor any = bufs[0].to(at::kCPU);
     const float* any_grad = any.data_ptr<float>();
-    for (size_t i = 0; i < params.size(); ++i) {
-      if (any_grad[i] == 0.f) {
-        params[i].mutable_grad().reset();
+    for (size_t k = 0; k < ix.size(); ++k) {
+      at::Tensor& p = params[ix[k]];
+      if (any_grad[k] == 0.f) {
+        p.mutable_grad().reset();
       } else {
-        if (!params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
-        params[i].mutable_grad().copy_(bufs[i + 1]);
+        if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+        p.mutable_grad().copy_(bufs[k + 1]);
       }
     }
+  };
+  std::vector<size_t> shared_ix, expert_ix;
+  for (size_t i = 0; i < params.size(); ++i) (impl_->ep && impl_->expert[i] ? expert_ix : shared_ix).push_back(i);
+  if (dp) {
+    // Expert parallel: shared parameters over the world; an expert's gradient (already holding every token of
+    // its expert group, through the all-to-all's backward) over the ranks that own the same expert.
+    reduce_grads(shared_ix, Communicator::Scope::world, idle_loss.defined());
+    if (!expert_ix.empty() && comm_->replica_count() > 1) reduce_grads(expert_ix, Communicator::Scope::replicas, false);
   }
   const double t2 = clock();
-  if (const char* dump = std::getenv("MOEKIT_TRAIN_GRAD_DUMP"); dump && *dump && (!comm_ || comm_->rank() == 0)) {
+  const char* dump = std::getenv("MOEKIT_TRAIN_GRAD_DUMP");
+  std::vector<std::pair<std::string, at::Tensor>> dumped_experts;
+  if (dump && *dump && impl_->ep && comm_->rank() < comm_->ep_size()) {
+    // Expert parallel: rank 0 gathers every expert's gradient from its expert group (the variable must then
+    // be set on every rank).
+    std::vector<std::pair<std::string, at::Tensor>> l;
+    std::vector<std::vector<int64_t>> sh;
+    for (size_t i : expert_ix) {
+      l.emplace_back(trained_[i].first, params[i].grad());
+      sh.push_back(params[i].sizes().vec());
+    }
+    dumped_experts = gather_experts(*comm_, model_->config().num_experts / comm_->ep_size(), l, sh);
+  }
+  if (dump && *dump && (!comm_ || comm_->rank() == 0)) {
     // Test hook (tests/cli/train.bats): the all-reduced gradient of this update, before clipping, as
     // PREFIX.<optimizer step>.safetensors, so 1, 2 and 3 processes can be compared gradient to gradient.
     std::vector<std::pair<std::string, at::Tensor>> g;
     for (size_t i = 0; i < params.size(); ++i)  // the float32 masters' gradients under --dtype bf16
-      if (params[i].grad().defined()) g.emplace_back(trained_[i].first, params[i].grad().detach().to(at::kCPU, at::kFloat).contiguous());
+      if (params[i].grad().defined() && !(impl_->ep && impl_->expert[i]))
+        g.emplace_back(trained_[i].first, params[i].grad().detach().to(at::kCPU, at::kFloat).contiguous());
+    for (auto& e : dumped_experts) g.emplace_back(e.first, e.second.contiguous());
     model::write_safetensors(std::string(dump) + "." + std::to_string(global_step_ + 1) + ".safetensors", g,
                              {{"producer", "moe-train-step MOEKIT_TRAIN_GRAD_DUMP"}});
   }
@@ -675,10 +900,22 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   double norm = 0, local_loss = 0;
   {
     at::NoGradGuard ng;
-    std::vector<at::Tensor> norms;
-    for (auto& p : params)
-      if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(at::kFloat));
+    std::vector<at::Tensor> norms, expert_norms;
+    for (size_t i : shared_ix)
+      if (params[i].grad().defined()) norms.push_back(params[i].grad().norm(2).to(at::kFloat));
+    for (size_t i : expert_ix)
+      if (params[i].grad().defined()) expert_norms.push_back(params[i].grad().norm(2).to(at::kFloat));
     at::Tensor total = norms.empty() ? at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(dev)) : at::stack(norms).norm(2);
+    if (impl_->ep) {
+      // The true global norm: shared parameters once (the same on every rank) plus the squares of every
+      // expert, summed over the expert group (each expert once there).
+      std::vector<at::Tensor> sq{expert_norms.empty() ? at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(dev))
+                                                      : at::stack(expert_norms).pow(2).sum().reshape({1})};
+      comm_->all_reduce_sum(sq, Communicator::Scope::expert_group);
+      total = (total.pow(2) + sq[0].reshape({}).to(total.device())).sqrt();
+      if (!expert_norms.empty()) norms.insert(norms.end(), expert_norms.begin(), expert_norms.end());
+      else norms.push_back(total);  // clip this rank's shared gradients too
+    }
     at::Tensor l = loss.defined() ? loss.detach().to(at::kDouble).reshape({}).to(dev) : at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
     at::Tensor host = at::stack({l, total.to(at::kDouble)}).to(at::kCPU);  // the step's one sync
     local_loss = host[0].item<double>();

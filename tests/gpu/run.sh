@@ -2,7 +2,8 @@
 # GPU checks, for a machine with a CUDA device (nothing here runs without one: it says so and exits 0).
 #   tests/gpu/run.sh [BUILD_DIR]      default build-pypi/ (scripts/build.sh --torch pypi, built when missing)
 # 1. CPU vs CUDA parity on the transformers fixtures: logits, router logits and top-k experts (fp32, no TF32).
-# 2. 2-rank NCCL data parallel == 1 rank: one RSPO + R3 step, weights within 1e-4 (needs 2 GPUs).
+# 2. 2-rank NCCL data parallel == 1 rank, and 2-rank NCCL expert parallel (EP 2) == 1 rank: one RSPO + R3
+#    step, weights within 1e-4 (needs 2 GPUs).
 # 3. Throughput at the `small` preset on cuda:0: decode tokens/s (moe-rollout) and one train step's tokens/s.
 # Exit 0 when every check that could run passed, 1 when one failed.
 set -euo pipefail
@@ -44,6 +45,16 @@ if [ "$n" -ge 2 ]; then
   d=$(moe_tensor_diff "$w/one/model.safetensors" "$w/two/model.safetensors")
   echo "gpu: 2-rank NCCL vs 1 rank: max weight diff $d"
   awk -v d="$d" 'BEGIN { exit !(d < 1e-4) }' || { echo "gpu: FAIL NCCL data parallel"; fail=1; }
+  # Expert parallel over NCCL: EP 2 (each GPU owns 4 of the 8 experts) == 1 rank.
+  cp -r "$w/m0" "$w/ep"
+  port=$((20000 + RANDOM % 20000))
+  LOCAL_RANK=1 moe-train-step -m "$w/ep" "$w/rew.zst" "${args[@]}" --dist-backend nccl --rank 1 --world-size 2 --master-port "$port" --expert-parallel 2 &
+  pid=$!
+  LOCAL_RANK=0 moe-train-step -m "$w/ep" "$w/rew.zst" "${args[@]}" --dist-backend nccl --rank 0 --world-size 2 --master-port "$port" --expert-parallel 2
+  wait "$pid"
+  d=$(moe_tensor_diff "$w/one/model.safetensors" "$w/ep/model.safetensors")
+  echo "gpu: 2-rank NCCL expert parallel (EP 2) vs 1 rank: max weight diff $d"
+  awk -v d="$d" 'BEGIN { exit !(d < 1e-4) }' || { echo "gpu: FAIL NCCL expert parallel"; fail=1; }
 else
   echo "gpu: 1 device: the 2-rank NCCL check needs 2 (skipped)"
 fi

@@ -109,6 +109,10 @@ int main(int argc, char** argv) {
         app.add_option("--dist-init-file", cfg.dist.init_file, "rendezvous through this shared file instead of TCP");
         app.add_option("--dist-timeout", cfg.dist.timeout_s, "seconds before a missing peer is an error")->capture_default_str();
         app.add_option("--dist-backend", cfg.dist.backend, "gloo (CPU) or nccl (CUDA builds)")->capture_default_str();
+        app.add_option("--expert-parallel", cfg.dist.expert_parallel,
+                       "expert parallel: groups of N consecutive ranks share out the experts of every MoE layer")
+            ->capture_default_str()
+            ->check(CLI::PositiveNumber);
         app.add_flag("--checkpoint-activations", cfg.train.checkpoint_activations,
                      "recompute each decoder layer in the backward pass instead of keeping its activations");
         app.add_option("--dtype", cfg.dtype, "compute dtype: f32, or bf16 (float32 master weights and Adam states)")
@@ -148,6 +152,7 @@ int main(int argc, char** argv) {
         cfg.dist.init_file = keep.init_file;
         cfg.dist.timeout_s = keep.timeout_s;
         cfg.dist.backend = keep.backend;
+        cfg.dist.expert_parallel = keep.expert_parallel;
         moe::train::run_train_step(cfg);
         return 0;
       });

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "moe/model/config.h"
+#include "moe/model/expert_parallel.h"
 
 namespace moe::model {
 
@@ -122,9 +123,15 @@ struct MoeLayerOutput {
   at::Tensor hidden, indices, probs, probs_at, router_logits;  // as ForwardOutput, flattened to [N, ...]
 };
 
+// Which experts a rank materialises: with size > 1, experts [rank * E / size, (rank + 1) * E / size) only
+// (moe/model/expert_parallel.h); the others are never allocated and never named by named_weights.
+struct ExpertShard {
+  int rank = 0, size = 1;
+};
+
 class SparseMoeImpl : public torch::nn::Module {
  public:
-  explicit SparseMoeImpl(const ModelConfig& c);
+  explicit SparseMoeImpl(const ModelConfig& c, ExpertShard shard = {});
   // x [N, H]; indices/logits [N, k]/[N, E] per the plan mode; valid [N] bool: rows whose replay indices count
   // (other rows use native routing); run_rows [N] bool (undefined = all): rows the experts run on (padding
   // gets a zero MLP output, its routing is still computed). Experts run only on the rows routed to them.
@@ -132,8 +139,10 @@ class SparseMoeImpl : public torch::nn::Module {
                          const at::Tensor& valid, const at::Tensor& probs_at, bool want_logits, bool want_capture,
                          const at::Tensor& run_rows = {});
   Linear gate{nullptr};
-  std::vector<Mlp> experts;
-  int64_t num_experts, top_k;
+  std::vector<Mlp> experts;  // the materialised experts: global ids first_expert .. first_expert + size - 1
+  int64_t num_experts, top_k;  // num_experts: all of them (the router's width)
+  int64_t first_expert = 0;
+  std::shared_ptr<ExpertParallel> ep;  // set (Qwen3MoeImpl::set_expert_parallel) when experts are sharded
   bool norm_topk_prob;
   ExpertKernel kernel = ExpertKernel::loop;  // used without gradients; with gradients always the loop
 
@@ -145,6 +154,8 @@ class SparseMoeImpl : public torch::nn::Module {
   at::Tensor gate_up_w_, down_w_;
   at::Tensor dispatch_loop(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating);
   at::Tensor dispatch_padded(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating, bool grouped);
+  // Expert parallel: all-to-all to the experts' owners and back (lib/model/expert_parallel.cpp).
+  at::Tensor dispatch_ep(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating);
 };
 TORCH_MODULE(SparseMoe);
 
@@ -165,7 +176,7 @@ TORCH_MODULE(Attention);
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  DecoderLayerImpl(const ModelConfig& c, int64_t layer);
+  DecoderLayerImpl(const ModelConfig& c, int64_t layer, ExpertShard shard = {});
   Attention self_attn{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Mlp dense{nullptr};     // registered as "mlp" when the layer is dense
@@ -175,7 +186,7 @@ TORCH_MODULE(DecoderLayer);
 
 class Qwen3MoeImpl : public torch::nn::Module {
  public:
-  explicit Qwen3MoeImpl(const ModelConfig& c);
+  explicit Qwen3MoeImpl(const ModelConfig& c, ExpertShard shard = {});
 
   // input_ids [B, T] int64; attention_mask [B, T] (1 = token, 0 = pad; undefined = all ones). Positions count
   // real tokens only (cumsum of the mask over cache + input), so left- or right-padded rows give each
@@ -192,6 +203,9 @@ class Qwen3MoeImpl : public torch::nn::Module {
   // The fastest kernel for the model's device: loop on the CPU (its counts are already on the host),
   // grouped (or padded) on an accelerator, where a host copy per layer stalls the device.
   void choose_expert_kernel();
+  // Expert parallel: the group every MoE layer exchanges its tokens over (size() must be the shard's size).
+  void set_expert_parallel(std::shared_ptr<ExpertParallel> ep);
+  const ExpertShard& expert_shard() const { return shard_; }
   // The router weights ([E, H] each, one per MoE layer), e.g. to freeze them in an optimizer.
   std::vector<at::Tensor> router_parameters();
   at::Tensor lm_head_weight();  // lm_head.weight, or embed_tokens.weight when tied
@@ -204,6 +218,7 @@ class Qwen3MoeImpl : public torch::nn::Module {
 
  private:
   ModelConfig cfg_;
+  ExpertShard shard_;
   std::vector<int> moe_layers_;
   std::shared_ptr<torch::nn::Module> model_;  // "model" holding embed_tokens / layers / norm
   at::Tensor inv_freq_;                       // [head_dim / 2] float32, CPU
@@ -233,18 +248,22 @@ std::vector<std::pair<std::string, at::Tensor>> named_weights(Qwen3Moe& m);
 // throws moe::Error naming it.
 void load_weights(Qwen3Moe& m, const std::string& dir);
 
-// config.json + weights -> a model on `device` in `dtype`, in eval mode.
-Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::ScalarType dtype = c10::kFloat);
+// config.json + weights -> a model on `device` in `dtype`, in eval mode. With a shard of size > 1 only the
+// shard's experts are read (and allocated); the checkpoint's other experts are skipped.
+Qwen3Moe load_model(const std::string& dir, const c10::Device& device, c10::ScalarType dtype = c10::kFloat,
+                    ExpertShard shard = {});
 
 // Writes config.json, model.safetensors (Hub names, the model's dtype) and `extra_files` (name -> contents)
 // into a staged sibling directory, lets `add_files(staged_dir)` write more (e.g. optimizer state), then swaps
 // it in with io::replace_dir: `dir` is the old or the new complete model at every moment. Weights above
 // max_shard_bytes are written as shards + model.safetensors.index.json. Of an existing dir every regular
 // file that is not a weight file and not written anew is carried over (model/checkpoint_files.h); a
-// subdirectory in it throws before anything is written.
+// subdirectory in it throws before anything is written. `weights` (when not empty) are written instead of
+// named_weights(m): e.g. every expert of an expert-parallel model, gathered by the trainer.
 void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files = {},
                 const std::function<void(const std::string& staged_dir)>& add_files = {},
-                int64_t max_shard_bytes = 5'000'000'000);
+                int64_t max_shard_bytes = 5'000'000'000,
+                const std::vector<std::pair<std::string, at::Tensor>>& weights = {});
 
 // "cpu", "cuda", "cuda:1" -> device; "f32"/"float32", "bf16"/"bfloat16", "f16"/"float16" -> dtype.
 // Throw moe::UsageError on an unknown spelling.

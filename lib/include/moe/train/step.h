@@ -87,7 +87,9 @@ class Trainer {
   void load_state(const std::string& dir);
   // Writes the model, optimizer.safetensors and trainer_state.json into `dir` atomically (staged dir +
   // replace_dir); `extra_files` are copied in (e.g. tokenizer.json); weights above max_shard_bytes are
-  // sharded (model::save_model). Only rank 0 writes.
+  // sharded (model::save_model). Only rank 0 writes; under expert parallel the ranks of the first expert
+  // group send it their experts' weights and Adam moments first (every one of them calls save; they return
+  // after the gather), so the result is one ordinary checkpoint.
   // `before_swap` (optional) runs with the new checkpoint fully staged, just before it is swapped in: the
   // step prepares its other outputs there, so an error in them leaves the old checkpoint in place.
   void save(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
@@ -133,6 +135,7 @@ struct DistConfig {
   std::string init_file;     // FileStore rendezvous instead of TCP when set
   double timeout_s = 120;    // collective and rendezvous timeout
   std::string backend = "gloo";  // gloo | nccl (CUDA builds only)
+  int expert_parallel = 1;   // --expert-parallel N: groups of N consecutive ranks own E / N experts each
 };
 // Fills rank/world/master from the environment for the fields that were not given (< 0 / empty).
 DistConfig dist_from_env(std::optional<int> rank, std::optional<int> world, const std::string& addr,

@@ -1,0 +1,33 @@
+// Expert parallelism (moe-train-step --expert-parallel N): the model's view of its expert-parallel group.
+// N consecutive ranks form a group; rank r of the group owns experts [r * E / N, (r + 1) * E / N) of every MoE
+// layer and materialises only those. A MoE layer routes its tokens locally (the router is replicated), sends
+// each routed row to its expert's owner by all-to-all, runs its own experts on what it received, and sends the
+// results back (lib/model/expert_parallel.cpp). The transport is the caller's (lib/train/dist.cpp: c10d).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace moe::model {
+
+class ExpertParallel {
+ public:
+  virtual ~ExpertParallel() = default;
+  virtual int rank() const = 0;  // position in the expert-parallel group
+  virtual int size() const = 0;  // ranks in the group
+  // All-to-all over the group: rows [sum(send)] of x, send[r] consecutive rows to rank r; returns
+  // [sum(recv), ...] rows, recv[r] of them from rank r, in rank order. Every rank of the group calls it
+  // with matching counts (recv of one = send of its peers). No autograd (all_to_all_rows adds it).
+  virtual at::Tensor all_to_all(const at::Tensor& x, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) = 0;
+  // Set while a forward runs only to take part in the group's collectives (a rank without sequences in a
+  // mini-batch): its MoE layers send no rows, but still serve the rows their experts receive.
+  bool idle = false;
+};
+
+// all_to_all with autograd: the backward pass sends the gradients back the reverse way (recv <-> send).
+at::Tensor all_to_all_rows(const std::shared_ptr<ExpertParallel>& ep, const at::Tensor& x, const std::vector<int64_t>& send,
+                           const std::vector<int64_t>& recv);
+
+}  // namespace moe::model
