@@ -73,7 +73,8 @@ evaluate() {
       -k "$k" --temperature "$temp" --max-new-tokens "$max_new" --seed "$seed" --threads "$threads" \
       --json > "$out"
   jq -c '[.datasets[] | {(.name | sub(".*/"; "") | sub("\\.jsonl$"; "")):
-           {pass1: .["pass@1"], mean_at_k: .["mean@k"]}}] | add' "$out"
+           {pass1: .["pass@1"], pass1_se: .["pass@1_se"], mean_at_k: .["mean@k"], mean_at_k_se: .["mean@k_se"]}}]
+         | add' "$out"
 }
 say "evaluating before RL ($test_n held-out prompts, $(wc -l < "$work/train-eval.jsonl") RL training prompts, greedy + $k samples at T=$temp)"
 before=$(evaluate before)
@@ -105,12 +106,18 @@ after=$(evaluate after)
 say "after RL: $after"
 
 echo "Countdown accuracy, tiny MoE, seed $seed ($((SECONDS - start)) s; $sft_steps SFT steps, $rl_steps RSPO+R3 steps)"
-printf '%-36s %10s %10s\n' "" "before RL" "after RL"
+echo "(each figure +- its standard error: binomial for pass@1, across prompts of the per-prompt mean for mean@k)"
+printf '%-36s %17s %17s %9s\n' "" "before RL" "after RL" "gain > SE"
 for set in test train-eval; do
   name=$([ "$set" = test ] && echo "held-out test ($test_n)" || echo "RL train prompts ($(wc -l < "$work/train-eval.jsonl"))")
   for m in pass1 mean_at_k; do
     label=$([ "$m" = pass1 ] && echo "greedy pass@1" || echo "mean@$k T=$temp")
-    printf '%-36s %10.3f %10.3f\n' "$name $label" "$(jq ".[\"$set\"].$m" <<<"$before")" "$(jq ".[\"$set\"].$m" <<<"$after")"
+    # the gain counts when after - before exceeds the larger of the two standard errors
+    jq -rn --argjson b "$before" --argjson a "$after" --arg s "$set" --arg m "$m" --arg row "$name $label" '
+      $b[$s] as $x | $a[$s] as $y | ($x[$m + "_se"] // 0) as $bse | ($y[$m + "_se"] // 0) as $ase |
+      [$row, $x[$m], $bse, $y[$m], $ase, (if $y[$m] - $x[$m] > ([$bse, $ase] | max) then "yes" else "no" end)]
+      | map(tostring) | join("\t")' \
+      | awk -F '\t' '{ printf "%-36s %7.3f +- %.3f %7.3f +- %.3f %9s\n", $1, $2, $3, $4, $5, $6 }'
   done
 done
 echo "metrics: $metrics; evals: $work/eval.before.json $work/eval.after.json" >&2
