@@ -8,13 +8,23 @@
 #   demo.sh [--quick] [--seed S]
 #
 # --quick: a tiny configuration that only checks the pipeline runs (seconds; accuracy meaningless).
-# Sizes come from the environment (defaults: the measured configuration of docs/results.md):
-#   SFT_STEPS (1200) SFT_BATCH (128)  RL_STEPS (60) PROMPTS (16, per RL step) G (8, samples per prompt)
+# Sizes come from the environment (defaults: the configuration chosen in issue 14, docs/results.md section 1):
+#   SFT_STEPS (400) SFT_BATCH (128)  RL_STEPS (60) PROMPTS (16, per RL step) G (8, samples per prompt)
 #   POOL (RL_STEPS x PROMPTS: each prompt seen once; smaller pools are cycled) POOL_EVAL (256: the first
-#   POOL_EVAL pool prompts are evaluated as "RL train prompts") LR (1e-4) TEMP (1.0, rollout and sampled-eval temperature)
-#   MAX_NEW (24) TEST_N (200, held-out prompts) K (8, samples per prompt for mean@k) THREADS (1)
+#   POOL_EVAL pool prompts are evaluated as "RL train prompts") LR (1e-4) TEMP (0.7, rollout and sampled-eval temperature)
+#   MAX_NEW (24) TEST_N (500, held-out prompts) K (8, samples per prompt for mean@k) THREADS (1)
 #   MOEKIT_DEMO_DIR (a new temporary dir, kept and printed), SFT_MODEL (skip init + SFT: start RL from this dir)
-# Progress goes to stderr; the before/after table goes to stdout. Everything is seeded by --seed (1).
+# Progress goes to stderr; the before/after table (each figure +- its standard error) goes to stdout.
+# Everything is seeded by --seed (1).
+#
+# Tuning (issue 14; bar: held-out greedy pass@1 and mean@8 both up by more than their standard error).
+# Tried, all with 60 RL steps x 16 fresh prompts x 8 samples and TEST_N=500, chosen on seed 7, reported on
+# seed 1: SFT 200 or 400 steps, LR 1e-4 or 2e-4, TEMP 1.0 or 0.7 (5 configurations). Chosen on seed 7:
+# SFT 400, TEMP 0.7 (greedy 0.166 -> 0.214 +- 0.018, mean@8 0.151 -> 0.207 +- 0.014). On seed 1 it does
+# NOT meet the bar: mean@8 0.185 -> 0.233 +- 0.016 (up), greedy 0.236 -> 0.226 +- 0.019 (flat). No
+# configuration tried raised held-out greedy on seed 1; SFT 200 made RL hurt there. Table: docs/results.md.
+# CPU time (user + sys) of RL and both evaluations: ~134 s; SFT 400 steps ~0.4 s a step when the machine
+# was quiet, so ~5 min in all on an unloaded machine (under the 15-minute budget; not timed unloaded).
 set -euo pipefail
 
 quick=0 seed=1
@@ -22,7 +32,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
     --seed) seed=${2:?--seed needs a value}; shift ;;
-    -h|--help) sed -n '3,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '3,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -30,10 +40,10 @@ done
 if [ "$quick" = 1 ]; then
   : "${SFT_STEPS:=20}" "${RL_STEPS:=2}" "${PROMPTS:=4}" "${G:=4}" "${POOL_EVAL:=8}" "${TEST_N:=8}" "${K:=2}"
 fi
-sft_steps=${SFT_STEPS:-1200} sft_batch=${SFT_BATCH:-128}
+sft_steps=${SFT_STEPS:-400} sft_batch=${SFT_BATCH:-128}
 rl_steps=${RL_STEPS:-60} prompts=${PROMPTS:-16} g=${G:-8}
 pool=${POOL:-$((rl_steps * prompts))} pool_eval=${POOL_EVAL:-256}
-lr=${LR:-1e-4} temp=${TEMP:-1.0} max_new=${MAX_NEW:-24} test_n=${TEST_N:-200} k=${K:-8}
+lr=${LR:-1e-4} temp=${TEMP:-0.7} max_new=${MAX_NEW:-24} test_n=${TEST_N:-500} k=${K:-8}
 threads=${THREADS:-1}
 for tool in moe-init moe-data moe-train-step moe-rollout moe-reward moe-eval jq; do
   command -v "$tool" >/dev/null || { echo "demo.sh: $tool not found on PATH (build first: bash scripts/build.sh)" >&2; exit 1; }
@@ -73,7 +83,8 @@ evaluate() {
       -k "$k" --temperature "$temp" --max-new-tokens "$max_new" --seed "$seed" --threads "$threads" \
       --json > "$out"
   jq -c '[.datasets[] | {(.name | sub(".*/"; "") | sub("\\.jsonl$"; "")):
-           {pass1: .["pass@1"], mean_at_k: .["mean@k"]}}] | add' "$out"
+           {pass1: .["pass@1"], pass1_se: .["pass@1_se"], mean_at_k: .["mean@k"], mean_at_k_se: .["mean@k_se"]}}]
+         | add' "$out"
 }
 say "evaluating before RL ($test_n held-out prompts, $(wc -l < "$work/train-eval.jsonl") RL training prompts, greedy + $k samples at T=$temp)"
 before=$(evaluate before)
@@ -105,12 +116,18 @@ after=$(evaluate after)
 say "after RL: $after"
 
 echo "Countdown accuracy, tiny MoE, seed $seed ($((SECONDS - start)) s; $sft_steps SFT steps, $rl_steps RSPO+R3 steps)"
-printf '%-36s %10s %10s\n' "" "before RL" "after RL"
+echo "(each figure +- its standard error: binomial for pass@1, across prompts of the per-prompt mean for mean@k)"
+printf '%-36s %17s %17s %9s\n' "" "before RL" "after RL" "gain > SE"
 for set in test train-eval; do
   name=$([ "$set" = test ] && echo "held-out test ($test_n)" || echo "RL train prompts ($(wc -l < "$work/train-eval.jsonl"))")
   for m in pass1 mean_at_k; do
     label=$([ "$m" = pass1 ] && echo "greedy pass@1" || echo "mean@$k T=$temp")
-    printf '%-36s %10.3f %10.3f\n' "$name $label" "$(jq ".[\"$set\"].$m" <<<"$before")" "$(jq ".[\"$set\"].$m" <<<"$after")"
+    # the gain counts when after - before exceeds the larger of the two standard errors
+    jq -rn --argjson b "$before" --argjson a "$after" --arg s "$set" --arg m "$m" --arg row "$name $label" '
+      $b[$s] as $x | $a[$s] as $y | ($x[$m + "_se"] // 0) as $bse | ($y[$m + "_se"] // 0) as $ase |
+      [$row, $x[$m], $bse, $y[$m], $ase, (if $y[$m] - $x[$m] > ([$bse, $ase] | max) then "yes" else "no" end)]
+      | map(tostring) | join("\t")' \
+      | awk -F '\t' '{ printf "%-36s %7.3f +- %.3f %7.3f +- %.3f %9s\n", $1, $2, $3, $4, $5, $6 }'
   done
 done
 echo "metrics: $metrics; evals: $work/eval.before.json $work/eval.after.json" >&2

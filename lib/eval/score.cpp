@@ -1,5 +1,6 @@
 // Accuracy counts and their table / JSON (no libtorch here).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "moe/eval/eval.h"
@@ -19,11 +20,13 @@ nlohmann::json score_json(const DatasetScore& s, int64_t k) {
   nlohmann::json j = {{"name", s.name},
                       {"prompts", s.prompts},
                       {"pass@1", s.pass_at_1()},
+                      {"pass@1_se", s.pass_at_1_se()},
                       {"greedy_correct", s.greedy_correct},
                       {"greedy_mean_reward", s.prompts ? s.greedy_reward / static_cast<double>(s.prompts) : 0.0},
                       {"greedy_mean_tokens", rate(s.greedy_tokens, s.prompts)}};
   if (k > 0) {
     j["mean@k"] = s.mean_at_k();
+    j["mean@k_se"] = s.mean_at_k_se();
     j["pass@k"] = s.pass_at_k();
     j["samples"] = s.samples;
     j["sampled_correct"] = s.sampled_correct;
@@ -32,6 +35,7 @@ nlohmann::json score_json(const DatasetScore& s, int64_t k) {
     j["sampled_mean_tokens"] = rate(s.sampled_tokens, s.samples);
   } else {
     j["mean@k"] = nullptr;
+    j["mean@k_se"] = nullptr;
     j["pass@k"] = nullptr;
   }
   return j;
@@ -43,6 +47,20 @@ double DatasetScore::pass_at_1() const { return rate(greedy_correct, prompts); }
 double DatasetScore::mean_at_k() const { return rate(sampled_correct, samples); }
 double DatasetScore::pass_at_k() const { return rate(any_correct, prompts); }
 
+double DatasetScore::pass_at_1_se() const {
+  if (prompts == 0) return 0.0;
+  const double p = pass_at_1();
+  return std::sqrt(p * (1.0 - p) / static_cast<double>(prompts));
+}
+
+double DatasetScore::mean_at_k_se() const {
+  if (sampled_prompts < 2) return 0.0;
+  const double n = static_cast<double>(sampled_prompts);
+  const double m = prompt_rate_sum / n;
+  const double var = std::max(0.0, (prompt_rate_sq - n * m * m) / (n - 1.0));
+  return std::sqrt(var / n);
+}
+
 void DatasetScore::merge(const DatasetScore& o) {
   prompts += o.prompts;
   greedy_correct += o.greedy_correct;
@@ -53,6 +71,9 @@ void DatasetScore::merge(const DatasetScore& o) {
   any_correct += o.any_correct;
   sampled_reward += o.sampled_reward;
   sampled_tokens += o.sampled_tokens;
+  sampled_prompts += o.sampled_prompts;
+  prompt_rate_sum += o.prompt_rate_sum;
+  prompt_rate_sq += o.prompt_rate_sq;
 }
 
 void score_prompt(format::RolloutRecord* greedy, std::vector<format::RolloutRecord>& sampled,
@@ -76,7 +97,9 @@ void score_prompt(format::RolloutRecord* greedy, std::vector<format::RolloutReco
     into.greedy_tokens += greedy->response_tokens.size();
   }
   bool any = false;
+  uint64_t correct = 0;
   for (size_t i = 0; i < ss.size(); ++i) {
+    correct += ss[i].correct ? 1 : 0;
     ++into.samples;
     into.sampled_correct += ss[i].correct ? 1 : 0;
     into.sampled_reward += ss[i].score;
@@ -84,6 +107,12 @@ void score_prompt(format::RolloutRecord* greedy, std::vector<format::RolloutReco
     any = any || ss[i].correct;
   }
   into.any_correct += any ? 1 : 0;
+  if (!ss.empty()) {
+    const double r = static_cast<double>(correct) / static_cast<double>(ss.size());
+    ++into.sampled_prompts;
+    into.prompt_rate_sum += r;
+    into.prompt_rate_sq += r * r;
+  }
 }
 
 std::string format_table(const EvalResult& r, bool markdown) {

@@ -252,6 +252,29 @@ ModelConfig preset_config(const std::string& name, int64_t vocab_size) {
     c.intermediate_size = 192;  // unused unless a config adds mlp_only_layers
     c.max_position_embeddings = 512;
     c.tie_word_embeddings = false;
+  } else if (name == "top1" || name == "fine") {
+    // The routing-regime presets of the stability study, scaled to a CPU: tiny's attention, and the same
+    // active FFN width per token (192) from 1536 expert units. top1: 8 experts, top-1 routing without
+    // renormalisation (Qwen2-MoE style: the gate weight is the softmax probability, so the router still gets
+    // a gradient, and every routing flip changes the whole FFN output). fine: 32 fine-grained experts, top-4.
+    c.hidden_size = 96;
+    c.num_hidden_layers = 3;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 24;
+    c.intermediate_size = 192;  // unused unless a config adds mlp_only_layers
+    c.max_position_embeddings = 512;
+    c.tie_word_embeddings = false;
+    if (name == "top1") {
+      c.num_experts = 8;
+      c.num_experts_per_tok = 1;
+      c.moe_intermediate_size = 192;
+      c.norm_topk_prob = false;
+    } else {
+      c.num_experts = 32;
+      c.num_experts_per_tok = 4;
+      c.moe_intermediate_size = 48;
+    }
   } else if (name == "small") {
     c.hidden_size = 1024;
     c.num_hidden_layers = 16;
@@ -265,7 +288,7 @@ ModelConfig preset_config(const std::string& name, int64_t vocab_size) {
     c.max_position_embeddings = 4096;
     c.tie_word_embeddings = false;
   } else {
-    throw UsageError("unknown preset '" + name + "' (known: tiny, small)");
+    throw UsageError("unknown preset '" + name + "' (known: tiny, top1, fine, small)");
   }
   return c;
 }

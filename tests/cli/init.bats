@@ -103,3 +103,25 @@ setup() { setup_common; }
   grep -q '"torch_dtype": "bfloat16"' "$TMP/h/config.json"
   head -c 4000 "$TMP/h/model.safetensors" | grep -q '"BF16"'
 }
+
+@test "the routing-regime presets top1 and fine write their shapes and generate" {
+  run moe-init --preset top1 -o "$TMP/t1" --seed 1
+  [ "$status" -eq 0 ]
+  [ "$(jq -c '[.num_experts, .num_experts_per_tok, .moe_intermediate_size, .norm_topk_prob, .hidden_size]' \
+        "$TMP/t1/config.json")" = '[8,1,192,false,96]' ]
+  run moe-init --preset fine -o "$TMP/f" --seed 1
+  [ "$status" -eq 0 ]
+  [ "$(jq -c '[.num_experts, .num_experts_per_tok, .moe_intermediate_size, .norm_topk_prob, .hidden_size]' \
+        "$TMP/f/config.json")" = '[32,4,48,true,96]' ]
+  # both run a rollout whose routing stream records their top-K
+  for m in t1 f; do
+    moe-data countdown -q -n 2 --seed 1 \
+      | moe-rollout -q -m "$TMP/$m" -G 2 --max-new-tokens 4 --seed 1 --threads 1 --routing-out "$TMP/$m.routes.zst" \
+      > "$TMP/$m.rollouts.zst"
+    [ -s "$TMP/$m.routes.zst" ]
+  done
+  [ "$(moe-route-dump show --header "$TMP/t1.routes.zst" | jq -c '[.meta.num_experts, .meta.top_k]')" = '[8,1]' ]
+  [ "$(moe-route-dump show --header "$TMP/f.routes.zst" | jq -c '[.meta.num_experts, .meta.top_k]')" = '[32,4]' ]
+  # one expert per token and layer under top1
+  [ "$(moe-route-dump show --jsonl "$TMP/t1.routes.zst" | jq -sc '[.[].experts[][] | length] | unique')" = '[1]' ]
+}

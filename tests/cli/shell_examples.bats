@@ -64,3 +64,14 @@ setup() {
   [[ "$control" == *"tokens with >= 1 differing layer: 0.0000"* ]]
   [[ "$output" == *"== bf16 rollout vs fp32 re-score"* ]]
 }
+
+@test "demo.sh --quick prints each held-out and train-prompt figure with its standard error" {
+  cd "$TMP"
+  MOEKIT_DEMO_DIR=$TMP/demo run bash "$SRC/shell_examples/demo.sh" --quick
+  [ "$status" -eq 0 ]
+  echo "$output"
+  [ "$(grep -cE '^(held-out test|RL train prompts) .* [0-9.]+ \+- [0-9.]+ +[0-9.]+ \+- [0-9.]+ +(yes|no)$' <<<"$output")" -eq 4 ]
+  # the standard errors are moe-eval's, present in both evaluations
+  jq -e '.datasets | all(.["pass@1_se"] != null and .["mean@k_se"] != null)' "$TMP/demo/eval.before.json"
+  jq -e '.datasets | all(.["pass@1_se"] != null and .["mean@k_se"] != null)' "$TMP/demo/eval.after.json"
+}

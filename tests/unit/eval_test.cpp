@@ -1,4 +1,6 @@
 // moe-eval's scoring of responses (pass@1, mean@k, pass@k) and the metrics report reader.
+#include <cmath>
+
 #include <catch2/catch.hpp>
 
 #include "moe/eval/eval.h"
@@ -50,6 +52,8 @@ TEST_CASE("a model that always answers with the reference solution scores 100%",
   CHECK(s.pass_at_1() == 1.0);
   CHECK(s.mean_at_k() == 1.0);
   CHECK(s.pass_at_k() == 1.0);
+  CHECK(s.pass_at_1_se() == 0.0);  // no spread when every prompt is right
+  CHECK(s.mean_at_k_se() == 0.0);
 }
 
 TEST_CASE("well-formed wrong answers earn the format reward but no accuracy", "[eval]") {
@@ -84,6 +88,10 @@ TEST_CASE("mean@k counts samples, pass@k prompts with any correct sample", "[eva
   CHECK(s.pass_at_1() == 0.5);
   CHECK(s.mean_at_k() == 0.5);  // 4 of 8
   CHECK(s.pass_at_k() == 1.0);
+  // Standard errors: pass@1 binomial sqrt(0.5 * 0.5 / 2); mean@k across prompts of the per-prompt shares
+  // 0.25 and 0.75: sample variance 0.125, so sqrt(0.125 / 2) = 0.25.
+  CHECK_THAT(s.pass_at_1_se(), WithinAbs(std::sqrt(0.125), 1e-12));
+  CHECK_THAT(s.mean_at_k_se(), WithinAbs(0.25, 1e-12));
 
   eval::EvalResult r;
   r.k = 4;
@@ -97,6 +105,8 @@ TEST_CASE("mean@k counts samples, pass@k prompts with any correct sample", "[eva
   CHECK(j["datasets"][0]["pass@1"] == 0.5);
   CHECK(j["overall"]["pass@k"] == 1.0);
   CHECK(j["overall"]["sampled_correct"] == 4);
+  CHECK_THAT(j["overall"]["mean@k_se"].get<double>(), WithinAbs(0.25, 1e-12));  // merge keeps the per-prompt sums
+  CHECK_THAT(j["datasets"][0]["pass@1_se"].get<double>(), WithinAbs(std::sqrt(0.125), 1e-12));
   std::string t = eval::format_table(r);
   CHECK_THAT(t, Contains("mean@4"));
   CHECK_THAT(t, Contains("50.00%"));

@@ -129,6 +129,27 @@ TEST_CASE("config digest is stable and tracks the architecture", "[model]") {
   CHECK_THROWS_AS(preset_config("huge", 98), moe::UsageError);
 }
 
+TEST_CASE("the routing-regime presets: top1 and fine share tiny's attention and active FFN width", "[model]") {
+  const ModelConfig tiny = preset_config("tiny", 98), top1 = preset_config("top1", 98), fine = preset_config("fine", 98);
+  CHECK(top1.num_experts == 8);
+  CHECK(top1.num_experts_per_tok == 1);
+  CHECK_FALSE(top1.norm_topk_prob);  // renormalising one weight would make it 1 and starve the router of gradient
+  CHECK(fine.num_experts == 32);
+  CHECK(fine.num_experts_per_tok == 4);
+  CHECK(fine.norm_topk_prob);
+  for (const ModelConfig* c : {&top1, &fine}) {
+    CHECK(c->hidden_size == tiny.hidden_size);
+    CHECK(c->num_hidden_layers == tiny.num_hidden_layers);
+    CHECK(c->num_attention_heads == tiny.num_attention_heads);
+    CHECK(c->num_key_value_heads == tiny.num_key_value_heads);
+    CHECK(c->vocab_size == 98);
+    // active FFN units per token equal tiny's (2 x 96); total expert units equal between top1 and fine
+    CHECK(c->num_experts_per_tok * c->moe_intermediate_size == tiny.num_experts_per_tok * tiny.moe_intermediate_size);
+    CHECK(c->num_experts * c->moe_intermediate_size == 1536);
+  }
+  CHECK(config_digest(top1) != config_digest(fine));
+}
+
 // ---------------------------------------------------------------- safetensors
 TEST_CASE("safetensors round trip in f32 and bf16", "[model]") {
   std::string dir = scratch_dir();

@@ -86,8 +86,8 @@ int main(int argc, char** argv) {
       "moe-init", argc, argv,
       [&](CLI::App& app) {
         app.description("Write a randomly initialised Qwen3-MoE model dir (config.json, model.safetensors, tokenizer.json).");
-        auto* p = app.add_option("--preset", o.preset, "model shape: tiny (CPU demos, default) or small (benchmarks)")
-                      ->check(CLI::IsMember({"tiny", "small"}));
+        auto* p = app.add_option("--preset", o.preset, "model shape: tiny (CPU demos, default), top1 or fine (routing-regime studies) or small (benchmarks)")
+                      ->check(CLI::IsMember({"tiny", "top1", "fine", "small"}));
         auto* c = app.add_option("--config", o.config, "a qwen3_moe config.json to use instead of a preset");
         p->excludes(c);
         app.add_option("--tokenizer", o.tokenizer, "char tokenizer.json (default: built-in printable ASCII vocabulary)");

@@ -29,9 +29,16 @@ struct DatasetScore {
   uint64_t any_correct = 0;       // prompts with at least one correct sampled response
   double sampled_reward = 0;      // sum of the sampled responses' task scores
   uint64_t sampled_tokens = 0;
+  uint64_t sampled_prompts = 0;   // prompts with at least one sampled response
+  double prompt_rate_sum = 0;     // sum over those prompts of (correct sampled / sampled)
+  double prompt_rate_sq = 0;      // sum over those prompts of (correct sampled / sampled)^2
 
   double pass_at_1() const;  // greedy_correct / prompts
   double mean_at_k() const;  // sampled_correct / samples
+  // Standard errors: binomial sqrt(p (1 - p) / n) for pass@1; for mean@k the standard error across prompts
+  // of the per-prompt share of correct samples, sqrt(s^2 / n) with the sample variance s^2 (0 when n < 2).
+  double pass_at_1_se() const;
+  double mean_at_k_se() const;
   double pass_at_k() const;  // any_correct / prompts (k = samples per prompt)
   void merge(const DatasetScore& other);  // adds the counts (name unchanged)
 };
