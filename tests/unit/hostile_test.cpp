@@ -124,6 +124,23 @@ TEST_CASE("JSON text: keys per object and values per text are limited", "[hostil
   CHECK(error_of([&] { moe::io::parse_json(values, ""); }).find("more than 1048576 values") != std::string::npos);
 }
 
+TEST_CASE("JSON files: the one depth limit, errors naming the file, no cap on keys", "[hostile][io]") {
+  // 100,000 levels (a hostile config.json or trainer_state.json): one error naming the file, found while parsing.
+  const std::string deep = put("deep.json", "{\"x\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
+  CHECK(error_of([&] { moe::io::read_json_file(deep); }) == deep + ": JSON nested deeper than 64 levels (the limit of every moekit reader)");
+  CHECK(moe::io::json_depth(moe::io::read_json_file(put("d64.json", nested_json(64)))) == 64);
+  CHECK(error_of([&] { moe::io::read_json_file(put("d65.json", nested_json(65))); }).find(dir() + "/d65.json: JSON nested deeper than 64") == 0);
+  const std::string bad = put("bad.json", "{\"a\": }");
+  CHECK(error_of([&] { moe::io::read_json_file(bad); }).find(bad + ": malformed JSON at byte ") == 0);
+  // A whole file may hold more keys than a record (a tokenizer's vocabulary): the record limits stay on records.
+  std::string many = "{";
+  for (size_t i = 0; i <= moe::io::kMaxMapKeys; ++i) many += (i ? ",\"" : "\"") + std::to_string(i) + "\":0";
+  many += "}";
+  CHECK(moe::io::read_json_file(put("vocab.json", many)).size() == moe::io::kMaxMapKeys + 1);
+  CHECK(error_of([&] { moe::io::parse_json(many, ""); }).find("more than 65536 keys") != std::string::npos);
+  CHECK(moe::io::parse_ordered_json(R"({"b": 1, "a": 2})", "").begin().key() == "b");
+}
+
 TEST_CASE("malformed JSON: byte offset, short escaped echo, invalid UTF-8, number overflow", "[hostile][io]") {
   std::string line = "{\"prompt\": \"ok\", \"x\": \"" + std::string(1 << 20, 'y') + "\xff\"}";
   std::string msg = error_of([&] { moe::io::parse_json(line, "p.jsonl:7: ", 1000); });
