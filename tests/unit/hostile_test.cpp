@@ -14,6 +14,7 @@
 
 #include "../support/stream_forge.h"
 #include "moe/format/rollout.h"
+#include "moe/format/route_dump.h"
 #include "moe/format/safetensors_header.h"
 #include "moe/format/stream.h"
 #include "moe/io/error.h"
@@ -274,6 +275,43 @@ TEST_CASE("corrupt zstd data is reported at the offset of its frame", "[hostile]
   std::string msg = error_of([&] { read_all(p); });
   INFO(msg);
   CHECK(msg.find(p + ": compressed offset " + std::to_string(first.size()) + ": corrupt zstd data in the frame starting there") == 0);
+}
+
+TEST_CASE("show: a text of several MiB is written in pieces and reads byte for byte as one JSON string", "[hostile][format]") {
+  // Pieces of 1 MiB end before an ASCII byte: a valid sequence straddling a boundary, an invalid byte and a
+  // sequence cut short just before one, control characters, and a truncated sequence at the very end.
+  const size_t mib = size_t(1) << 20;
+  std::string text(mib - 1, 'a');
+  text += "\xc3\xa9" + std::string(mib - 3, 'b') + "\xe9" + "c\"\\\n\t\x01" + std::string(mib, 'd') + "\xf0\x9f\x98\x80";
+  text += std::string(mib - 2, 'e') + "\xe2\x82" + "f" + std::string(100, 'g') + "\xe2\x82";
+  const std::string path = dir() + "/bigtext.zst";
+  {
+    moe::io::Output out(path);
+    moe::format::RolloutWriter w(out, rollout_header());
+    moe::format::RolloutRecord rec;
+    rec.prompt_tokens = {1, 2};
+    rec.response_tokens = {3};
+    rec.prompt_text = "p\xff";
+    rec.response_text = text;
+    w.write(rec);
+    w.finish();
+    out.close();
+  }
+  const std::string shown = dir() + "/bigtext.txt";
+  {
+    moe::io::Input in(path);
+    moe::io::Output out(shown);
+    moe::format::route_dump::show(in, out, {});
+    out.close();
+  }
+  const std::string got = moe::io::read_file(shown);
+  auto quoted = [](const std::string& s) { return json(s).dump(-1, ' ', false, json::error_handler_t::replace); };
+  CHECK(got.find("prompt   (2 tokens): " + quoted("p\xff") + "\n  response (1 tokens): ") != std::string::npos);
+  const std::string want = "response (1 tokens): " + quoted(text) + "\n";
+  const size_t at = got.find("response (1 tokens): ");
+  REQUIRE(at != std::string::npos);
+  CHECK(got.compare(at, want.size(), want) == 0);
+  CHECK(got.size() == at + want.size());
 }
 
 TEST_CASE("countdown payloads outside 64 bits are errors, never read modulo 2^64", "[hostile][reward]") {
