@@ -314,6 +314,48 @@ TEST_CASE("show: a text of several MiB is written in pieces and reads byte for b
   CHECK(got.size() == at + want.size());
 }
 
+TEST_CASE("stream records: nested map keys are shown as <map>, not as exponentially escaped text", "[hostile][format]") {
+  // fuzz_stream's timeout (fuzz/corpus/stream/timeout-nested-map-keys, 60 levels): each map key was shown as
+  // its JSON text, which holds the text of its own key escaped once more, doubling at every level. 24 levels
+  // here: enough to tell (the old text ran to megabytes), few enough to fail quickly if it comes back.
+  msgpack::sbuffer sb;
+  msgpack::packer<msgpack::sbuffer> pk(sb);
+  for (int i = 0; i < 24; ++i) pk.pack_map(1);  // {{{{nil: nil}: nil}...}: nil}
+  for (int i = 0; i < 25; ++i) pk.pack_nil();
+  const std::string path = dir() + "/mapkeys.zst";
+  {
+    moe::io::Output out(path);
+    moe::format::RolloutWriter w(out, rollout_header());
+    moe::format::RolloutRecord rec;
+    rec.prompt_tokens = {1, 2};
+    rec.extra.emplace_back("x", std::string(sb.data(), sb.size()));
+    w.write(rec);
+    w.finish();
+    out.close();
+  }
+  moe::io::Input in(path);
+  moe::format::StreamReader r(in);
+  moe::format::Record rec;
+  REQUIRE(r.next(rec));
+  const auto t0 = std::chrono::steady_clock::now();
+  const json j = moe::format::record_to_json(r.header(), rec);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(1));
+  CHECK(j.at("x") == json{{"<map>", nullptr}});
+  // A scalar key is still shown as its JSON text.
+  msgpack::sbuffer sb2;
+  msgpack::packer<msgpack::sbuffer> pk2(sb2);
+  pk2.pack_map(2);
+  pk2.pack_int(7);
+  pk2.pack_nil();
+  pk2.pack_array(0);
+  pk2.pack_true();
+  moe::format::RolloutRecord rr;
+  moe::format::decode_rollout("t", 100, rec, rr);
+  CHECK(moe::format::rollout_to_json(rr).at("x") == json{{"<map>", nullptr}});
+  rr.extra = {{"y", std::string(sb2.data(), sb2.size())}};
+  CHECK(moe::format::rollout_to_json(rr).at("y") == json{{"7", nullptr}, {"<array>", true}});
+}
+
 TEST_CASE("countdown payloads outside 64 bits are errors, never read modulo 2^64", "[hostile][reward]") {
   moe::format::RolloutRecord rec;
   rec.response_text = "1 - 2";
