@@ -46,12 +46,7 @@ void each_object(const std::string& path, const std::function<void(const json&, 
     const std::string where = in.name() + ":" + std::to_string(lineno);
     size_t b = line.find_first_not_of(" \t\r");
     if (b == std::string::npos) continue;
-    json j;
-    try {
-      j = json::parse(line);
-    } catch (const json::parse_error& e) {
-      fail(where, std::string("malformed JSON (") + e.what() + ")");
-    }
+    json j = io::parse_json(line, where + ": ");
     if (j.is_array()) {
       for (size_t i = 0; i < j.size(); ++i) {
         if (!j[i].is_object()) fail(where, "element " + std::to_string(i) + " of the array is not a JSON object");

@@ -38,7 +38,8 @@ struct Scan {
 };
 
 // msgpack object -> JSON for display and for header/task fields. bin becomes {"bin": nbytes}, ext
-// {"ext": type, "bytes": n}; non-string map keys are written as their JSON text.
+// {"ext": type, "bytes": n}; non-string scalar map keys are written as their JSON text, map and array keys
+// as "<map>" and "<array>".
 nlohmann::json to_json(const msgpack::object& o);
 // JSON -> msgpack (objects become maps with string keys, integers keep their sign, floats are float64).
 // `level`: the nesting level j lands at in the record (2 for a value under a record key); a container

@@ -60,7 +60,8 @@ nlohmann::json rollout_to_json(const RolloutRecord& r) {
   if (r.advantage) j["advantage"] = *r.advantage;
   if (!r.reward_info.empty()) j["reward_info"] = r.reward_info;
   for (const auto& [k, v] : r.extra) {
-    msgpack::object_handle h = msgpack::unpack(v.data(), v.size());
+    // str and bin values are referenced in `v` (it outlives `h`), not copied into the zone first.
+    msgpack::object_handle h = msgpack::unpack(v.data(), v.size(), [](msgpack::type::object_type, std::size_t, void*) { return true; });
     j[k] = detail::to_json(h.get());
   }
   return j;

@@ -12,6 +12,16 @@ namespace {
   throw Error(name + ": offset " + std::to_string(offset) + ": " + what);
 }
 
+// msgpack packer streams: one counts the bytes a value packs to, the other appends them to a string.
+struct ByteCount {
+  size_t n = 0;
+  void write(const char*, size_t k) { n += k; }
+};
+struct StringSink {
+  std::string& s;
+  void write(const char* d, size_t k) { s.append(d, k); }
+};
+
 constexpr std::string_view kKnown[] = {"id",        "group",         "sample",      "prompt_tokens", "response_tokens",
                               "logprobs",  "prev_logprobs", "finish_reason", "prompt_text", "response_text",
                               "task",      "reward",        "advantage",   "reward_info"};
@@ -131,9 +141,15 @@ void decode_rollout(const std::string& name, int64_t vocab_size, const Record& r
     auto k = detail::as_key(kv.key);
     int idx = known_index(k);
     if (idx < 0) {
-      msgpack::sbuffer sb;
-      msgpack::pack(sb, kv.val);
-      rec.extra.emplace_back(std::string(k), std::string(sb.data(), sb.size()));
+      // Packed straight into a string of the exact size: no growing buffer, no second copy of a value
+      // that may be most of a 256 MiB record.
+      ByteCount count;
+      msgpack::pack(count, kv.val);
+      std::string packed;
+      packed.reserve(count.n);
+      StringSink sink{packed};
+      msgpack::pack(sink, kv.val);
+      rec.extra.emplace_back(std::string(k), std::move(packed));
       continue;
     }
     if (f[idx]) fail(name, at, "duplicate key \"" + std::string(k) + "\"");

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <map>
 #include <set>
+#include <string_view>
 #include <unordered_map>
 
 #include "moe/format/rollout.h"
@@ -37,7 +38,26 @@ void write_json_line(io::Output& out, const nlohmann::json& j) {
   out.write("\n", 1);
 }
 
-std::string quoted(const std::string& s) { return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+std::string quoted(std::string_view s) {
+  return nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// Writes quoted(s) in pieces of about 1 MiB, so that showing a text of hundreds of MiB does not hold a
+// copy of it and its escaped form at once. Pieces end before an ASCII byte, where the UTF-8 decoding of
+// the whole text starts afresh too (a sequence cut short there is replaced by U+FFFD either way): the
+// output is byte for byte that of quoted(s).
+void write_quoted(io::Output& out, std::string_view s) {
+  constexpr size_t kPiece = size_t(1) << 20;
+  out.write("\"", 1);
+  for (size_t at = 0; at < s.size();) {
+    size_t cut = std::min(s.size(), at + kPiece);
+    while (cut < s.size() && static_cast<unsigned char>(s[cut]) >= 0x80) ++cut;
+    const std::string q = quoted(s.substr(at, cut - at));
+    out.write(q.data() + 1, q.size() - 2);
+    at = cut;
+  }
+  out.write("\"", 1);
+}
 
 // Column index of each selected layer (all when `layers` is empty); unknown layer ids are an error.
 std::vector<int> select_layers(const RoutingMeta& m, const std::vector<int>& layers, const std::string& name) {
@@ -107,8 +127,13 @@ void show_rollout_text(io::Output& out, const RolloutRecord& r) {
                       r.finish_reason.empty() ? "-" : r.finish_reason.c_str());
   s += r.reward ? fmt("  reward %g", *r.reward) : "  reward -";
   s += r.advantage ? fmt("  advantage %g", *r.advantage) : "  advantage -";
-  s += fmt("\n  prompt   (%zu tokens): ", r.prompt_tokens.size()) + quoted(r.prompt_text);
-  s += fmt("\n  response (%zu tokens): ", r.response_tokens.size()) + quoted(r.response_text);
+  s += fmt("\n  prompt   (%zu tokens): ", r.prompt_tokens.size());
+  out.write(s);
+  write_quoted(out, r.prompt_text);
+  s = fmt("\n  response (%zu tokens): ", r.response_tokens.size());
+  out.write(s);
+  write_quoted(out, r.response_text);
+  s.clear();
   if (!r.logprobs.empty()) {
     double sum = 0;
     for (float x : r.logprobs) sum += x;

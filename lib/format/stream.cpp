@@ -6,7 +6,9 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "format/internal.h"
@@ -37,6 +39,31 @@ bool is_zstd_magic(const unsigned char* p) {
 
 // Every str and bin of a record is referenced in place: the record's bytes live in its own zone.
 bool reference_all(msgpack::type::object_type, std::size_t, void*) { return true; }
+
+// The reader's decompressed window: malloc'd and grown with realloc. Unlike a std::vector<char>, growing it
+// neither zero-fills the new capacity (only the bytes zstd writes become resident) nor, for a large block
+// (which glibc maps and moves with mremap), holds the old and the new block at once while copying: a
+// record just under the 256 MiB limit costs about its size in the window, not 1.5 to 2 times that.
+class Window {
+ public:
+  explicit Window(size_t n) { resize(n); }
+  ~Window() { std::free(p_); }
+  Window(const Window&) = delete;
+  Window& operator=(const Window&) = delete;
+  char* data() { return p_; }
+  size_t size() const { return size_; }
+  // Keeps the first min(size(), n) bytes.
+  void resize(size_t n) {
+    void* q = std::realloc(p_, n);
+    if (!q) throw std::bad_alloc();
+    p_ = static_cast<char*>(q);
+    size_ = n;
+  }
+
+ private:
+  char* p_ = nullptr;
+  size_t size_ = 0;
+};
 
 }  // namespace
 
@@ -181,8 +208,8 @@ struct StreamReader::Impl {
   // Decompressed window: bytes [beg, end) not yet consumed; buf()[beg] is at uncompressed offset `off`.
   // Records reference their bytes in place (no copy); while a Record holds the window (use_count > 1) the
   // bytes before `end` are never overwritten: new data goes after them or into a fresh window.
-  std::shared_ptr<std::vector<char>> win = std::make_shared<std::vector<char>>();
-  std::vector<char>& buf() { return *win; }
+  std::shared_ptr<Window> win = std::make_shared<Window>(std::max<size_t>(ZSTD_DStreamOutSize() * 2, 1 << 18));
+  Window& buf() { return *win; }
   size_t beg = 0, end = 0;
   uint64_t off = 0;
   Header header;
@@ -217,7 +244,7 @@ struct StreamReader::Impl {
     if (!shared && beg == end) beg = end = 0;
     if (buf().size() - end < min_room) {
       if (shared) {
-        auto fresh = std::make_shared<std::vector<char>>(std::max(buf().size(), end - beg + min_room));
+        auto fresh = std::make_shared<Window>(std::max(buf().size(), end - beg + min_room));
         std::memcpy(fresh->data(), buf().data() + beg, end - beg);
         end -= beg;
         beg = 0;
@@ -439,7 +466,6 @@ StreamReader::StreamReader(io::Input& in, const std::string& expected_kind) : im
   r.dctx = ZSTD_createDCtx();
   if (!r.dctx) throw std::bad_alloc();
   r.inbuf.resize(ZSTD_DStreamInSize());
-  r.buf().resize(std::max<size_t>(ZSTD_DStreamOutSize() * 2, 1 << 18));
   XXH3_64bits_reset(&r.xxh);
   r.read_header();
   r.check_kind(expected_kind);

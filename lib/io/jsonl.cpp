@@ -50,29 +50,32 @@ std::string excerpt(std::string_view text, size_t at, size_t max_bytes) {
   return out;
 }
 
-nlohmann::json parse_json(std::string_view text, const std::string& where, uint64_t base_offset) {
-  using nlohmann::json;
+namespace {
+
+template <class Json>
+Json parse_json_as(std::string_view text, const std::string& where, uint64_t base_offset, const JsonLimits& limits) {
+  using json = Json;
   std::vector<size_t> keys;  // keys seen in the object open at each depth
   size_t items = 0;
-  auto cb = [&](int depth, json::parse_event_t ev, json&) {
+  auto cb = [&](int depth, typename json::parse_event_t ev, json&) {
     switch (ev) {
       case json::parse_event_t::object_start:
       case json::parse_event_t::array_start:
         // `depth` counts the containers already open: this one is at level depth + 1.
         if (depth + 1 > kMaxDepth)
           throw LimitExceeded{"nested deeper than " + std::to_string(kMaxDepth) + " levels (the limit of every moekit reader)"};
-        if (++items > kMaxItems) throw LimitExceeded{"more than " + std::to_string(kMaxItems) + " values"};
+        if (++items > limits.max_items) throw LimitExceeded{"more than " + std::to_string(limits.max_items) + " values"};
         if (ev == json::parse_event_t::object_start) {
           if (keys.size() < static_cast<size_t>(depth) + 2) keys.resize(depth + 2);
           keys[depth + 1] = 0;
         }
         break;
       case json::parse_event_t::key:
-        if (static_cast<size_t>(depth) < keys.size() && ++keys[depth] > kMaxMapKeys)
-          throw LimitExceeded{"an object with more than " + std::to_string(kMaxMapKeys) + " keys"};
+        if (static_cast<size_t>(depth) < keys.size() && ++keys[depth] > limits.max_keys)
+          throw LimitExceeded{"an object with more than " + std::to_string(limits.max_keys) + " keys"};
         break;
       case json::parse_event_t::value:
-        if (++items > kMaxItems) throw LimitExceeded{"more than " + std::to_string(kMaxItems) + " values"};
+        if (++items > limits.max_items) throw LimitExceeded{"more than " + std::to_string(limits.max_items) + " values"};
         break;
       default: break;
     }
@@ -82,15 +85,31 @@ nlohmann::json parse_json(std::string_view text, const std::string& where, uint6
     return json::parse(text.begin(), text.end(), cb);
   } catch (const LimitExceeded& e) {
     throw Error(where + "JSON " + e.what);
-  } catch (const json::parse_error& e) {
+  } catch (const nlohmann::json::parse_error& e) {
     // e.byte is 1-based: the byte where the parser stopped.
     const size_t at = e.byte > 0 ? e.byte - 1 : 0;
     throw Error(where + "malformed JSON at byte " + std::to_string(at) + " (offset " + std::to_string(base_offset + at) +
                 "): " + parse_reason(e.what()) + ", near \"" + excerpt(text, at, 32) + "\"");
-  } catch (const json::exception& e) {
+  } catch (const nlohmann::json::exception& e) {
     // E.g. out_of_range 406: a number beyond double ("1E400"), found while parsing, without a position.
     throw Error(where + "malformed JSON: " + parse_reason(e.what()));
   }
+}
+
+}  // namespace
+
+nlohmann::json parse_json(std::string_view text, const std::string& where, uint64_t base_offset, const JsonLimits& limits) {
+  return parse_json_as<nlohmann::json>(text, where, base_offset, limits);
+}
+
+nlohmann::ordered_json parse_ordered_json(std::string_view text, const std::string& where, uint64_t base_offset,
+                                          const JsonLimits& limits) {
+  return parse_json_as<nlohmann::ordered_json>(text, where, base_offset, limits);
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+  const std::string text = read_file(path);
+  return parse_json(text, path + ": ", 0, kJsonDocument);
 }
 
 namespace {

@@ -7,6 +7,7 @@
 
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/io/jsonl.h"
 
 namespace moe::model {
 namespace {
@@ -158,14 +159,8 @@ ModelConfig parse_config(const json& j, const std::string& o) {
 }
 
 ModelConfig load_config(const std::string& path) {
-  std::string text = io::read_file(path);
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail(path, std::string("not valid JSON: ") + e.what());
-  }
-  return parse_config(j, path);
+  // The one depth limit of every reader, checked while parsing: a hostile config.json is an error naming it.
+  return parse_config(io::read_json_file(path), path);
 }
 
 json config_to_json(const ModelConfig& c) {

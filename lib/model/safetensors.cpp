@@ -13,6 +13,7 @@
 
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/io/jsonl.h"
 
 namespace moe::model {
 namespace {
@@ -115,12 +116,7 @@ Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
     return;
   }
   if (!exists(index)) throw Error(dir + ": no model.safetensors or model.safetensors.index.json");
-  json j;
-  try {
-    j = json::parse(io::read_file(index));
-  } catch (const json::parse_error& e) {
-    throw Error(index + ": not valid JSON: " + e.what());
-  }
+  json j = io::read_json_file(index);
   if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
     throw Error(index + ": missing object 'weight_map'");
   std::map<std::string, size_t> shard_ix;

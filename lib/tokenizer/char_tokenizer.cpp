@@ -5,6 +5,7 @@
 
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/io/jsonl.h"
 
 namespace moe::tokenizer {
 namespace {
@@ -48,12 +49,7 @@ CharTokenizer CharTokenizer::default_vocab() {
 }
 
 CharTokenizer CharTokenizer::from_json(const std::string& text, const std::string& origin) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1E400
-    throw Error(origin + ": not valid JSON: " + e.what());
-  }
+  json j = io::parse_json(text, origin + ": ", 0, io::kJsonDocument);
   if (!j.is_object()) throw Error(origin + ": not a JSON object");
   if (!j.contains("type") || !j["type"].is_string() || j["type"] != "char") {
     if (j.contains("model")) throw Error(origin + ": a Hugging Face tokenizers file; only moekit's \"type\": \"char\" tokenizer is supported");

@@ -2,6 +2,7 @@
 #include "moe/tokenizer/hf_tokenizer.h"
 
 #include "moe/io/error.h"
+#include "moe/io/jsonl.h"
 #include "parts.h"
 
 namespace moe::tokenizer {
@@ -40,12 +41,7 @@ void read_template(const json& pp, const std::string& origin, HfTokenizer::Impl&
 }  // namespace
 
 HfTokenizer HfTokenizer::from_json(const std::string& text, const std::string& origin) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw Error(origin + ": not valid JSON: " + e.what());
-  }
+  json j = io::parse_json(text, origin + ": ", 0, io::kJsonDocument);
   if (!j.is_object() || !j.contains("model")) throw Error(origin + ": not a Hugging Face tokenizer.json (no \"model\")");
   auto m = std::make_shared<Impl>();
   try {

@@ -8,6 +8,7 @@
 
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/io/jsonl.h"
 
 namespace moe::tokenizer {
 namespace {
@@ -17,14 +18,6 @@ using nlohmann::json;
 bool exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
-}
-
-json read_json(const std::string& path) {
-  try {
-    return json::parse(io::read_file(path));
-  } catch (const json::parse_error& e) {
-    throw Error(path + ": not valid JSON: " + e.what());
-  }
 }
 
 // An int or a list of ints under key, appended to out.
@@ -54,12 +47,7 @@ Tokenizer::Tokenizer(HfTokenizer t) : hf_(std::make_shared<HfTokenizer>(std::mov
 
 Tokenizer Tokenizer::from_json(const std::string& text, const std::string& origin) {
   // The kind is in the JSON: moekit's {"type": "char", ...} or HF's {"model": ...}.
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw Error(origin + ": not valid JSON: " + e.what());
-  }
+  const json j = io::parse_json(text, origin + ": ", 0, io::kJsonDocument);
   if (j.is_object() && j.contains("model")) return Tokenizer(HfTokenizer::from_json(text, origin));
   return Tokenizer(CharTokenizer::from_json(text, origin));
 }
@@ -80,9 +68,9 @@ Tokenizer Tokenizer::load_dir(const std::string& dir) {
   };
   const std::string tc_path = dir + "/tokenizer_config.json", gen_path = dir + "/generation_config.json",
                     cfg_path = dir + "/config.json", jinja_path = dir + "/chat_template.jinja";
-  json tc = exists(tc_path) ? read_json(tc_path) : json::object();
-  json gen = exists(gen_path) ? read_json(gen_path) : json::object();
-  json cfg = exists(cfg_path) ? read_json(cfg_path) : json::object();
+  json tc = exists(tc_path) ? io::read_json_file(tc_path) : json::object();
+  json gen = exists(gen_path) ? io::read_json_file(gen_path) : json::object();
+  json cfg = exists(cfg_path) ? io::read_json_file(cfg_path) : json::object();
   t.eos_id_ = id_of_token(tc, "eos_token", tc_path);
   t.pad_id_ = id_of_token(tc, "pad_token", tc_path);
   t.bos_id_ = id_of_token(tc, "bos_token", tc_path);

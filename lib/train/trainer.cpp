@@ -17,6 +17,7 @@
 #include "moe/algo/terms.h"
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/io/jsonl.h"
 #include "moe/model/head.h"
 #include "moe/model/safetensors.h"
 #include "moe/train/step.h"
@@ -344,11 +345,7 @@ Trainer::~Trainer() = default;
 void Trainer::load_state(const std::string& dir) {
   const std::string st_path = dir + "/trainer_state.json";
   if (file_exists(st_path)) {
-    try {
-      state_ = nlohmann::json::parse(io::read_file(st_path));
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(st_path + ": malformed JSON (" + e.what() + ")");
-    }
+    state_ = io::read_json_file(st_path);
     if (!state_.is_object() || !state_.contains("global_step") || !state_["global_step"].is_number_integer())
       throw Error(st_path + ": no integer \"global_step\"");
     global_step_ = state_["global_step"].get<int64_t>();

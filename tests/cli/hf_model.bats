@@ -136,7 +136,7 @@ PY
   printf '{"prompt": "ok"}\n{"prompt": \n' > "$TMP/bad.jsonl"
   run moe-data tokenize -m "$M" "$TMP/bad.jsonl"
   [ "$status" -eq 1 ]
-  [[ "$output" == *"bad.jsonl:2: not valid JSON"* ]]
+  [[ "$output" == *"bad.jsonl:2: malformed JSON"* ]]
   printf '{"ids": [1, -2]}\n' > "$TMP/neg.jsonl"
   run moe-data detokenize -m "$M" "$TMP/neg.jsonl"
   [ "$status" -eq 1 ]

@@ -115,3 +115,37 @@ no_temporaries() { [ -z "$(ls -a "$1" | grep 'tmp-' || true)" ]; }
   [ "$status" -eq 1 ]
   [[ "$output" == *"$TMP/two.zst: compressed offset $f1: corrupt zstd data in the frame starting there"* ]]
 }
+
+@test "config.json, trainer_state.json, tokenizer.json nested 100,000 levels deep: one line naming the file, exit 1" {
+  deep() { printf '{"vocab_size": 98, "x": '; head -c 100000 /dev/zero | tr '\0' '['; head -c 100000 /dev/zero | tr '\0' ']'; echo '}'; }
+  one_error() {  # $1: the file the message must name
+    echo "$output" | head -3
+    [ "$status" -eq 1 ]
+    [ "${#lines[@]}" -eq 1 ]
+    [[ "${lines[0]}" == *"error: $1: JSON nested deeper than 64 levels (the limit of every moekit reader)" ]]
+  }
+  deep > "$TMP/deep.json"
+  run moe-init -o "$TMP/new" --config "$TMP/deep.json" -q
+  one_error "$TMP/deep.json"
+  [ ! -e "$TMP/new" ]
+  no_temporaries "$TMP"
+
+  echo '{"prompt": "1 2 3=6|"}' > "$TMP/p.jsonl"
+  cp -r "$W/m" "$TMP/cfg"
+  deep > "$TMP/cfg/config.json"
+  run moe-rollout -m "$TMP/cfg" -o "$TMP/out.zst" -q "$TMP/p.jsonl"
+  one_error "$TMP/cfg/config.json"
+  [ ! -e "$TMP/out.zst" ]
+
+  cp -r "$W/m" "$TMP/tok"
+  deep > "$TMP/tok/tokenizer.json"
+  run moe-data tokenize -q -m "$TMP/tok" "$TMP/p.jsonl"
+  one_error "$TMP/tok/tokenizer.json"
+
+  moe-rollout -m "$W/m" -G 2 --max-new-tokens 4 --seed 1 -q "$TMP/p.jsonl" | moe_fake_reward | moe-reward --task keep -q > "$TMP/rew.zst"
+  cp -r "$W/m" "$TMP/st"
+  deep > "$TMP/st/trainer_state.json"
+  run moe-train-step -m "$TMP/st" --algo grpo --seed 5 --threads 1 -q "$TMP/rew.zst"
+  one_error "$TMP/st/trainer_state.json"
+  no_temporaries "$TMP"
+}

@@ -86,7 +86,7 @@ setup() { setup_common; }
   echo '{not json' > "$TMP/junk.json"
   run moe-init -o "$TMP/bad" --config "$TMP/junk.json"
   [ "$status" -eq 1 ]
-  [[ "$output" == *"not valid JSON"* ]]
+  [[ "$output" == *"junk.json: malformed JSON at byte"* ]]
 
   sed 's/"vocab_size": 98/"vocab_size": 20/' "$TMP/a/config.json" > "$TMP/small_vocab.json"
   run moe-init -o "$TMP/bad" --config "$TMP/small_vocab.json"

@@ -14,6 +14,7 @@
 
 #include "../support/stream_forge.h"
 #include "moe/format/rollout.h"
+#include "moe/format/route_dump.h"
 #include "moe/format/safetensors_header.h"
 #include "moe/format/stream.h"
 #include "moe/io/error.h"
@@ -122,6 +123,23 @@ TEST_CASE("JSON text: keys per object and values per text are limited", "[hostil
   for (size_t i = 0; i <= moe::io::kMaxItems; ++i) values += i ? ",0" : "0";
   values += "]";
   CHECK(error_of([&] { moe::io::parse_json(values, ""); }).find("more than 1048576 values") != std::string::npos);
+}
+
+TEST_CASE("JSON files: the one depth limit, errors naming the file, no cap on keys", "[hostile][io]") {
+  // 100,000 levels (a hostile config.json or trainer_state.json): one error naming the file, found while parsing.
+  const std::string deep = put("deep.json", "{\"x\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
+  CHECK(error_of([&] { moe::io::read_json_file(deep); }) == deep + ": JSON nested deeper than 64 levels (the limit of every moekit reader)");
+  CHECK(moe::io::json_depth(moe::io::read_json_file(put("d64.json", nested_json(64)))) == 64);
+  CHECK(error_of([&] { moe::io::read_json_file(put("d65.json", nested_json(65))); }).find(dir() + "/d65.json: JSON nested deeper than 64") == 0);
+  const std::string bad = put("bad.json", "{\"a\": }");
+  CHECK(error_of([&] { moe::io::read_json_file(bad); }).find(bad + ": malformed JSON at byte ") == 0);
+  // A whole file may hold more keys than a record (a tokenizer's vocabulary): the record limits stay on records.
+  std::string many = "{";
+  for (size_t i = 0; i <= moe::io::kMaxMapKeys; ++i) many += (i ? ",\"" : "\"") + std::to_string(i) + "\":0";
+  many += "}";
+  CHECK(moe::io::read_json_file(put("vocab.json", many)).size() == moe::io::kMaxMapKeys + 1);
+  CHECK(error_of([&] { moe::io::parse_json(many, ""); }).find("more than 65536 keys") != std::string::npos);
+  CHECK(moe::io::parse_ordered_json(R"({"b": 1, "a": 2})", "").begin().key() == "b");
 }
 
 TEST_CASE("malformed JSON: byte offset, short escaped echo, invalid UTF-8, number overflow", "[hostile][io]") {
@@ -257,6 +275,85 @@ TEST_CASE("corrupt zstd data is reported at the offset of its frame", "[hostile]
   std::string msg = error_of([&] { read_all(p); });
   INFO(msg);
   CHECK(msg.find(p + ": compressed offset " + std::to_string(first.size()) + ": corrupt zstd data in the frame starting there") == 0);
+}
+
+TEST_CASE("show: a text of several MiB is written in pieces and reads byte for byte as one JSON string", "[hostile][format]") {
+  // Pieces of 1 MiB end before an ASCII byte: a valid sequence straddling a boundary, an invalid byte and a
+  // sequence cut short just before one, control characters, and a truncated sequence at the very end.
+  const size_t mib = size_t(1) << 20;
+  std::string text(mib - 1, 'a');
+  text += "\xc3\xa9" + std::string(mib - 3, 'b') + "\xe9" + "c\"\\\n\t\x01" + std::string(mib, 'd') + "\xf0\x9f\x98\x80";
+  text += std::string(mib - 2, 'e') + "\xe2\x82" + "f" + std::string(100, 'g') + "\xe2\x82";
+  const std::string path = dir() + "/bigtext.zst";
+  {
+    moe::io::Output out(path);
+    moe::format::RolloutWriter w(out, rollout_header());
+    moe::format::RolloutRecord rec;
+    rec.prompt_tokens = {1, 2};
+    rec.response_tokens = {3};
+    rec.prompt_text = "p\xff";
+    rec.response_text = text;
+    w.write(rec);
+    w.finish();
+    out.close();
+  }
+  const std::string shown = dir() + "/bigtext.txt";
+  {
+    moe::io::Input in(path);
+    moe::io::Output out(shown);
+    moe::format::route_dump::show(in, out, {});
+    out.close();
+  }
+  const std::string got = moe::io::read_file(shown);
+  auto quoted = [](const std::string& s) { return json(s).dump(-1, ' ', false, json::error_handler_t::replace); };
+  CHECK(got.find("prompt   (2 tokens): " + quoted("p\xff") + "\n  response (1 tokens): ") != std::string::npos);
+  const std::string want = "response (1 tokens): " + quoted(text) + "\n";
+  const size_t at = got.find("response (1 tokens): ");
+  REQUIRE(at != std::string::npos);
+  CHECK(got.compare(at, want.size(), want) == 0);
+  CHECK(got.size() == at + want.size());
+}
+
+TEST_CASE("stream records: nested map keys are shown as <map>, not as exponentially escaped text", "[hostile][format]") {
+  // fuzz_stream's timeout (fuzz/corpus/stream/timeout-nested-map-keys, 60 levels): each map key was shown as
+  // its JSON text, which holds the text of its own key escaped once more, doubling at every level. 24 levels
+  // here: enough to tell (the old text ran to megabytes), few enough to fail quickly if it comes back.
+  msgpack::sbuffer sb;
+  msgpack::packer<msgpack::sbuffer> pk(sb);
+  for (int i = 0; i < 24; ++i) pk.pack_map(1);  // {{{{nil: nil}: nil}...}: nil}
+  for (int i = 0; i < 25; ++i) pk.pack_nil();
+  const std::string path = dir() + "/mapkeys.zst";
+  {
+    moe::io::Output out(path);
+    moe::format::RolloutWriter w(out, rollout_header());
+    moe::format::RolloutRecord rec;
+    rec.prompt_tokens = {1, 2};
+    rec.extra.emplace_back("x", std::string(sb.data(), sb.size()));
+    w.write(rec);
+    w.finish();
+    out.close();
+  }
+  moe::io::Input in(path);
+  moe::format::StreamReader r(in);
+  moe::format::Record rec;
+  REQUIRE(r.next(rec));
+  const auto t0 = std::chrono::steady_clock::now();
+  const json j = moe::format::record_to_json(r.header(), rec);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(1));
+  CHECK(j.at("x") == json{{"<map>", nullptr}});
+  // A scalar key is still shown as its JSON text.
+  msgpack::sbuffer sb2;
+  msgpack::packer<msgpack::sbuffer> pk2(sb2);
+  pk2.pack_map(2);
+  pk2.pack_int(7);
+  pk2.pack_nil();
+  pk2.pack_array(0);
+  pk2.pack_true();
+  moe::format::RolloutRecord rr;
+  moe::format::decode_rollout("t", 100, rec, rr);
+  CHECK(moe::format::rollout_to_json(rr).at("x") == json{{"<map>", nullptr}});
+  rr.extra = {{"y", std::string(sb2.data(), sb2.size())}};
+  CHECK(moe::format::rollout_to_json(rr).at("y") == json{{"7", nullptr}, {"<array>", true}});
 }
 
 TEST_CASE("countdown payloads outside 64 bits are errors, never read modulo 2^64", "[hostile][reward]") {

@@ -6,6 +6,7 @@
 
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/io/jsonl.h"
 #include "moe/tokenizer/tokenizer.h"
 
 namespace moe_data {
@@ -38,12 +39,7 @@ int run_tokenize(bool detokenize, const TokenizeArgs& a, const moe::cli::Common&
     ++lineno;
     const std::string at = in.name() + ":" + std::to_string(lineno) + ": ";
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    ordered_json j;
-    try {
-      j = ordered_json::parse(line);
-    } catch (const ordered_json::parse_error& e) {
-      throw moe::Error(at + "not valid JSON: " + e.what());
-    }
+    ordered_json j = moe::io::parse_ordered_json(line, at);
     if (!j.is_object()) throw moe::Error(at + "not a JSON object");
     auto it = j.find(key);
     if (it == j.end()) throw moe::Error(at + "no \"" + key + "\" key (see --key)");

@@ -1,5 +1,6 @@
 // JSON Lines input: one JSON object per line, blank lines skipped, errors naming file and line.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -7,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moe/io/file.h"
+#include "moe/io/limits.h"
 
 namespace moe::io {
 
@@ -34,10 +36,32 @@ class JsonlReader {
 // above, with `where` as their prefix; `line_offset` is the line's byte offset in its file).
 bool parse_jsonl_line(const std::string& line, const std::string& where, nlohmann::json& obj, uint64_t line_offset = 0);
 
+// What parse_json counts beyond the depth: keys in one object and values in the whole text. The depth
+// limit (kMaxDepth) is the same for every text.
+struct JsonLimits {
+  size_t max_keys = kMaxMapKeys;
+  size_t max_items = kMaxItems;
+};
+// A record (a JSON Lines line, a payload): every limit of moe/io/limits.h.
+inline constexpr JsonLimits kJsonRecord{};
+// A whole file a tool reads (config.json, trainer_state.json, tokenizer.json, a safetensors index): the
+// depth limit only. Such a file legitimately holds more keys than a record (a 150 k-token vocabulary),
+// and its memory is bounded by its size, which the user chose.
+inline constexpr JsonLimits kJsonDocument{SIZE_MAX, SIZE_MAX};
+
 // Parses JSON text under the limits of moe/io/limits.h (depth, keys per object, values), checked while
 // parsing, so a hostile text never builds a value too deep to copy or print. Errors as above, prefixed
 // with `where`; offsets are `base_offset` + the byte in `text`.
-nlohmann::json parse_json(std::string_view text, const std::string& where, uint64_t base_offset = 0);
+nlohmann::json parse_json(std::string_view text, const std::string& where, uint64_t base_offset = 0,
+                          const JsonLimits& limits = kJsonRecord);
+// The same, keeping the keys of each object in the order of the text.
+nlohmann::ordered_json parse_ordered_json(std::string_view text, const std::string& where, uint64_t base_offset = 0,
+                                          const JsonLimits& limits = kJsonRecord);
+
+// Reads and parses a whole JSON file (limits kJsonDocument). Errors name it: "<path>: JSON nested deeper
+// than 64 levels ...", "<path>: malformed JSON at byte B (offset B): <reason>, near \"...\"", or the
+// error of io::read_file.
+nlohmann::json read_json_file(const std::string& path);
 
 // Containers nested in `j`, the outermost counted as 1 (0 for a scalar); stops counting past kMaxDepth + 1.
 int json_depth(const nlohmann::json& j);
