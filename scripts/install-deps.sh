@@ -11,6 +11,7 @@
 #   jq                         JSON glue in shell_examples (eval lines, mean reward)
 #   clang libclang-rt-dev      libFuzzer + ASan/UBSan for the fuzzing harness (fuzz/, scripts/fuzz.sh; CI runs it)
 #   libpcre2-dev libutf8proc-dev   HF tokenizer.json: Unicode regexes (PCRE2, JIT) and NFC normalisation
+#   python3-venv               the venv scripts/build.sh --torch pypi installs the PyPI torch wheel into
 set -euo pipefail
 
 packages=(
@@ -20,6 +21,7 @@ packages=(
   catch2 bats zstd gnuplot-nox jq
   clang libclang-rt-dev
   libpcre2-dev libutf8proc-dev
+  python3-venv
 )
 
 missing=()
