@@ -5,11 +5,11 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
-#include <c10/util/intrusive_ptr.h>
-
 #include <memory>
 #include <type_traits>
 #include <utility>
+
+#include "model/autograd_node.h"
 
 namespace moe::model {
 
@@ -48,22 +48,6 @@ struct CheckpointBackward : public torch::autograd::Node {
   }
 };
 
-// Autograd nodes are held by std::shared_ptr in libtorch 1.x and by c10::intrusive_ptr in newer versions:
-// make one the way this libtorch's edges hold them.
-using NodePtr = decltype(std::declval<torch::autograd::Edge>().function);
-template <class Ptr>
-struct MakeNode;
-template <class T>
-struct MakeNode<std::shared_ptr<T>> {
-  template <class N>
-  static std::shared_ptr<N> make() { return std::make_shared<N>(); }
-};
-template <class T>
-struct MakeNode<c10::intrusive_ptr<T>> {
-  template <class N>
-  static c10::intrusive_ptr<N> make() { return c10::make_intrusive<N>(); }
-};
-
 }  // namespace
 
 std::vector<at::Tensor> checkpoint(CheckpointFn fn, const std::vector<at::Tensor>& inputs, size_t n_differentiable) {
@@ -73,7 +57,7 @@ std::vector<at::Tensor> checkpoint(CheckpointFn fn, const std::vector<at::Tensor
     outs = fn(inputs);
   }
   if (!at::GradMode::is_enabled()) return outs;
-  auto node = MakeNode<NodePtr>::make<CheckpointBackward>();
+  auto node = make_node<CheckpointBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(inputs));
   for (size_t i = 0; i < outs.size() && i < n_differentiable; ++i) {
     at::Tensor& out = outs[i];

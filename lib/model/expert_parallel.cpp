@@ -6,13 +6,12 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
-#include <c10/util/intrusive_ptr.h>
-
 #include <memory>
 #include <numeric>
 #include <type_traits>
 #include <utility>
 
+#include "model/autograd_node.h"
 #include "moe/io/error.h"
 #include "moe/model/qwen3_moe.h"
 
@@ -40,19 +39,6 @@ struct AllToAllBackward : public torch::autograd::Node {
   void release_variables() override {}
 };
 
-using NodePtr = decltype(std::declval<torch::autograd::Edge>().function);
-template <class Ptr>
-struct MakeNode;
-template <class T>
-struct MakeNode<std::shared_ptr<T>> {
-  template <class N>
-  static std::shared_ptr<N> make() { return std::make_shared<N>(); }
-};
-template <class T>
-struct MakeNode<c10::intrusive_ptr<T>> {
-  template <class N>
-  static c10::intrusive_ptr<N> make() { return c10::make_intrusive<N>(); }
-};
 
 }  // namespace
 
@@ -66,7 +52,7 @@ at::Tensor all_to_all_rows(const std::shared_ptr<ExpertParallel>& ep, const at::
   // Under grad mode always a node, whether or not x needs a gradient: every rank of the group must run the
   // backward exchange, and whether x needs one can differ between ranks (e.g. no rows received).
   if (!at::GradMode::is_enabled()) return out;
-  auto node = MakeNode<NodePtr>::make<AllToAllBackward>();
+  auto node = make_node<AllToAllBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(x));
   node->ep = ep;
   node->send = send;

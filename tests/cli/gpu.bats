@@ -10,10 +10,7 @@ setup_file() {
   load common
   setup_common
   export W="$BATS_FILE_TMPDIR"
-  moe-init --preset tiny -o "$W/m0" --seed 1 -q
-  moe-data countdown -n 3 --seed 3 > "$W/p.jsonl"
-  moe-rollout -m "$W/m0" -G 2 --max-new-tokens 6 --seed 1 --routing-out "$W/r.zst" -q "$W/p.jsonl" > "$W/roll.zst"
-  moe_fake_reward "$W/roll.zst" | moe-reward --task keep -q > "$W/rew.zst"
+  setup_train_fixture
 }
 
 setup() {
