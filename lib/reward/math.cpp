@@ -376,8 +376,7 @@ std::optional<double> math_number(std::string_view s) {
 }
 
 bool math_equal(std::string_view answer, std::string_view reference) {
-  // No real answer is this long; refusing early keeps hostile text cheap.
-  if (answer.size() > 8192 || reference.size() > 8192) return false;
+  if (answer.size() > kMathMaxAnswerBytes || reference.size() > kMathMaxAnswerBytes) return false;
   std::string a = math_normalize(answer), r = math_normalize(reference);
   if (a.empty() || r.empty()) return false;
   if (element_equal(a, r)) return true;

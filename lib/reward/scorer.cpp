@@ -76,6 +76,9 @@ Score score_math(const format::RolloutRecord& rec, const RewardOptions& opts) {
   else if (it->is_number_integer()) reference = std::to_string(it->get<int64_t>());
   else if (it->is_number()) reference = it->dump();
   else throw Error("task payload '" + opts.answer_key + "' is not a string or a number");
+  if (reference.size() > kMathMaxAnswerBytes)
+    throw Error("task payload '" + opts.answer_key + "' is " + std::to_string(reference.size()) +
+                " bytes long; a math reference answer may be at most " + std::to_string(kMathMaxAnswerBytes));
   auto extracted = math_extract_answer(math_after_thinking(response_for_scoring(rec.response_text)));
   Score s;
   s.correct = extracted && math_equal(*extracted, reference);

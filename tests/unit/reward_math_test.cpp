@@ -1,6 +1,7 @@
 // Math answer checking: extraction, normalisation and equality on real-world answer pairs
 // (styles seen in MATH, GSM8K, DeepScaleR and model outputs).
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <string>
 
 #include "moe/reward/math.h"
@@ -181,6 +182,23 @@ TEST_CASE("math checking survives hostile text", "[reward][math]") {
   std::string fracs;
   for (int i = 0; i < 2000; ++i) fracs += "\\frac{";
   CHECK_FALSE(math_equal(fracs, "1"));
+}
+
+TEST_CASE("math_equal: the length limit is the only thing that stops an answer equalling itself", "[reward][math]") {
+  // Found by fuzz_math (fuzz/corpus/math/regress-long-reference): a 9,400-byte malformed reference that
+  // normalises to the number 2 was not equal to itself, because it is over the limit. That is the contract
+  // (the scorer refuses such a reference with an error); at and under the limit the same text is reflexive.
+  using moe::reward::kMathMaxAnswerBytes;
+  std::string pad(kMathMaxAnswerBytes - 1, ' ');
+  std::string at_limit = "2" + pad;
+  REQUIRE(at_limit.size() == kMathMaxAnswerBytes);
+  CHECK(math_number(math_normalize(at_limit)) == 2.0);
+  CHECK(math_equal(at_limit, at_limit));
+  CHECK(math_equal("2", at_limit));
+  std::string over = at_limit + " ";
+  CHECK(math_number(math_normalize(over)) == 2.0);
+  CHECK_FALSE(math_equal(over, over));
+  CHECK_FALSE(math_equal("2", over));
 }
 
 TEST_CASE("math answers of reasoning models: the boxed answer after </think> counts, an unclosed <think> has none", "[reward][math]") {

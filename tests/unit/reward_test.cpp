@@ -7,6 +7,7 @@
 #include "moe/io/error.h"
 #include "moe/reward/advantage.h"
 #include "moe/reward/countdown.h"
+#include "moe/reward/math.h"
 #include "moe/reward/scorer.h"
 
 using namespace moe::reward;
@@ -317,6 +318,8 @@ TEST_CASE("group stage errors", "[reward]") {
   GroupStage sm(m);
   auto rec = cd_record(0, 0, "\\boxed{3}");
   CHECK_THROWS_WITH(sm.push(moe::format::RolloutRecord(rec), emit), Catch::Contains("'answer'"));
+  rec.task["answer"] = std::string(moe::reward::kMathMaxAnswerBytes + 1, '3');
+  CHECK_THROWS_WITH(sm.push(moe::format::RolloutRecord(rec), emit), Catch::Contains("at most 8192"));
   rec.task["answer"] = 3;
   sm.push(std::move(rec), emit);
   CHECK(sm.summary().correct == 1);

@@ -2,6 +2,7 @@
 // compare (numerically when both are numbers, elementwise for tuples and intervals, else as strings).
 // Every function takes any byte string safely and runs in time about linear in its length.
 #pragma once
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -27,8 +28,13 @@ std::string math_normalize(std::string_view answer);
 // optionally negative. nullopt otherwise.
 std::optional<double> math_number(std::string_view normalized);
 
+// Answers and references longer than this are never equal to anything: no real answer is this long, and
+// refusing early keeps hostile text cheap. The scorer refuses a longer reference with an error.
+inline constexpr size_t kMathMaxAnswerBytes = 8192;
+
 // True when the two answers mean the same: numbers equal to a relative tolerance of 1e-6; tuples,
 // intervals (bracket types must match) and comma lists elementwise; otherwise equal normalised text.
+// False when either is longer than kMathMaxAnswerBytes.
 bool math_equal(std::string_view answer, std::string_view reference);
 
 }  // namespace moe::reward
