@@ -11,6 +11,10 @@
 
 #include "moe/io/limits.h"
 
+namespace moe::io {
+class Output;
+}
+
 namespace moe::format::detail {
 
 // Largest record (or header) a reader accepts, in packed bytes; deepest nesting, keys per map and values per
@@ -45,6 +49,14 @@ nlohmann::json to_json(const msgpack::object& o);
 // `level`: the nesting level j lands at in the record (2 for a value under a record key); a container
 // beyond kMaxDepth throws moe::Error.
 void pack_json(msgpack::packer<msgpack::sbuffer>& pk, const nlohmann::json& j, int level = 2);
+
+// JSON text of a string as nlohmann::json dumps it (invalid UTF-8 replaced by U+FFFD).
+std::string quoted(std::string_view s);
+// quoted(s) written in pieces of about 1 MiB: a text of hundreds of MiB is never held twice.
+void write_quoted(io::Output& out, std::string_view s);
+// to_json(o).dump() (invalid UTF-8 replaced) written piece by piece, byte for byte the same: strings
+// through write_quoted, containers element by element, so memory stays bounded by the largest scalar.
+void write_json(io::Output& out, const msgpack::object& o);
 
 const char* type_name(const msgpack::object& o);
 inline std::string_view as_key(const msgpack::object& k) {

@@ -1,4 +1,8 @@
 #include "format/internal.h"
+
+#include <algorithm>
+#include <functional>
+#include <map>
 #include "moe/format/rollout.h"
 #include "moe/format/routing.h"
 #include "moe/format/stream.h"
@@ -18,7 +22,83 @@ void add_unknown(const Record& rec, std::initializer_list<const char*> known, nl
   }
 }
 
+std::string dump(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
+// A numeric array as nlohmann dumps it, converted and written 64 Ki elements at a time.
+template <class T>
+void write_array(io::Output& out, const std::vector<T>& v) {
+  constexpr size_t kChunk = size_t(1) << 16;
+  out.write("[", 1);
+  for (size_t at = 0; at < v.size(); at += kChunk) {
+    if (at) out.write(",", 1);
+    nlohmann::json part(std::vector<T>(v.begin() + at, v.begin() + std::min(v.size(), at + kChunk)));
+    const std::string text = dump(part);
+    out.write(text.data() + 1, text.size() - 2);
+  }
+  out.write("]", 1);
+}
+
 }  // namespace
+
+namespace detail {
+
+std::string quoted(std::string_view s) { return dump(nlohmann::json(std::string(s))); }
+
+// Pieces end before an ASCII byte, where the UTF-8 decoding of the whole text starts afresh too (a sequence
+// cut short there is replaced by U+FFFD either way): the output is byte for byte that of quoted(s).
+void write_quoted(io::Output& out, std::string_view s) {
+  constexpr size_t kPiece = size_t(1) << 20;
+  out.write("\"", 1);
+  for (size_t at = 0; at < s.size();) {
+    size_t cut = std::min(s.size(), at + kPiece);
+    while (cut < s.size() && static_cast<unsigned char>(s[cut]) >= 0x80) ++cut;
+    const std::string q = quoted(s.substr(at, cut - at));
+    out.write(q.data() + 1, q.size() - 2);
+    at = cut;
+  }
+  out.write("\"", 1);
+}
+
+void write_json(io::Output& out, const msgpack::object& o) {
+  using msgpack::type::object_type;
+  switch (o.type) {
+    case object_type::STR: write_quoted(out, std::string_view(o.via.str.ptr, o.via.str.size)); return;
+    case object_type::ARRAY:
+      out.write("[", 1);
+      for (uint32_t i = 0; i < o.via.array.size; ++i) {
+        if (i) out.write(",", 1);
+        write_json(out, o.via.array.ptr[i]);
+      }
+      out.write("]", 1);
+      return;
+    case object_type::MAP: {
+      // As to_json: keys in nlohmann's (sorted) order, the first of equal keys kept.
+      std::map<std::string, const msgpack::object*> keys;
+      for (uint32_t i = 0; i < o.via.map.size; ++i) {
+        const auto& kv = o.via.map.ptr[i];
+        std::string key = kv.key.type == object_type::STR     ? std::string(kv.key.via.str.ptr, kv.key.via.str.size)
+                          : kv.key.type == object_type::MAP   ? std::string("<map>")
+                          : kv.key.type == object_type::ARRAY ? std::string("<array>")
+                                                              : dump(to_json(kv.key));
+        keys.emplace(std::move(key), &kv.val);
+      }
+      out.write("{", 1);
+      bool first = true;
+      for (const auto& [k, v] : keys) {
+        if (!first) out.write(",", 1);
+        first = false;
+        out.write(detail::quoted(k));
+        out.write(":", 1);
+        write_json(out, *v);
+      }
+      out.write("}", 1);
+      return;
+    }
+    default: out.write(dump(to_json(o)));
+  }
+}
+
+}  // namespace detail
 
 nlohmann::json routing_to_json(const RoutingMeta& m, const RoutingRecord& r) {
   nlohmann::json j = {{"id", r.id}, {"first_pos", r.first_pos}, {"n_pos", r.n_pos}};
@@ -65,6 +145,44 @@ nlohmann::json rollout_to_json(const RolloutRecord& r) {
     j[k] = detail::to_json(h.get());
   }
   return j;
+}
+
+void write_rollout_json(io::Output& out, const RolloutRecord& r) {
+  // The members of rollout_to_json(r) in nlohmann's (sorted) key order; an extra key replaces a known one
+  // of the same name, as the assignment in rollout_to_json does.
+  std::map<std::string, std::function<void()>> fields;
+  auto scalar = [&](const nlohmann::json& j) { return [&out, text = dump(j)] { out.write(text); }; };
+  fields["id"] = scalar(r.id);
+  fields["group"] = scalar(r.group);
+  fields["sample"] = scalar(r.sample);
+  fields["prompt_tokens"] = [&] { write_array(out, r.prompt_tokens); };
+  fields["response_tokens"] = [&] { write_array(out, r.response_tokens); };
+  fields["logprobs"] = [&] { write_array(out, r.logprobs); };
+  if (!r.prev_logprobs.empty()) fields["prev_logprobs"] = [&] { write_array(out, r.prev_logprobs); };
+  fields["finish_reason"] = [&] { detail::write_quoted(out, r.finish_reason); };
+  fields["prompt_text"] = [&] { detail::write_quoted(out, r.prompt_text); };
+  fields["response_text"] = [&] { detail::write_quoted(out, r.response_text); };
+  fields["task"] = [&] { out.write(dump(r.task)); };
+  if (r.reward) fields["reward"] = scalar(*r.reward);
+  if (r.advantage) fields["advantage"] = scalar(*r.advantage);
+  if (!r.reward_info.empty()) fields["reward_info"] = [&] { out.write(dump(r.reward_info)); };
+  std::vector<msgpack::object_handle> extras;
+  extras.reserve(r.extra.size());
+  for (const auto& [k, v] : r.extra) {
+    // str and bin values are referenced in `v` (it outlives the handle), not copied into the zone first.
+    extras.push_back(msgpack::unpack(v.data(), v.size(), [](msgpack::type::object_type, std::size_t, void*) { return true; }));
+    fields[k] = [&out, o = extras.back().get()] { detail::write_json(out, o); };
+  }
+  out.write("{", 1);
+  bool first = true;
+  for (const auto& [k, write] : fields) {
+    if (!first) out.write(",", 1);
+    first = false;
+    out.write(detail::quoted(k));
+    out.write(":", 1);
+    write();
+  }
+  out.write("}\n", 2);
 }
 
 nlohmann::json record_to_json(const Header& header, const Record& rec) { return record_to_json(header, rec, "record"); }

@@ -1,5 +1,7 @@
 #include "moe/format/route_dump.h"
 
+#include "format/internal.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +21,8 @@
 namespace moe::format::route_dump {
 namespace {
 
+using detail::write_quoted;
+
 // printf into a std::string.
 template <class... Args>
 std::string fmt(const char* f, Args... args) {
@@ -36,27 +40,6 @@ void write_json_line(io::Output& out, const nlohmann::json& j) {
   // Replace invalid UTF-8 (free text from a model) rather than failing on display.
   out.write(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   out.write("\n", 1);
-}
-
-std::string quoted(std::string_view s) {
-  return nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
-
-// Writes quoted(s) in pieces of about 1 MiB, so that showing a text of hundreds of MiB does not hold a
-// copy of it and its escaped form at once. Pieces end before an ASCII byte, where the UTF-8 decoding of
-// the whole text starts afresh too (a sequence cut short there is replaced by U+FFFD either way): the
-// output is byte for byte that of quoted(s).
-void write_quoted(io::Output& out, std::string_view s) {
-  constexpr size_t kPiece = size_t(1) << 20;
-  out.write("\"", 1);
-  for (size_t at = 0; at < s.size();) {
-    size_t cut = std::min(s.size(), at + kPiece);
-    while (cut < s.size() && static_cast<unsigned char>(s[cut]) >= 0x80) ++cut;
-    const std::string q = quoted(s.substr(at, cut - at));
-    out.write(q.data() + 1, q.size() - 2);
-    at = cut;
-  }
-  out.write("\"", 1);
 }
 
 // Column index of each selected layer (all when `layers` is empty); unknown layer ids are an error.
@@ -185,7 +168,7 @@ void show(io::Input& in, io::Output& out, const ShowOptions& opt) {
     } else {
       decode_rollout(r.name(), vocab, raw, ro);
       if (!ids.empty() && !ids.count(ro.id)) continue;
-      if (opt.jsonl) write_json_line(out, rollout_to_json(ro));
+      if (opt.jsonl) write_rollout_json(out, ro);
       else show_rollout_text(out, ro);
     }
     if (live) out.flush();  // before the next read, which may wait for the producer

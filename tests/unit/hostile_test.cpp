@@ -356,6 +356,73 @@ TEST_CASE("stream records: nested map keys are shown as <map>, not as exponentia
   CHECK(moe::format::rollout_to_json(rr).at("y") == json{{"7", nullptr}, {"<array>", true}});
 }
 
+TEST_CASE("show --jsonl: the piecewise writer is byte for byte the dump of rollout_to_json", "[hostile][format]") {
+  // Tokens and log-probs over several 64 Ki chunks, texts over several 1 MiB pieces with invalid UTF-8,
+  // and unknown keys of every msgpack type: nested maps with duplicate, non-string, map and array keys,
+  // bin, ext, floats, negative integers, and an unknown key named like a known JSON field.
+  moe::format::RolloutRecord r;
+  r.id = 7;
+  r.group = 3;
+  r.sample = 1;
+  for (int i = 0; i < 200000; ++i) r.prompt_tokens.push_back(i * 7919 % 151936);
+  for (int i = 0; i < 150000; ++i) {
+    r.response_tokens.push_back(i % 1000);
+    r.logprobs.push_back(-0.001f * float(i % 9973) - 1e-7f);
+    r.prev_logprobs.push_back(float(i) * -3.25e-5f);
+  }
+  const size_t mib = size_t(1) << 20;
+  r.prompt_text = std::string(mib + 5, 'p') + "\xff\"\n" + std::string(mib, '\x01');
+  r.response_text = "r\xc3\xa9\xe2\x82";
+  r.finish_reason = "length";
+  r.task = json{{"answer", "\\frac{1}{2}"}, {"numbers", {1, 2, 3}}, {"bad", "\xfe"}};
+  r.reward = 0.1;
+  r.advantage = -1.0 / 3.0;
+  r.reward_info = json{{"format", 0.1}};
+  msgpack::sbuffer a;
+  {
+    msgpack::packer<msgpack::sbuffer> pk(a);
+    pk.pack_map(7);
+    pk.pack(std::string("z"));
+    pk.pack(1.5);
+    pk.pack(std::string("a"));
+    pk.pack_array(4);
+    pk.pack(-5);
+    pk.pack(std::string(mib + 3, 'x') + "\xc0");
+    pk.pack_bin(3);
+    pk.pack_bin_body("abc", 3);
+    pk.pack_ext(2, 9);
+    pk.pack_ext_body("zz", 2);
+    pk.pack(std::string("z"));  // a duplicate key: the first stays
+    pk.pack_nil();
+    pk.pack(42);
+    pk.pack(true);
+    pk.pack_map(0);
+    pk.pack(false);
+    pk.pack_array(1);
+    pk.pack(1);
+    pk.pack(std::string("\xff"));
+    pk.pack(std::string("k\xff"));
+    pk.pack(1e300);
+  }
+  msgpack::sbuffer b;
+  {
+    msgpack::packer<msgpack::sbuffer> pk(b);
+    pk.pack(std::string("an unknown key named like a known field"));
+  }
+  r.extra = {{"x_blob", std::string(a.data(), a.size())}, {"logprobs", std::string(b.data(), b.size())}};
+  const std::string path = dir() + "/jsonl.txt";
+  {
+    moe::io::Output out(path);
+    moe::format::write_rollout_json(out, r);
+    out.close();
+  }
+  const std::string want = moe::format::rollout_to_json(r).dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+  const std::string got = moe::io::read_file(path);
+  CHECK(got.size() == want.size());
+  CHECK(got == want);
+  CHECK(got.find("\"logprobs\":\"an unknown key") != std::string::npos);
+}
+
 TEST_CASE("countdown payloads outside 64 bits are errors, never read modulo 2^64", "[hostile][reward]") {
   moe::format::RolloutRecord rec;
   rec.response_text = "1 - 2";

@@ -49,6 +49,9 @@ class RolloutWriter {
 void decode_rollout(const std::string& name, int64_t vocab_size, const Record& raw, RolloutRecord& rec);
 // A rollout record as JSON (tokens and log-probs as arrays, extra keys decoded).
 nlohmann::json rollout_to_json(const RolloutRecord& rec);
+// rollout_to_json(rec).dump() (invalid UTF-8 replaced by U+FFFD) and a newline, byte for byte, written
+// piece by piece: a record of hundreds of MiB costs a few MiB more, not several times its size.
+void write_rollout_json(io::Output& out, const RolloutRecord& rec);
 // The header's meta.vocab_size, or 0 when absent.
 int64_t rollout_vocab_size(const Header& header);
 
