@@ -252,14 +252,7 @@ ModelConfig preset_config(const std::string& name, int64_t vocab_size) {
     // active FFN width per token (192) from 1536 expert units. top1: 8 experts, top-1 routing without
     // renormalisation (Qwen2-MoE style: the gate weight is the softmax probability, so the router still gets
     // a gradient, and every routing flip changes the whole FFN output). fine: 32 fine-grained experts, top-4.
-    c.hidden_size = 96;
-    c.num_hidden_layers = 3;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.head_dim = 24;
-    c.intermediate_size = 192;  // unused unless a config adds mlp_only_layers
-    c.max_position_embeddings = 512;
-    c.tie_word_embeddings = false;
+    c = preset_config("tiny", vocab_size);
     if (name == "top1") {
       c.num_experts = 8;
       c.num_experts_per_tok = 1;
