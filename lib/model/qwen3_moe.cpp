@@ -222,7 +222,7 @@ at::Tensor SparseMoeImpl::dispatch_padded(const at::Tensor& x, const at::Tensor&
 
 MoeLayerOutput SparseMoeImpl::forward(const at::Tensor& x, RouterMode mode, const at::Tensor& indices,
                                       const at::Tensor& given_logits, const at::Tensor& valid, const at::Tensor& probs_at,
-                                      bool want_logits, bool want_capture, const at::Tensor& run_rows) {
+                                      bool want_logits, bool want_capture, const at::Tensor& run_rows, bool differentiable) {
   const int64_t E = num_experts, K = top_k;
   at::Tensor w = mode == RouterMode::frozen ? gate->weight.detach() : gate->weight;
   at::Tensor logits = at::linear(x, w);                 // [N, E] model dtype
@@ -259,7 +259,7 @@ MoeLayerOutput SparseMoeImpl::forward(const at::Tensor& x, RouterMode mode, cons
   if (run_rows.defined())
     slot_expert = at::where(run_rows.unsqueeze(1).expand({x.size(0), K}).reshape({-1}), slot_expert,
                             at::full({}, E, slot_expert.options()));
-  const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || gate->weight.requires_grad());
+  const bool grad = differentiable || (at::GradMode::is_enabled() && (x.requires_grad() || gate->weight.requires_grad()));
   at::Tensor out;
   if (static_cast<int64_t>(experts.size()) != E) {
     if (!ep) throw Error("expert parallel: a sharded MoE layer has no expert-parallel group");
@@ -390,6 +390,46 @@ void Qwen3MoeImpl::choose_expert_kernel() {
 
 at::Tensor Qwen3MoeImpl::lm_head_weight() { return lm_head ? lm_head->weight : embed_weight; }
 
+namespace {
+
+// What one decoder layer needs besides its input: rotary tables, the attention mask, and the layer's slice of
+// the routing plan (undefined tensors for a dense layer).
+struct LayerArgs {
+  at::Tensor cos, sin, allowed;
+  int64_t N;
+  at::Tensor indices, logits, valid, probs_at, run_rows;
+  RouterMode mode;
+  bool want_logits, want_capture;
+  bool differentiable;  // SparseMoe::forward's kernel choice
+};
+
+struct LayerOutput {
+  at::Tensor hidden, indices, probs, probs_at, router_logits;
+};
+
+// One decoder layer: attention (into the KV cache when cache_k is defined), then the MoE or dense MLP, each
+// with its residual. The one body of the plain and the activation-checkpointed paths.
+LayerOutput run_layer(DecoderLayer layer, const at::Tensor& h, const LayerArgs& a, const at::Tensor& cache_k = {},
+                      const at::Tensor& cache_v = {}, int64_t past = 0) {
+  at::Tensor x = h + layer->self_attn->forward(layer->input_layernorm(h), a.cos, a.sin, a.allowed, cache_k, cache_v, past);
+  at::Tensor y = layer->post_attention_layernorm(x);
+  LayerOutput o;
+  if (!layer->moe) {
+    o.hidden = x + layer->dense(y);
+    return o;
+  }
+  MoeLayerOutput r = layer->moe->forward(y.reshape({a.N, -1}), a.mode, a.indices, a.logits, a.valid, a.probs_at, a.want_logits,
+                                         a.want_capture, a.run_rows, a.differentiable);
+  o.hidden = x + r.hidden.view(x.sizes());
+  o.indices = r.indices;
+  o.probs = r.probs;
+  o.probs_at = r.probs_at;
+  o.router_logits = r.router_logits;
+  return o;
+}
+
+}  // namespace
+
 ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, const RoutingPlan& plan,
                                     const ForwardOptions& opt, KVCache* cache) {
   if (input_ids.dim() != 2) throw Error("forward: input_ids must be [batch, time], got " + shape_str(input_ids.sizes()));
@@ -502,58 +542,34 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
   int64_t moe_ix = 0;
   for (size_t i = 0; i < layers.size(); ++i) {
     auto& layer = layers[i];
+    // This layer's slice of the [N, L, ...] plan tensors.
+    auto sl = [&](const at::Tensor& t) { return layer->moe && t.defined() ? t.select(1, moe_ix) : at::Tensor(); };
+    LayerArgs a{cos, sin, allowed, N, sl(rindices), sl(rlogits), layer->moe && plan.mode == RouterMode::replay ? valid : at::Tensor(),
+                sl(pat), run_rows, plan.mode, opt.return_router_logits, opt.capture_routing, /*differentiable=*/false};
+    LayerOutput o;
     if (opt.checkpoint_layers && !cache && at::GradMode::is_enabled()) {
       // Activation checkpointing: only the layer's input is kept for the backward pass, which runs the layer
-      // again. The closure holds by value what that second run needs.
-      auto at_layer = [&](const at::Tensor& t) { return t.defined() ? t.select(1, moe_ix) : t; };
-      at::Tensor ri, rl, pt, vd;
-      if (layer->moe) {
-        ri = at_layer(rindices);
-        rl = at_layer(rlogits);
-        pt = at_layer(pat);
-        if (plan.mode == RouterMode::replay) vd = valid;
-      }
-      auto run = [layer, cos, sin, allowed, N, ri, rl, pt, vd, run_rows, mode = plan.mode, want_logits = opt.return_router_logits,
-                  want_capture = opt.capture_routing](const std::vector<at::Tensor>& in) mutable -> std::vector<at::Tensor> {
-        at::Tensor x = in[0];
-        x = x + layer->self_attn->forward(layer->input_layernorm(x), cos, sin, allowed);
-        at::Tensor y = layer->post_attention_layernorm(x);
-        if (!layer->moe) return {x + layer->dense(y)};
-        MoeLayerOutput r = layer->moe->forward(y.reshape({N, -1}), mode, ri, rl, vd, pt, want_logits, want_capture, run_rows);
-        return {x + r.hidden.view(x.sizes()), r.probs_at, r.router_logits, r.indices, r.probs};
+      // again. The closure holds by value what that second run needs; both runs take the kernel of a
+      // differentiated pass, so the recomputed outputs are the first run's bit for bit.
+      a.differentiable = true;
+      auto run = [layer, a](const std::vector<at::Tensor>& in) -> std::vector<at::Tensor> {
+        LayerOutput r = run_layer(layer, in[0], a);
+        return {r.hidden, r.probs_at, r.router_logits, r.indices, r.probs};
       };
-      std::vector<at::Tensor> o = checkpoint(run, {h}, 3);
-      h = o[0];
-      if (layer->moe) {
-        if (opt.capture_routing) {
-          cap_i.push_back(o[3]);
-          cap_p.push_back(o[4]);
-        }
-        if (pat.defined()) out_pat.push_back(o[1]);
-        if (opt.return_router_logits) out_logits.push_back(o[2]);
-        ++moe_ix;
-      }
-      continue;
-    }
-    at::Tensor a = cache ? layer->self_attn->forward(layer->input_layernorm(h), cos, sin, allowed, cache->k[i], cache->v[i], past)
-                         : layer->self_attn->forward(layer->input_layernorm(h), cos, sin, allowed);
-    h = h + a;
-    at::Tensor x = layer->post_attention_layernorm(h);
-    if (layer->moe) {
-      auto sl = [&](const at::Tensor& t) { return t.defined() ? t.select(1, moe_ix) : t; };
-      MoeLayerOutput r = layer->moe->forward(x.reshape({N, -1}), plan.mode, sl(rindices), sl(rlogits),
-                                             plan.mode == RouterMode::replay ? valid : at::Tensor(), sl(pat),
-                                             opt.return_router_logits, opt.capture_routing, run_rows);
-      h = h + r.hidden.view(h.sizes());
-      if (opt.capture_routing) {
-        cap_i.push_back(r.indices);
-        cap_p.push_back(r.probs);
-      }
-      if (pat.defined()) out_pat.push_back(r.probs_at);
-      if (opt.return_router_logits) out_logits.push_back(r.router_logits);
-      ++moe_ix;
+      std::vector<at::Tensor> t = checkpoint(run, {h}, 3);
+      o = {t[0], t[3], t[4], t[1], t[2]};
     } else {
-      h = h + layer->dense(x);
+      o = run_layer(layer, h, a, cache ? cache->k[i] : at::Tensor(), cache ? cache->v[i] : at::Tensor(), past);
+    }
+    h = o.hidden;
+    if (layer->moe) {
+      if (opt.capture_routing) {
+        cap_i.push_back(o.indices);
+        cap_p.push_back(o.probs);
+      }
+      if (pat.defined()) out_pat.push_back(o.probs_at);
+      if (opt.return_router_logits) out_logits.push_back(o.router_logits);
+      ++moe_ix;
     }
   }
   if (cache) cache->len = S;

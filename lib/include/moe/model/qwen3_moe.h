@@ -135,16 +135,18 @@ class SparseMoeImpl : public torch::nn::Module {
   // x [N, H]; indices/logits [N, k]/[N, E] per the plan mode; valid [N] bool: rows whose replay indices count
   // (other rows use native routing); run_rows [N] bool (undefined = all): rows the experts run on (padding
   // gets a zero MLP output, its routing is still computed). Experts run only on the rows routed to them.
+  // The kernel: the loop when gradients flow or `differentiable` says they will (the first, gradient-free
+  // run of an activation-checkpointed layer, so its recompute matches it bit for bit), else `kernel`.
   MoeLayerOutput forward(const at::Tensor& x, RouterMode mode, const at::Tensor& indices, const at::Tensor& logits,
                          const at::Tensor& valid, const at::Tensor& probs_at, bool want_logits, bool want_capture,
-                         const at::Tensor& run_rows = {});
+                         const at::Tensor& run_rows = {}, bool differentiable = false);
   Linear gate{nullptr};
   std::vector<Mlp> experts;  // the materialised experts: global ids first_expert .. first_expert + size - 1
   int64_t num_experts, top_k;  // num_experts: all of them (the router's width)
   int64_t first_expert = 0;
   std::shared_ptr<ExpertParallel> ep;  // set (Qwen3MoeImpl::set_expert_parallel) when experts are sharded
   bool norm_topk_prob;
-  ExpertKernel kernel = ExpertKernel::loop;  // used without gradients; with gradients always the loop
+  ExpertKernel kernel = ExpertKernel::loop;  // used without gradients; with gradients always the loop (see forward)
 
  private:
   // The experts' weights as two tensors, gate_up [E, 2I, H] (gate rows, then up rows: transformers 5's
