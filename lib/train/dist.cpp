@@ -202,9 +202,11 @@ double Communicator::sum(double v) {
   return t[0].item<double>();
 }
 
-double Communicator::max(double v) {
-  if (world_ == 1) return v;
-  std::vector<at::Tensor> t{at::full({1}, v, options().dtype(at::kDouble))};
+double Communicator::max(double v) { return max(std::vector<double>{v})[0]; }
+
+std::vector<double> Communicator::max(std::vector<double> v) {
+  if (world_ == 1 || v.empty()) return v;
+  std::vector<at::Tensor> t{at::tensor(v, at::kDouble).to(device_)};
   c10d::AllreduceOptions o;
   o.reduceOp = c10d::ReduceOp::MAX;
   try {
@@ -212,7 +214,8 @@ double Communicator::max(double v) {
   } catch (const std::exception& e) {
     throw Error("data parallel: rank " + std::to_string(rank_) + ": all-reduce failed (a peer died?): " + e.what());
   }
-  return t[0].item<double>();
+  at::Tensor r = t[0].to(at::kCPU).contiguous();
+  return std::vector<double>(r.data_ptr<double>(), r.data_ptr<double>() + r.numel());
 }
 
 void Communicator::barrier() {

@@ -43,6 +43,8 @@ class Communicator {
   void all_reduce_sum(std::vector<at::Tensor>& tensors, Scope scope = Scope::world);
   double sum(double v);
   double max(double v);
+  // Elementwise maximum over the ranks, in one collective.
+  std::vector<double> max(std::vector<double> v);
   void barrier();
 
  private:

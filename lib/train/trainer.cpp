@@ -184,17 +184,25 @@ void reduce_metrics(algo::Metrics& m, Communicator& comm, WeightOf weight_of) {
   comm.all_reduce_sum(t);
   at::Tensor r = t[0].to(at::kDouble).contiguous();
   const double* p = r.data_ptr<double>();
+  // Minima and maxima: one max-reduce of every present extreme metric (minima negated).
+  std::vector<size_t> ext;
+  std::vector<double> best;
+  for (size_t i = 0; i < n; ++i) {
+    const DpReduce how = table[i].second;
+    if ((how != DpReduce::min && how != DpReduce::max) || p[2 * n + i] == 0) continue;  // presence: the same on every rank
+    auto it = m.find(table[i].first);
+    ext.push_back(i);
+    best.push_back(it != m.end() ? (how == DpReduce::max ? 1.0 : -1.0) * it->second : -std::numeric_limits<double>::infinity());
+  }
+  best = comm.max(std::move(best));
+  for (size_t j = 0; j < ext.size(); ++j)
+    m[table[ext[j]].first] = (table[ext[j]].second == DpReduce::max ? 1.0 : -1.0) * best[j];
   for (size_t i = 0; i < n; ++i) {
     const char* k = table[i].first;
     const DpReduce how = table[i].second;
     const bool present = p[2 * n + i] > 0;  // the same on every rank
-    if (how == DpReduce::min || how == DpReduce::max) {
-      if (!present) continue;
-      const double sign = how == DpReduce::max ? 1.0 : -1.0;
-      auto it = m.find(k);
-      const double best = comm.max(it != m.end() ? sign * it->second : -std::numeric_limits<double>::infinity());
-      m[k] = sign * best;
-    } else if (!present) {
+    if (how == DpReduce::min || how == DpReduce::max) continue;
+    if (!present) {
       m.erase(k);
     } else if (how == DpReduce::sum) {
       m[k] = p[i];
@@ -616,6 +624,7 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
 
   algo::Metrics metrics;
   at::Tensor loss, idle_loss;
+  at::Tensor sft_stats;  // SFT: [loss, entropy summed over response tokens], on the device until the sync
   double local_tokens = 0;
   double eff_tokens = 0;   // RL under data parallel: tokens that train (--rs-mask and --mis drops removed)
   double kept_tokens = 0;  // ... of them, those TIS/MIS keep (tis/w_mean's denominator)
@@ -631,8 +640,8 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
       model::ForwardOutput fw = model_->forward(b.input, b.amask, model::RoutingPlan::native(), fo);
       model::HeadOutput hl = head(model_, fw, b.target, 1.0, true);
       loss = algo::aggregate(-hl.logp, b.resp > 0, algo::Agg::token_mean);  // = algo::sft_loss
-      metrics["sft_loss"] = loss.item<double>();
-      metrics["entropy"] = (hl.entropy.detach() * b.resp).sum().item<double>() / std::max(1.0, local_tokens);
+      // Read on the host with the loss and the gradient norm after backward (the step's one sync).
+      sft_stats = at::stack({loss.detach().to(at::kDouble).reshape({}), (hl.entropy.detach() * b.resp).sum().to(at::kDouble)});
       // token-mean over the global mini-batch: this rank's share of the tokens.
       if (dp) loss = loss * (local_tokens / std::max<double>(1, global_tokens));
     } else {
@@ -914,9 +923,16 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
       else norms.push_back(total);  // clip this rank's shared gradients too
     }
     at::Tensor l = loss.defined() ? loss.detach().to(at::kDouble).reshape({}).to(dev) : at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
-    at::Tensor host = at::stack({l, total.to(at::kDouble)}).to(at::kCPU);  // the step's one sync
-    local_loss = host[0].item<double>();
-    norm = host[1].item<double>();
+    std::vector<at::Tensor> parts{l.reshape({1}), total.to(at::kDouble).reshape({1})};
+    if (sft_stats.defined()) parts.push_back(sft_stats.to(dev));
+    at::Tensor host = at::cat(parts).to(at::kCPU).contiguous();  // the step's one sync
+    const double* hv = host.data_ptr<double>();
+    local_loss = hv[0];
+    norm = hv[1];
+    if (sft_stats.defined()) {
+      metrics["sft_loss"] = hv[2];
+      metrics["entropy"] = hv[3] / std::max(1.0, local_tokens);
+    }
     if (!std::isfinite(local_loss))
       throw Error("non-finite loss (" + std::to_string(local_loss) + ") at optimizer step " + std::to_string(global_step_ + 1) +
                   ": step aborted, checkpoint left untouched");
