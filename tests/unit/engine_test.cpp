@@ -16,6 +16,7 @@
 #include "moe/io/error.h"
 #include "moe/io/file.h"
 #include "moe/model/config.h"
+#include "scratch.h"
 
 using namespace moe::engine;
 using nlohmann::json;
@@ -27,12 +28,7 @@ const std::string kData = std::string(MOEKIT_TEST_DATA) + "/engines";
 moe::model::ModelConfig fixture_model() { return moe::model::load_config(kData + "/config.json"); }
 
 std::string scratch(const std::string& name) {
-  static std::string dir;
-  if (dir.empty()) {
-    char tmpl[] = "/tmp/moekit-engine-XXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    dir = tmpl;
-  }
+  static const std::string dir = moe::testing::make_scratch_dir("moekit-engine");
   return dir + "/" + name;
 }
 

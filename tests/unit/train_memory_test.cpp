@@ -14,6 +14,7 @@
 #include "moe/model/qwen3_moe.h"
 #include "moe/model/safetensors.h"
 #include "moe/train/step.h"
+#include "scratch.h"
 
 using namespace moe;
 using train::OldPass;
@@ -172,9 +173,7 @@ TEST_CASE("bf16 training keeps float32 master weights and Adam states, close to 
   }
   auto met = t.update(seqs, old, all, static_cast<int64_t>(seqs.size()), tokens, longest);
   CHECK(std::isfinite(met["loss"]));
-  char buf[] = "/tmp/moe-train-bf16-XXXXXX";
-  REQUIRE(::mkdtemp(buf) != nullptr);
-  const std::string dir = std::string(buf) + "/m";
+  const std::string dir = moe::testing::make_scratch_dir("moe-train-bf16") + "/m";
   t.save(dir, {});
   CHECK(m->embed_weight.scalar_type() == at::kBFloat16);  // compute copies back after the save
   model::SafetensorsFile w(dir + "/model.safetensors"), o(dir + "/optimizer.safetensors");
@@ -201,5 +200,4 @@ TEST_CASE("bf16 training keeps float32 master weights and Adam states, close to 
   }
   INFO("mean |bf16 master - f32| " << diff / n << ", mean |f32 step| " << step / n);
   CHECK(diff / n < 0.25 * step / n);
-  std::system((std::string("rm -rf ") + buf).c_str());
 }
