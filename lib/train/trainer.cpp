@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <type_traits>
 
-#include "dist.h"
+#include "moe/dist/communicator.h"
 #include "moe/algo/router.h"
 #include "moe/algo/terms.h"
 #include "moe/io/error.h"

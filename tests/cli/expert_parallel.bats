@@ -2,7 +2,8 @@
 # moe-train-step --expert-parallel N on c10d/Gloo with several local processes: EP 2, EP 4 and EP 2 x DP 2
 # give the gradients (all-reduced, every expert gathered) and the updated weights of one process on the
 # same data, for router modes free, replay-rollout, copy-old-logits and freeze, and for a model with a dense
-# layer; an EP checkpoint is an ordinary one (EP 2 -> EP 1 -> EP 4 steps equal three 1-process steps).
+# layer; an EP checkpoint is an ordinary one (EP 2 -> EP 1 -> EP 4 steps equal three 1-process steps);
+# --routing-out under data and expert parallel writes one process's stream.
 
 load common
 
@@ -151,4 +152,38 @@ ep_same() {
   [ "$status" -ne 0 ]
   for f in "$TMP/orig"/*; do cmp "$f" "$TMP/m/$(basename "$f")"; done
   [ "$(ls "$TMP/m")" = "$(ls "$TMP/orig")" ]
+}
+
+@test "--routing-out under data and expert parallel: one process's stream, byte for byte" {
+  # The stream's header names the producer's argv (which differs: --rank, --expert-parallel), so the records
+  # are compared as moe-route-dump prints them: every id, position, expert and float32 probability (printed
+  # exactly, so equal text is equal bits), and the header without its producer.
+  # --micro-batch 1: every rank forwards a sequence alone, as one process does; with larger micro-batches a
+  # rank's old pass batches other sequences together than one process (their sums round in another order).
+  for cfg in 1:1 2:1 2:2 4:2 4:4; do
+    n=${cfg%:*} ep=${cfg#*:}
+    rm -rf "$TMP/m$cfg"; cp -r "$W/m0" "$TMP/m$cfg"
+    ep_run "$n" "$ep" "$TMP/m$cfg" "$TMP/g$cfg" "$W/rew.zst" --seed 5 --threads 1 --micro-batch 1 --routing-out "$TMP/ro$cfg.zst"
+    moe-route-dump show --jsonl "$TMP/ro$cfg.zst" > "$TMP/ro$cfg.jsonl"
+    moe-route-dump show --header --jsonl "$TMP/ro$cfg.zst" | head -1 | jq -c 'del(.producer)' > "$TMP/h$cfg.json"
+  done
+  [ "$(wc -l < "$TMP/ro1:1.jsonl")" = 6 ]
+  for cfg in 2:1 2:2 4:2 4:4; do
+    echo "world:EP $cfg"
+    cmp "$TMP/ro1:1.jsonl" "$TMP/ro$cfg.jsonl"
+    cmp "$TMP/h1:1.json" "$TMP/h$cfg.json"
+  done
+  # The default micro-batch (all of a rank's sequences in one forward): the same experts, probabilities to
+  # float32 rounding (measured: at most 3e-8 apart).
+  rm -rf "$TMP/a" "$TMP/b"; cp -r "$W/m0" "$TMP/a"; cp -r "$W/m0" "$TMP/b"
+  ep_run 1 1 "$TMP/a" "$TMP/ga" "$W/rew.zst" --seed 5 --threads 1 --routing-out "$TMP/ra.zst"
+  ep_run 2 2 "$TMP/b" "$TMP/gb" "$W/rew.zst" --seed 5 --threads 1 --routing-out "$TMP/rb.zst"
+  moe-route-dump show --jsonl "$TMP/ra.zst" > "$TMP/ra.jsonl"
+  moe-route-dump show --jsonl "$TMP/rb.zst" > "$TMP/rb.jsonl"
+  cmp <(jq -c 'del(.probs)' "$TMP/ra.jsonl") <(jq -c 'del(.probs)' "$TMP/rb.jsonl")
+  d=$(jq -n --slurpfile a "$TMP/ra.jsonl" --slurpfile b "$TMP/rb.jsonl" '
+        [range($a | length) as $i | [($a[$i].probs | flatten), ($b[$i].probs | flatten)] | transpose[]
+         | (.[0] - .[1]) | if . < 0 then -. else . end] | max')
+  echo "default micro-batch, EP 2: max |probability difference| $d"
+  awk -v d="$d" 'BEGIN { exit !(d < 1e-6) }'
 }

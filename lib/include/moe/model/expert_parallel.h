@@ -2,7 +2,7 @@
 // N consecutive ranks form a group; rank r of the group owns experts [r * E / N, (r + 1) * E / N) of every MoE
 // layer and materialises only those. A MoE layer routes its tokens locally (the router is replicated), sends
 // each routed row to its expert's owner by all-to-all, runs its own experts on what it received, and sends the
-// results back (lib/model/expert_parallel.cpp). The transport is the caller's (lib/train/dist.cpp: c10d).
+// results back (lib/model/expert_parallel.cpp). The transport is the caller's (lib/dist/communicator.cpp: c10d).
 #pragma once
 #include <ATen/core/Tensor.h>
 
