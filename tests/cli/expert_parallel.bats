@@ -4,6 +4,7 @@
 # same data, for router modes free, replay-rollout, copy-old-logits and freeze, and for a model with a dense
 # layer; an EP checkpoint is an ordinary one (EP 2 -> EP 1 -> EP 4 steps equal three 1-process steps);
 # --routing-out under data and expert parallel writes one process's stream.
+# moe-rollout --expert-parallel N (and plain data parallel), sampling and --score: one process's streams.
 
 load common
 
@@ -186,4 +187,97 @@ ep_same() {
          | (.[0] - .[1]) | if . < 0 then -. else . end] | max')
   echo "default micro-batch, EP 2: max |probability difference| $d"
   awk -v d="$d" 'BEGIN { exit !(d < 1e-6) }'
+}
+
+# ep_rollout WORLD EP OUT ARGS...: moe-rollout ARGS with WORLD processes and --expert-parallel EP (1 process:
+# none); rank 0 writes OUT (and what ARGS name, e.g. --routing-out).
+ep_rollout() {
+  local n=$1 ep=$2 out=$3 port r
+  shift 3
+  if [ "$n" -eq 1 ]; then
+    moe-rollout "$@" -o "$out" -q
+    return
+  fi
+  port=$((20000 + RANDOM % 20000))
+  local pids=()
+  for r in $(seq 1 $((n - 1))); do
+    moe-rollout "$@" --rank "$r" --world-size "$n" --master-port "$port" --expert-parallel "$ep" --dist-timeout 60 -o "$out" -q &
+    pids+=($!)
+  done
+  moe-rollout "$@" --rank 0 --world-size "$n" --master-port "$port" --expert-parallel "$ep" --dist-timeout 60 -o "$out" -q
+  for r in "${pids[@]}"; do wait "$r"; done
+}
+
+# same_rollouts A B: the same records (ids, groups, tokens, texts, finish reasons, tasks, in the same order) and
+# log-probs (and previous log-probs) within 1e-5; prints the largest difference.
+same_rollouts() {
+  moe-route-dump show --jsonl "$1" > "$TMP/sa.jsonl"
+  moe-route-dump show --jsonl "$2" > "$TMP/sb.jsonl"
+  [ -s "$TMP/sa.jsonl" ]
+  diff <(jq -c 'del(.logprobs, .prev_logprobs)' "$TMP/sa.jsonl") <(jq -c 'del(.logprobs, .prev_logprobs)' "$TMP/sb.jsonl")
+  d=$(jq -n --slurpfile a "$TMP/sa.jsonl" --slurpfile b "$TMP/sb.jsonl" '
+        [range($a | length) as $i | ("logprobs", "prev_logprobs") as $k | ($a[$i][$k] // []) as $x | ($b[$i][$k] // []) as $y
+         | if ($x | length) != ($y | length) then 1e9 else (range($x | length) as $j | ($x[$j] - $y[$j]) | if . < 0 then -. else . end) end]
+        | max // 0')
+  echo "$(basename "$2"): max |log-prob difference| $d"
+  awk -v d="$d" 'BEGIN { exit !(d < 1e-5) }'
+}
+
+@test "moe-rollout --expert-parallel: greedy and sampled rollouts and their routing equal one process's" {
+  # 3 prompts x 2 samples, one prompt per batch: 3 batches, so with 2 and 4 ranks some rank has none in a round
+  # (it serves its experts by idle forwards until its group is done).
+  args=(-m "$W/m0" "$W/p.jsonl" -G 2 --max-new-tokens 6 --batch-size 2 --threads 1 --routing-out "$TMP/ROUTES" --routing-probs f32)
+  for mode in greedy sampled; do
+    extra=(--seed 7)
+    [ "$mode" = greedy ] && extra+=(--greedy)
+    for cfg in 1:1 2:2 2:1 4:2 4:4; do
+      n=${cfg%:*} ep=${cfg#*:}
+      ep_rollout "$n" "$ep" "$TMP/$mode$cfg.zst" "${args[@]/ROUTES/$mode$cfg.r.zst}" "${extra[@]}"
+    done
+    for cfg in 2:2 2:1 4:2 4:4; do
+      echo "$mode, world:EP $cfg"
+      same_rollouts "$TMP/${mode}1:1.zst" "$TMP/$mode$cfg.zst"
+      cmp <(moe-route-dump show --jsonl "$TMP/${mode}1:1.r.zst") <(moe-route-dump show --jsonl "$TMP/$mode$cfg.r.zst")
+    done
+  done
+  [ "$(moe-route-dump show --jsonl "$TMP/greedy1:1.zst" | wc -l)" = 6 ]
+  # sampling really sampled: another response than greedy somewhere
+  ! cmp -s <(moe-route-dump show --jsonl "$TMP/greedy1:1.zst" | jq -c .response_tokens) \
+           <(moe-route-dump show --jsonl "$TMP/sampled1:1.zst" | jq -c .response_tokens)
+}
+
+@test "moe-rollout --score --expert-parallel: log-probs and routing of one process's re-score" {
+  for cfg in 1:1 2:2 4:2; do
+    n=${cfg%:*} ep=${cfg#*:}
+    ep_rollout "$n" "$ep" "$TMP/s$cfg.zst" -m "$W/m0" --score "$W/roll.zst" --batch-size 4 --threads 1 \
+      --routing-out "$TMP/s$cfg.r.zst" --routing-probs f32
+  done
+  for cfg in 2:2 4:2; do
+    same_rollouts "$TMP/s1:1.zst" "$TMP/s$cfg.zst"
+    cmp <(moe-route-dump show --jsonl "$TMP/s1:1.r.zst") <(moe-route-dump show --jsonl "$TMP/s$cfg.r.zst")
+  done
+}
+
+@test "moe-rollout --expert-parallel: usage errors, and a rank that dies fails the others" {
+  run moe-rollout -m "$W/m0" "$W/p.jsonl" --expert-parallel 2 -q
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"--expert-parallel 2 does not divide the world size 1"* ]]
+  port=$((20000 + RANDOM % 20000))
+  moe-rollout -m "$W/m0" --rank 1 --world-size 2 --master-port "$port" --dist-timeout 20 -q - < "$W/p.jsonl" > /dev/null 2>&1 &
+  p1=$!
+  run moe-rollout -m "$W/m0" --rank 0 --world-size 2 --master-port "$port" --dist-timeout 20 -q - < "$W/p.jsonl"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"every rank reads the input: give a file, not stdin"* ]]
+  wait "$p1" || true
+  # rank 1 cannot read its model: rank 0 exits non-zero and writes nothing
+  port=$((20000 + RANDOM % 20000))
+  moe-rollout -m "$TMP/nowhere" "$W/p.jsonl" --rank 1 --world-size 2 --master-port "$port" --expert-parallel 2 --dist-timeout 10 -q 2>/dev/null &
+  p1=$!
+  run moe-rollout -m "$W/m0" "$W/p.jsonl" --rank 0 --world-size 2 --master-port "$port" --expert-parallel 2 --dist-timeout 10 \
+    -o "$TMP/out.zst" -q
+  echo "$output" | head -3
+  [ "$status" -eq 1 ]
+  [ ! -e "$TMP/out.zst" ]
+  run wait "$p1"
+  [ "$status" -ne 0 ]
 }
