@@ -114,16 +114,24 @@ at::Tensor SparseMoeImpl::dispatch_ep(const at::Tensor& x, const at::Tensor& slo
   if (n_recv > 0) {
     at::Tensor p = at::tensor(perm, at::TensorOptions().dtype(at::kLong)).to(x.device());
     at::Tensor xe = xr.index_select(0, p);
-    // An expert runs on each source's rows apart: a row's result then depends only on its own rank's batch,
-    // exactly as in one process forwarding that batch (a matmul's rounding can depend on its row count), so
-    // the routing of the following layers is bit for bit that of one process given the same batches.
+    // ExpertParallel::exact_rows: per source, or one call per expert.
+    const bool split = ep->exact_rows;
     std::vector<at::Tensor> parts;
     int64_t off = 0;
-    for (int64_t j = 0; j < El; ++j)
-      for (int64_t n : segments[j]) {
-        parts.push_back(experts[j]->forward(xe.narrow(0, off, n)));
-        off += n;
+    for (int64_t j = 0; j < El; ++j) {
+      if (split) {
+        for (int64_t n : segments[j]) {
+          parts.push_back(experts[j]->forward(xe.narrow(0, off, n)));
+          off += n;
+        }
+        continue;
       }
+      int64_t n = 0;
+      for (int64_t m : segments[j]) n += m;
+      if (n == 0) continue;
+      parts.push_back(experts[j]->forward(xe.narrow(0, off, n)));
+      off += n;
+    }
     at::Tensor ye = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
     yr = at::zeros_like(ye).index_copy(0, p, ye);  // back to the received order
   } else {

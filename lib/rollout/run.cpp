@@ -151,6 +151,7 @@ struct Group {
     if (shard.size <= 1) return;
     model = m;
     ep = comm->expert_parallel();
+    ep->exact_rows = true;  // every forward here produces records: one process's results bit for bit
     m->set_expert_parallel(ep);
     vote = [c = comm.get()] { c->any_in_expert_group(true); };
   }

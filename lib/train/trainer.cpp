@@ -520,6 +520,13 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
 
 void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, model::Qwen3Moe* ref) {
   at::NoGradGuard ng;
+  // Expert parallel: the old pass's outputs are records (logp_old, --routing-out): exact rows, on every rank
+  // of the group at once (ExpertParallel::exact_rows), until it returns or throws.
+  struct ExactRows {
+    model::ExpertParallel* ep;
+    explicit ExactRows(model::ExpertParallel* e) : ep(e) { if (ep) ep->exact_rows = true; }
+    ~ExactRows() { if (ep) ep->exact_rows = false; }
+  } exact_rows(impl_->ep.get());
   old.assign(seqs.size(), OldPass{});
   const c10::Device dev = device_of(model_);
   const int64_t K = model_->config().num_experts_per_tok;
