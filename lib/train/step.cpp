@@ -325,7 +325,6 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   model::ExpertShard shard;
   std::unique_ptr<Communicator> comm = dist::open_group(cfg.dist, device, shard);
   const int rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;
-  if (shard.size > 1 && !cfg.ref_dir.empty()) throw UsageError("--ref is not supported with --expert-parallel yet");
 
   model::Qwen3Moe model = model::load_model(cfg.model_dir, device, at::kFloat, shard);
   const model::ModelConfig& mc = model->config();
@@ -371,7 +370,8 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
 
   std::unique_ptr<model::Qwen3Moe> ref;
   if (!cfg.ref_dir.empty()) {
-    ref = std::make_unique<model::Qwen3Moe>(model::load_model(cfg.ref_dir, device, tc.compute_dtype));
+    // Expert parallel: the reference model's experts are sharded as the policy's (same owners, same group).
+    ref = std::make_unique<model::Qwen3Moe>(model::load_model(cfg.ref_dir, device, tc.compute_dtype, shard));
     if (model::config_digest((*ref)->config()) != model::config_digest(mc) || (*ref)->config().vocab_size != mc.vocab_size)
       throw Error(cfg.ref_dir + ": the reference model has another shape than " + cfg.model_dir);
   }

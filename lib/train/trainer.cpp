@@ -534,7 +534,9 @@ void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& 
   const bool r3 = cfg_.router == RouterControl::replay_rollout;
   if (impl_->ep) {
     // Expert parallel: every rank of a group runs as many forwards as the busiest one (the MoE layers'
-    // exchanges pair up); the extra ones are idle (no rows of their own).
+    // exchanges pair up); the extra ones are idle (no rows of their own). A reference model (sharded as the
+    // policy) exchanges over the same group, after the policy in every chunk, idle ones included.
+    if (ref) (*ref)->set_expert_parallel(impl_->ep);
     const double mine = static_cast<double>((seqs.size() + chunk - 1) / chunk);
     const int64_t extra = static_cast<int64_t>(comm_->max(mine) - mine);
     Batch b = idle_batch(dev);
@@ -544,6 +546,7 @@ void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& 
       impl_->ep->idle = true;
       try {
         model_->forward(b.input, b.amask, model::RoutingPlan::native(), fo);
+        if (ref) (*ref)->forward(b.input.to(device_of(*ref)), b.amask.to(device_of(*ref)), model::RoutingPlan::native(), fo);
       } catch (...) {
         impl_->ep->idle = false;
         throw;
