@@ -74,6 +74,20 @@ void add_model(CLI::App& app, Common& c, bool required) {
   if (required) o->required();
 }
 
+void add_dist(CLI::App& app, DistOptions& d) {
+  app.add_option("--rank", d.rank, "data-parallel rank (default: $RANK or 0)");
+  app.add_option("--world-size", d.world, "data-parallel processes (default: $WORLD_SIZE or 1)");
+  app.add_option("--master-addr", d.master_addr, "rendezvous host (default: $MASTER_ADDR or 127.0.0.1)");
+  app.add_option("--master-port", d.port, "rendezvous TCP port (default: $MASTER_PORT or 29500)");
+  app.add_option("--dist-init-file", d.init_file, "rendezvous through this shared file instead of TCP");
+  app.add_option("--dist-timeout", d.timeout_s, "seconds before a missing peer is an error")->capture_default_str();
+  app.add_option("--dist-backend", d.backend, "gloo (CPU) or nccl (CUDA builds)")->capture_default_str();
+  app.add_option("--expert-parallel", d.expert_parallel,
+                 "expert parallel: groups of N consecutive ranks share out the experts of every MoE layer")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+}
+
 int run_tool(const char* prog, int argc, char** argv, const std::function<void(CLI::App&)>& setup,
              const std::function<int()>& body) {
   g_prog = prog;

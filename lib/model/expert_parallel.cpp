@@ -95,7 +95,7 @@ at::Tensor SparseMoeImpl::dispatch_ep(const at::Tensor& x, const at::Tensor& slo
   for (int64_t s = 1; s < S; ++s) src_start[s] = src_start[s - 1] + recv[s - 1];
   std::vector<int64_t> perm;
   perm.reserve(n_recv);
-  std::vector<int64_t> per_expert(El, 0);
+  std::vector<std::vector<int64_t>> segments(El);  // rows of each local expert, one segment per source
   {
     std::vector<int64_t> off = src_start;
     std::vector<std::vector<std::pair<int64_t, int64_t>>> ranges(El);  // (start, n) per expert
@@ -104,7 +104,7 @@ at::Tensor SparseMoeImpl::dispatch_ep(const at::Tensor& x, const at::Tensor& slo
         const int64_t n = cr[s * El + j];
         ranges[j].emplace_back(off[s], n);
         off[s] += n;
-        per_expert[j] += n;
+        if (n > 0) segments[j].push_back(n);
       }
     for (int64_t j = 0; j < El; ++j)
       for (auto [st, n] : ranges[j])
@@ -114,12 +114,23 @@ at::Tensor SparseMoeImpl::dispatch_ep(const at::Tensor& x, const at::Tensor& slo
   if (n_recv > 0) {
     at::Tensor p = at::tensor(perm, at::TensorOptions().dtype(at::kLong)).to(x.device());
     at::Tensor xe = xr.index_select(0, p);
+    // ExpertParallel::exact_rows: per source, or one call per expert.
+    const bool split = ep->exact_rows;
     std::vector<at::Tensor> parts;
     int64_t off = 0;
     for (int64_t j = 0; j < El; ++j) {
-      if (per_expert[j] == 0) continue;
-      parts.push_back(experts[j]->forward(xe.narrow(0, off, per_expert[j])));
-      off += per_expert[j];
+      if (split) {
+        for (int64_t n : segments[j]) {
+          parts.push_back(experts[j]->forward(xe.narrow(0, off, n)));
+          off += n;
+        }
+        continue;
+      }
+      int64_t n = 0;
+      for (int64_t m : segments[j]) n += m;
+      if (n == 0) continue;
+      parts.push_back(experts[j]->forward(xe.narrow(0, off, n)));
+      off += n;
     }
     at::Tensor ye = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
     yr = at::zeros_like(ye).index_copy(0, p, ye);  // back to the received order

@@ -99,6 +99,7 @@ std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Reque
   fo.last_logits_only = true;
   model::KVCache cache;
   cache.reserve = tmax + opt.max_new_tokens;  // the whole generation fits: keys and values never move
+  if (opt.before_forward) opt.before_forward();
   model::ForwardOutput fw = model->forward(input, amask, model::RoutingPlan::native(), fo, &cache);
 
   if (opt.capture_routing) {
@@ -160,6 +161,7 @@ std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Reque
 
     const int64_t B = static_cast<int64_t>(active.size());
     step_in = step_in.view({B, 1});
+    if (opt.before_forward) opt.before_forward();
     fw = model->forward(step_in, {}, model::RoutingPlan::native(), fo, &cache);
     logits = fw.logits.select(1, 0);
     if (opt.capture_routing) decode_routing.add(fw, active);
@@ -169,7 +171,7 @@ std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Reque
 }
 
 std::vector<Scored> score(model::Qwen3Moe& model, const std::vector<ScoreRequest>& requests, double temperature,
-                          bool capture_routing) {
+                          bool capture_routing, const std::function<void()>& before_forward) {
   std::vector<Scored> out(requests.size());
   if (requests.empty()) return out;
   if (!(temperature > 0)) throw Error("temperature must be > 0");
@@ -198,6 +200,7 @@ std::vector<Scored> score(model::Qwen3Moe& model, const std::vector<ScoreRequest
   model::ForwardOptions fo;
   fo.capture_routing = capture_routing;
   fo.hidden_only = true;
+  if (before_forward) before_forward();
   model::ForwardOutput fw = model->forward(input, amask, model::RoutingPlan::native(), fo, nullptr);
 
   // log-prob of token t+1 from position t, under the tempered policy, over chunks of positions (memory

@@ -7,10 +7,10 @@
 
 namespace moe::rollout {
 
-Policy load_policy(const std::string& dir, const std::string& device, const std::string& dtype) {
+Policy load_policy(const std::string& dir, const std::string& device, const std::string& dtype, model::ExpertShard shard) {
   Policy p;
   try {
-    p.model = model::load_model(dir, model::parse_device(device), model::parse_dtype(dtype));
+    p.model = model::load_model(dir, model::parse_device(device), model::parse_dtype(dtype), shard);
   } catch (const c10::Error& e) {  // e.g. a CUDA device in a CPU-only build
     throw Error(dir + ": " + e.what_without_backtrace());
   }

@@ -1,10 +1,13 @@
 #include "moe/rollout/run.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
 
+#include <cstring>
 #include <memory>
 
 #include "moe/cli/app.h"
+#include "moe/dist/communicator.h"
 #include "moe/format/rollout.h"
 #include "moe/format/routing.h"
 #include "moe/io/error.h"
@@ -73,6 +76,114 @@ struct Outputs {
   }
 };
 
+// Per-sequence results as bytes, for the trip to rank 0 (host byte order: the ranks are one build).
+struct Packer {
+  std::string s;
+  template <class T>
+  void put(const T& v) { s.append(reinterpret_cast<const char*>(&v), sizeof v); }
+  template <class T>
+  void put_vec(const std::vector<T>& v) {
+    put<uint64_t>(v.size());
+    s.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+  }
+  void put_routing(const SequenceRouting& r) {
+    put<int64_t>(r.n_pos);
+    put_vec(r.experts);
+    put_vec(r.probs);
+  }
+};
+struct Unpacker {
+  const std::string& s;
+  size_t off = 0;
+  void raw(void* p, size_t n) {
+    if (n > s.size() - off) throw Error("data parallel: a truncated result from a peer");
+    std::memcpy(p, s.data() + off, n);
+    off += n;
+  }
+  template <class T>
+  T get() {
+    T v;
+    raw(&v, sizeof v);
+    return v;
+  }
+  template <class T>
+  std::vector<T> get_vec() {
+    const uint64_t n = get<uint64_t>();
+    if (n > (s.size() - off) / sizeof(T)) throw Error("data parallel: a truncated result from a peer");
+    std::vector<T> v(n);
+    raw(v.data(), n * sizeof(T));
+    return v;
+  }
+  SequenceRouting get_routing() {
+    SequenceRouting r;
+    r.n_pos = get<int64_t>();
+    r.experts = get_vec<uint16_t>();
+    r.probs = get_vec<float>();
+    return r;
+  }
+};
+
+// moe-rollout under torchrun (data parallel, --expert-parallel N). The work goes in rounds of one batch per
+// rank: batch k * world + r (the batches one process makes, in order) runs on rank r, and the results come
+// to rank 0, which writes them in order, so the streams are those of one process. Within an expert group the
+// ranks vote before every forward; a rank whose batch is done runs idle forwards (its experts serve the
+// others' tokens) until the vote says every rank of its group is done.
+struct Group {
+  std::unique_ptr<dist::Communicator> comm;
+  model::ExpertShard shard;
+  std::string device;
+  int rank = 0, world = 1;
+  std::function<void()> vote;  // GenerateOptions::before_forward (empty without expert parallel)
+  std::shared_ptr<model::ExpertParallel> ep;
+  model::Qwen3Moe model{nullptr};
+
+  explicit Group(const RolloutRun& run) {
+    if (run.dist.world_size > 1 && run.input == "-")
+      throw UsageError("with world size " + std::to_string(run.dist.world_size) + " every rank reads the input: give a file, not stdin");
+    c10::Device d = model::parse_device(run.device);
+    comm = dist::open_group(run.dist, d, shard);
+    device = d.str();
+    if (!comm) return;
+    rank = comm->rank();
+    world = comm->world_size();
+  }
+  void attach(model::Qwen3Moe& m) {
+    if (shard.size <= 1) return;
+    model = m;
+    ep = comm->expert_parallel();
+    ep->exact_rows = true;  // every forward here produces records: one process's results bit for bit
+    m->set_expert_parallel(ep);
+    vote = [c = comm.get()] { c->any_in_expert_group(true); };
+  }
+  // This rank's batch of the round is done: serve the group until all of it is.
+  void drain() {
+    if (!ep) return;
+    torch::NoGradGuard ng;
+    at::Tensor ids = at::zeros({1, 1}, at::TensorOptions().dtype(at::kLong).device(model->embed_weight.device()));
+    model::ForwardOptions fo;
+    fo.hidden_only = true;
+    while (comm->any_in_expert_group(false)) {
+      ep->idle = true;
+      try {
+        model->forward(ids, {}, model::RoutingPlan::native(), fo);
+      } catch (...) {
+        ep->idle = false;
+        throw;
+      }
+      ep->idle = false;
+    }
+  }
+  // Every rank's bytes of the round, in rank order, on rank 0.
+  std::vector<std::string> collect(std::string mine) {
+    if (!comm) return {std::move(mine)};
+    return dist::gather_bytes(*comm, mine);
+  }
+  // Rank 0 has written everything: the others exit only then (and non-zero if it failed).
+  void finish() {
+    if (comm) comm->sum(1.0);
+  }
+};
+
 void check_run(const RolloutRun& run) {
   if (run.samples < 1) throw UsageError("-G/--samples must be >= 1");
   if (run.batch_size < 1) throw UsageError("--batch-size must be >= 1");
@@ -85,7 +196,9 @@ void check_run(const RolloutRun& run) {
 
 void run_sample(const RolloutRun& run) {
   check_run(run);
-  Policy l = load_policy(run.model_dir, run.device, run.dtype);
+  Group grp(run);
+  Policy l = load_policy(run.model_dir, grp.device, run.dtype, grp.shard);
+  grp.attach(l.model);
   PromptFormat fmt;
   fmt.key = run.prompt_key;
   fmt.chat = run.chat;
@@ -100,6 +213,7 @@ void run_sample(const RolloutRun& run) {
   const tokenizer::StopStrings stops(l.tok, run.stop);
   if (!stops.empty()) gen.stop = [&stops](const std::vector<int64_t>& ids) { return stops.hit(ids); };
   gen.capture_routing = !run.routing_out.empty();
+  gen.before_forward = grp.vote;
 
   format::Header h;
   h.producer = run.producer;
@@ -119,53 +233,86 @@ void run_sample(const RolloutRun& run) {
             {"seed", gen.seed},
             {"dtype", run.dtype},
             {"prompt_key", run.prompt_key}};
-  Outputs o(run, l, std::move(h));
+  std::unique_ptr<Outputs> o;
+  if (grp.rank == 0) o = std::make_unique<Outputs>(run, l, std::move(h));
   const int64_t G = run.samples;
-  const int64_t prompts_per_batch = std::max<int64_t>(1, run.batch_size / G);
-  cli::Progress progress("rollout", static_cast<int64_t>(prompts.size()) * G, "tok");
-  for (size_t first = 0; first < prompts.size(); first += prompts_per_batch) {
-    size_t last = std::min(prompts.size(), first + static_cast<size_t>(prompts_per_batch));
-    std::vector<Request> reqs;
-    for (size_t p = first; p < last; ++p)
-      for (int64_t s = 0; s < G; ++s) reqs.push_back({static_cast<uint64_t>(p * G + s), prompts[p].tokens});
-    std::vector<Generation> gens = generate(l.model, reqs, gen);
-    int64_t new_tokens = 0;
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      const Prompt& pr = prompts[first + i / G];
-      Generation& g = gens[i];
-      format::RolloutRecord rec;
-      rec.id = reqs[i].stream;
-      rec.group = first + i / G;
-      rec.sample = static_cast<uint32_t>(i % G);
-      rec.prompt_tokens = to_i32(pr.tokens);
-      rec.response_tokens = to_i32(g.tokens);
-      rec.logprobs = g.logprobs;
-      rec.finish_reason = g.finish_reason;
-      rec.prompt_text = pr.text;
-      rec.response_text = stops.cut(l.tok.decode(g.tokens, /*skip_special=*/true));
-      rec.task = pr.task;
-      o.write(rec, std::move(g.routing));
-      new_tokens += static_cast<int64_t>(g.tokens.size());
+  const size_t prompts_per_batch = static_cast<size_t>(std::max<int64_t>(1, run.batch_size / G));
+  const size_t n_batches = (prompts.size() + prompts_per_batch - 1) / prompts_per_batch;
+  auto prompt_range = [&](size_t batch) {
+    const size_t first = std::min(prompts.size(), batch * prompts_per_batch);
+    return std::make_pair(first, std::min(prompts.size(), first + prompts_per_batch));
+  };
+  std::unique_ptr<cli::Progress> progress;
+  if (grp.rank == 0) progress = std::make_unique<cli::Progress>("rollout", static_cast<int64_t>(prompts.size()) * G, "tok");
+  for (size_t round = 0; round < n_batches; round += static_cast<size_t>(grp.world)) {
+    // This rank's batch of the round.
+    Packer mine;
+    {
+      auto [first, last] = prompt_range(round + static_cast<size_t>(grp.rank));
+      std::vector<Request> reqs;
+      for (size_t p = first; p < last; ++p)
+        for (int64_t s = 0; s < G; ++s) reqs.push_back({static_cast<uint64_t>(p * G + s), prompts[p].tokens});
+      std::vector<Generation> gens = generate(l.model, reqs, gen);
+      grp.drain();
+      for (const Generation& g : gens) {
+        mine.put_vec(g.tokens);
+        mine.put_vec(g.logprobs);
+        mine.put_vec(std::vector<char>(g.finish_reason.begin(), g.finish_reason.end()));
+        mine.put_routing(g.routing);
+      }
     }
-    o.flush();
-    progress.add(static_cast<int64_t>(reqs.size()), new_tokens);
+    std::vector<std::string> parts = grp.collect(std::move(mine.s));
+    if (!o) continue;
+    for (size_t r = 0; r < parts.size(); ++r) {
+      auto [first, last] = prompt_range(round + r);
+      Unpacker u{parts[r]};
+      int64_t n_seqs = 0, new_tokens = 0;
+      for (size_t p = first; p < last; ++p)
+        for (int64_t s = 0; s < G; ++s) {
+          const Prompt& pr = prompts[p];
+          std::vector<int64_t> tokens = u.get_vec<int64_t>();
+          format::RolloutRecord rec;
+          rec.id = static_cast<uint64_t>(p * G + s);
+          rec.group = p;
+          rec.sample = static_cast<uint32_t>(s);
+          rec.prompt_tokens = to_i32(pr.tokens);
+          rec.response_tokens = to_i32(tokens);
+          rec.logprobs = u.get_vec<float>();
+          std::vector<char> reason = u.get_vec<char>();
+          rec.finish_reason.assign(reason.begin(), reason.end());
+          rec.prompt_text = pr.text;
+          rec.response_text = stops.cut(l.tok.decode(tokens, /*skip_special=*/true));
+          rec.task = pr.task;
+          o->write(rec, u.get_routing());
+          ++n_seqs;
+          new_tokens += static_cast<int64_t>(tokens.size());
+        }
+      if (u.off != parts[r].size()) throw Error("data parallel: rank " + std::to_string(r) + " sent more results than its batch holds");
+      o->flush();
+      progress->add(n_seqs, new_tokens);
+    }
   }
-  progress.finish();
-  o.finish();
-  cli::info("wrote " + std::to_string(o.writer.count()) + " rollouts (" + std::to_string(prompts.size()) + " prompts x " +
-            std::to_string(G) + ")");
+  if (o) {
+    progress->finish();
+    o->finish();
+    cli::info("wrote " + std::to_string(o->writer.count()) + " rollouts (" + std::to_string(prompts.size()) + " prompts x " +
+              std::to_string(G) + ")");
+  }
+  grp.finish();
 }
 
 void run_score(const RolloutRun& run) {
   check_run(run);
-  Policy l = load_policy(run.model_dir, run.device, run.dtype);
+  Group grp(run);
+  Policy l = load_policy(run.model_dir, grp.device, run.dtype, grp.shard);
+  grp.attach(l.model);
   io::Input in(run.input);
   format::RolloutReader reader(in);
   const auto& in_meta = reader.header().meta;
   double temperature = run.gen.sampling.temperature;
   if (!run.temperature_given && in_meta.contains("temperature") && in_meta["temperature"].is_number())
     temperature = in_meta["temperature"].get<double>();
-  if (in_meta.contains("model_digest") && in_meta["model_digest"].is_string() && in_meta["model_digest"] != l.digest)
+  if (grp.rank == 0 && in_meta.contains("model_digest") && in_meta["model_digest"].is_string() && in_meta["model_digest"] != l.digest)
     cli::warn(reader.name() + ": rollouts come from a model of another shape (digest " +
               in_meta["model_digest"].get<std::string>() + ", this model " + l.digest + ")");
 
@@ -174,41 +321,65 @@ void run_score(const RolloutRun& run) {
   h.meta = in_meta;
   h.meta["temperature"] = temperature;
   h.meta["scored"] = {{"model_digest", l.digest}, {"dtype", run.dtype}};
-  Outputs o(run, l, std::move(h));
+  std::unique_ptr<Outputs> o;
+  if (grp.rank == 0) o = std::make_unique<Outputs>(run, l, std::move(h));
+  const bool capture = !run.routing_out.empty();
 
-  cli::Progress progress("score", 0, "tok");
-  std::vector<format::RolloutRecord> batch;
-  auto flush_batch = [&] {
-    if (batch.empty()) return;
-    std::vector<ScoreRequest> reqs;
-    int64_t tokens = 0;
-    for (const auto& r : batch) {
-      reqs.push_back({to_i64(r.prompt_tokens), to_i64(r.response_tokens)});
-      tokens += static_cast<int64_t>(r.prompt_tokens.size() + r.response_tokens.size());
+  std::unique_ptr<cli::Progress> progress;
+  if (grp.rank == 0) progress = std::make_unique<cli::Progress>("score", 0, "tok");
+  // A round: one batch of batch_size records per rank (the last ones shorter or empty).
+  const size_t bs = static_cast<size_t>(run.batch_size);
+  std::vector<format::RolloutRecord> round;
+  auto flush_round = [&] {
+    if (round.empty()) return;
+    Packer mine;
+    {
+      const size_t first = std::min(round.size(), static_cast<size_t>(grp.rank) * bs), last = std::min(round.size(), first + bs);
+      std::vector<ScoreRequest> reqs;
+      for (size_t i = first; i < last; ++i) reqs.push_back({to_i64(round[i].prompt_tokens), to_i64(round[i].response_tokens)});
+      std::vector<Scored> sc;
+      if (!reqs.empty()) sc = score(l.model, reqs, temperature, capture, grp.vote);
+      grp.drain();
+      for (const Scored& x : sc) {
+        mine.put_vec(x.logprobs);
+        mine.put_routing(x.routing);
+      }
     }
-    std::vector<Scored> sc = score(l.model, reqs, temperature, o.routing());
-    for (size_t i = 0; i < batch.size(); ++i) {
-      batch[i].prev_logprobs = std::move(batch[i].logprobs);
-      batch[i].logprobs = std::move(sc[i].logprobs);
-      o.write(batch[i], std::move(sc[i].routing));
+    std::vector<std::string> parts = grp.collect(std::move(mine.s));
+    if (o) {
+      for (size_t r = 0; r < parts.size(); ++r) {
+        const size_t first = std::min(round.size(), r * bs), last = std::min(round.size(), first + bs);
+        Unpacker u{parts[r]};
+        int64_t tokens = 0;
+        for (size_t i = first; i < last; ++i) {
+          round[i].prev_logprobs = std::move(round[i].logprobs);
+          round[i].logprobs = u.get_vec<float>();
+          tokens += static_cast<int64_t>(round[i].prompt_tokens.size() + round[i].response_tokens.size());
+          o->write(round[i], u.get_routing());
+        }
+        if (u.off != parts[r].size()) throw Error("data parallel: rank " + std::to_string(r) + " sent more results than its batch holds");
+        o->flush();
+        progress->add(static_cast<int64_t>(last - first), tokens);
+      }
     }
-    o.flush();
-    progress.add(static_cast<int64_t>(batch.size()), tokens);
-    batch.clear();
+    round.clear();
   };
   format::RolloutRecord rec;
   while (reader.next(rec)) {
     if (rec.prompt_tokens.empty())
       throw Error(reader.name() + ": offset " + std::to_string(reader.offset()) + ": record " + std::to_string(rec.id) +
                   " has no prompt tokens");
-    batch.push_back(std::move(rec));
+    round.push_back(std::move(rec));
     rec = format::RolloutRecord{};
-    if (static_cast<int64_t>(batch.size()) >= run.batch_size) flush_batch();
+    if (round.size() >= bs * static_cast<size_t>(grp.world)) flush_round();
   }
-  flush_batch();
-  progress.finish();
-  o.finish();
-  cli::info("re-scored " + std::to_string(o.writer.count()) + " rollouts");
+  flush_round();
+  if (o) {
+    progress->finish();
+    o->finish();
+    cli::info("re-scored " + std::to_string(o->writer.count()) + " rollouts");
+  }
+  grp.finish();
 }
 
 }  // namespace moe::rollout

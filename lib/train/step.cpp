@@ -18,7 +18,7 @@
 #include <numeric>
 #include <random>
 
-#include "dist.h"
+#include "moe/dist/communicator.h"
 #include "moe/algo/router.h"
 #include "moe/cli/app.h"
 #include "moe/format/rollout.h"
@@ -191,28 +191,6 @@ void fault_hook(int rank, int64_t update) {
 
 }  // namespace
 
-DistConfig dist_from_env(std::optional<int> rank, std::optional<int> world, const std::string& addr, std::optional<int> port) {
-  DistConfig d;
-  auto env_int = [](const char* k, int fallback) {
-    const char* v = std::getenv(k);
-    if (!v || !*v) return fallback;
-    char* end = nullptr;
-    long x = std::strtol(v, &end, 10);
-    if (*end) throw UsageError(std::string("environment ") + k + "='" + v + "' is not an integer");
-    return static_cast<int>(x);
-  };
-  d.rank = rank ? *rank : env_int("RANK", 0);
-  d.world_size = world ? *world : env_int("WORLD_SIZE", 1);
-  if (!addr.empty()) d.master_addr = addr;
-  else if (const char* a = std::getenv("MASTER_ADDR"); a && *a) d.master_addr = a;
-  d.master_port = port ? *port : env_int("MASTER_PORT", 29500);
-  d.local_rank = env_int("LOCAL_RANK", d.rank);
-  if (d.world_size < 1) throw UsageError("world size must be >= 1");
-  if (d.rank < 0 || d.rank >= d.world_size)
-    throw UsageError("rank " + std::to_string(d.rank) + " outside [0, " + std::to_string(d.world_size) + ")");
-  return d;
-}
-
 double read_rollouts(const std::string& path, const std::string& routing_path, const model::ModelConfig& mc,
                      bool need_advantage, std::vector<Sequence>& out, nlohmann::json* meta_out) {
   const int64_t L = mc.num_moe_layers(), K = mc.num_experts_per_tok, E = mc.num_experts;
@@ -340,31 +318,13 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   at::manual_seed(cfg.seed);
   const double t_start = now_s();
 
-  // Each data-parallel rank on its own GPU: a bare "cuda" means cuda:LOCAL_RANK (torchrun's variable).
   c10::Device device = model::parse_device(cfg.device);
   tc.compute_dtype = model::parse_dtype(cfg.dtype);
   if (tc.compute_dtype == at::kHalf) throw UsageError("--dtype f16 is not supported for training (no loss scaling): use bf16");
-  if (device.is_cuda() && !device.has_index()) device = model::parse_device("cuda:" + std::to_string(cfg.dist.local_rank));
-  std::unique_ptr<Communicator> comm;
-  if (cfg.dist.world_size > 1) {
-    if (!cfg.routing_out.empty()) throw UsageError("--routing-out is not supported with data parallel (world size > 1)");
-    const double t0 = now_s();
-    comm = std::make_unique<Communicator>(cfg.dist, device);
-    cli::debug("rank " + std::to_string(cfg.dist.rank) + " of " + std::to_string(cfg.dist.world_size) +
-               ": process group formed in " + std::to_string(now_s() - t0) + " s");
-  }
-  const int rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;
-  // Expert parallel: each rank materialises only its experts.
+  // Expert parallel: each rank materialises only its experts (shard).
   model::ExpertShard shard;
-  if (cfg.dist.expert_parallel > 1) {
-    if (!comm || world % cfg.dist.expert_parallel != 0)
-      throw UsageError("--expert-parallel " + std::to_string(cfg.dist.expert_parallel) + " does not divide the world size " +
-                       std::to_string(world));
-    if (!cfg.ref_dir.empty()) throw UsageError("--ref is not supported with --expert-parallel yet");
-    comm->split_expert_parallel(cfg.dist.expert_parallel);
-    shard.rank = comm->ep_rank();
-    shard.size = comm->ep_size();
-  }
+  std::unique_ptr<Communicator> comm = dist::open_group(cfg.dist, device, shard);
+  const int rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;
 
   model::Qwen3Moe model = model::load_model(cfg.model_dir, device, at::kFloat, shard);
   const model::ModelConfig& mc = model->config();
@@ -410,7 +370,8 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
 
   std::unique_ptr<model::Qwen3Moe> ref;
   if (!cfg.ref_dir.empty()) {
-    ref = std::make_unique<model::Qwen3Moe>(model::load_model(cfg.ref_dir, device, tc.compute_dtype));
+    // Expert parallel: the reference model's experts are sharded as the policy's (same owners, same group).
+    ref = std::make_unique<model::Qwen3Moe>(model::load_model(cfg.ref_dir, device, tc.compute_dtype, shard));
     if (model::config_digest((*ref)->config()) != model::config_digest(mc) || (*ref)->config().vocab_size != mc.vocab_size)
       throw Error(cfg.ref_dir + ": the reference model has another shape than " + cfg.model_dir);
   }
@@ -565,22 +526,27 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   // checkpoint is staged and swapped in, then the temporaries are renamed into place. An error before the
   // swap leaves every output as it was; after it only renames remain.
   // --routing-out: the old pass's native routing, positions 0 .. P+R-2 as moe-rollout writes them.
+  // Under data/expert parallel every rank's records travel to rank 0, a chunk of sequences at a time, and are
+  // written in stream order: the stream is the one a single process writes.
   std::unique_ptr<io::Output> rout;
   if (!cfg.routing_out.empty()) {
-    rout = std::make_unique<io::Output>(cfg.routing_out);
-    format::RoutingMeta meta;
-    meta.layer_ids = mc.moe_layer_ids();
-    meta.num_layers = static_cast<int>(meta.layer_ids.size());
-    meta.num_experts = static_cast<int>(mc.num_experts);
-    meta.top_k = static_cast<int>(mc.num_experts_per_tok);
-    meta.prob_dtype = "f32";
-    meta.model_digest = model::config_digest(mc);
-    format::Header h;
-    h.producer = cfg.producer;
-    h.meta["dtype"] = "f32";
-    h.meta["source"] = "moe-train-step old pass (native routing)";
-    format::RoutingWriter w(*rout, h, meta);
-    for (size_t i = 0; i < seqs.size(); ++i) {
+    std::unique_ptr<format::RoutingWriter> w;
+    if (rank == 0) {
+      rout = std::make_unique<io::Output>(cfg.routing_out);
+      format::RoutingMeta meta;
+      meta.layer_ids = mc.moe_layer_ids();
+      meta.num_layers = static_cast<int>(meta.layer_ids.size());
+      meta.num_experts = static_cast<int>(mc.num_experts);
+      meta.top_k = static_cast<int>(mc.num_experts_per_tok);
+      meta.prob_dtype = "f32";
+      meta.model_digest = model::config_digest(mc);
+      format::Header h;
+      h.producer = cfg.producer;
+      h.meta["dtype"] = "f32";
+      h.meta["source"] = "moe-train-step old pass (native routing)";
+      w = std::make_unique<format::RoutingWriter>(*rout, h, meta);
+    }
+    auto record_of = [&](size_t i) {
       const OldPass& o = old[i];
       format::RoutingRecord rr;
       rr.id = seqs[i].id;
@@ -592,10 +558,62 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       const int64_t* ip = idx.data_ptr<int64_t>();
       for (size_t k = 0; k < rr.experts.size(); ++k) rr.experts[k] = static_cast<uint16_t>(ip[k]);
       rr.probs.assign(pr.data_ptr<float>(), pr.data_ptr<float>() + pr.numel());
-      w.write(rr);
+      return rr;
+    };
+    const size_t chunk = 256;
+    for (size_t first = 0; first < seqs.size(); first += chunk) {
+      const size_t last = std::min(seqs.size(), first + chunk);
+      std::vector<format::RoutingRecord> recs(last - first);
+      std::vector<char> got(last - first, 0);  // under data parallel: a peer sent record i
+      if (!comm) {
+        for (size_t i = first; i < last; ++i) recs[i - first] = record_of(i);
+      } else {
+        // This rank's records of the chunk as (index, n_pos, values, experts as u16, probs as f32) rows.
+        std::string mine;
+        auto put = [&mine](const void* p, size_t n) { mine.append(static_cast<const char*>(p), n); };
+        for (size_t i = first; i < last; ++i) {
+          if (static_cast<int>(i % world) != rank) continue;
+          format::RoutingRecord rr = record_of(i);
+          const uint64_t head[3] = {i, static_cast<uint64_t>(rr.n_pos), rr.experts.size()};
+          put(head, sizeof head);
+          put(rr.experts.data(), rr.experts.size() * sizeof(uint16_t));
+          put(rr.probs.data(), rr.probs.size() * sizeof(float));
+        }
+        std::vector<std::string> all = dist::gather_bytes(*comm, mine);
+        for (const std::string& part : all) {
+          size_t off = 0;
+          auto get = [&](void* p, size_t n) {
+            if (off + n > part.size()) throw Error("--routing-out: a truncated record from a peer");
+            std::memcpy(p, part.data() + off, n);
+            off += n;
+          };
+          while (off < part.size()) {
+            uint64_t head[3];
+            get(head, sizeof head);
+            if (head[0] < first || head[0] >= last) throw Error("--routing-out: a peer sent a record of another chunk");
+            if (head[2] > (part.size() - off) / (sizeof(uint16_t) + sizeof(float))) throw Error("--routing-out: a truncated record from a peer");
+            got[head[0] - first] = 1;
+            format::RoutingRecord& rr = recs[head[0] - first];
+            rr.id = seqs[head[0]].id;
+            rr.first_pos = 0;
+            rr.n_pos = static_cast<int64_t>(head[1]);
+            rr.experts.resize(head[2]);
+            rr.probs.resize(head[2]);
+            get(rr.experts.data(), head[2] * sizeof(uint16_t));
+            get(rr.probs.data(), head[2] * sizeof(float));
+          }
+        }
+      }
+      if (w) {
+        for (size_t i = first; i < last; ++i)
+          if (comm && !got[i - first]) throw Error("--routing-out: no rank sent the routing of record " + std::to_string(seqs[i].id));
+        for (auto& rr : recs) w->write(rr);
+      }
     }
-    w.finish();
-    rout->prepare();
+    if (w) {
+      w->finish();
+      rout->prepare();
+    }
   }
 
   // Checkpoint (rank 0), then every rank learns that it was written.

@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <type_traits>
 
-#include "dist.h"
+#include "moe/dist/communicator.h"
 #include "moe/algo/router.h"
 #include "moe/algo/terms.h"
 #include "moe/io/error.h"
@@ -528,6 +528,13 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
 
 void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, model::Qwen3Moe* ref) {
   at::NoGradGuard ng;
+  // Expert parallel: the old pass's outputs are records (logp_old, --routing-out): exact rows, on every rank
+  // of the group at once (ExpertParallel::exact_rows), until it returns or throws.
+  struct ExactRows {
+    model::ExpertParallel* ep;
+    explicit ExactRows(model::ExpertParallel* e) : ep(e) { if (ep) ep->exact_rows = true; }
+    ~ExactRows() { if (ep) ep->exact_rows = false; }
+  } exact_rows(impl_->ep.get());
   old.assign(seqs.size(), OldPass{});
   const c10::Device dev = device_of(model_);
   const int64_t K = model_->config().num_experts_per_tok;
@@ -535,7 +542,9 @@ void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& 
   const bool r3 = cfg_.router == RouterControl::replay_rollout;
   if (impl_->ep) {
     // Expert parallel: every rank of a group runs as many forwards as the busiest one (the MoE layers'
-    // exchanges pair up); the extra ones are idle (no rows of their own).
+    // exchanges pair up); the extra ones are idle (no rows of their own). A reference model (sharded as the
+    // policy) exchanges over the same group, after the policy in every chunk, idle ones included.
+    if (ref) (*ref)->set_expert_parallel(impl_->ep);
     const double mine = static_cast<double>((seqs.size() + chunk - 1) / chunk);
     const int64_t extra = static_cast<int64_t>(comm_->max(mine) - mine);
     Batch b = idle_batch(dev);
@@ -545,6 +554,7 @@ void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& 
       impl_->ep->idle = true;
       try {
         model_->forward(b.input, b.amask, model::RoutingPlan::native(), fo);
+        if (ref) (*ref)->forward(b.input.to(device_of(*ref)), b.amask.to(device_of(*ref)), model::RoutingPlan::native(), fo);
       } catch (...) {
         impl_->ep->idle = false;
         throw;

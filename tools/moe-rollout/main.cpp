@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include "moe/cli/app.h"
+#include "moe/dist/communicator.h"
 #include "moe/format/stream.h"
 #include "moe/io/error.h"
 #include "moe/rollout/run.h"
@@ -12,6 +13,7 @@
 int main(int argc, char** argv) {
   moe::cli::Common common;
   moe::rollout::RolloutRun run;
+  moe::cli::DistOptions dist;
   bool score = false;
   std::vector<CLI::Option*> sample_only;  // options that make no sense with --score
   CLI::Option* temperature = nullptr;
@@ -46,6 +48,7 @@ int main(int argc, char** argv) {
         sample_only.push_back(app.add_flag("--no-thinking", run.no_thinking, "chat: Qwen3's enable_thinking=False (implies --chat)"));
         sample_only.push_back(app.add_option("--stop", run.stop, "end a response when its text contains this string (repeatable)"));
         app.add_flag("--score", score, "re-score the rollout stream on input by teacher forcing");
+        moe::cli::add_dist(app, dist);
         moe::cli::add_quiet_verbose(app, common);
       },
       [&]() -> int {
@@ -56,6 +59,7 @@ int main(int argc, char** argv) {
         run.device = common.device;
         run.gen.seed = common.seed;
         run.producer = moe::format::make_producer("moe-rollout", argc, argv);
+        run.dist = moe::dist::dist_config(dist);
         if (run.no_thinking) run.chat = true;
         if (score) {
           for (CLI::Option* o : sample_only)

@@ -40,8 +40,7 @@ int main(int argc, char** argv) {
               rs_apply = "after-clip";
   std::optional<double> eps_low, eps_high, lr;
   bool no_shuffle = false;
-  std::optional<int> rank, world, port;
-  std::string master_addr;
+  moe::cli::DistOptions dist;
   return moe::cli::run_tool(
       "moe-train-step", argc, argv,
       [&](CLI::App& app) {
@@ -101,18 +100,8 @@ int main(int argc, char** argv) {
         app.add_option("--prompt-key", cfg.prompt_key, "sft JSONL: prompt key")->capture_default_str();
         app.add_option("--solution-key", cfg.solution_key, "sft JSONL: answer key (trained as solution + eos)")
             ->capture_default_str();
-        // Data parallel.
-        app.add_option("--rank", rank, "data-parallel rank (default: $RANK or 0)");
-        app.add_option("--world-size", world, "data-parallel processes (default: $WORLD_SIZE or 1)");
-        app.add_option("--master-addr", master_addr, "rendezvous host (default: $MASTER_ADDR or 127.0.0.1)");
-        app.add_option("--master-port", port, "rendezvous TCP port (default: $MASTER_PORT or 29500)");
-        app.add_option("--dist-init-file", cfg.dist.init_file, "rendezvous through this shared file instead of TCP");
-        app.add_option("--dist-timeout", cfg.dist.timeout_s, "seconds before a missing peer is an error")->capture_default_str();
-        app.add_option("--dist-backend", cfg.dist.backend, "gloo (CPU) or nccl (CUDA builds)")->capture_default_str();
-        app.add_option("--expert-parallel", cfg.dist.expert_parallel,
-                       "expert parallel: groups of N consecutive ranks share out the experts of every MoE layer")
-            ->capture_default_str()
-            ->check(CLI::PositiveNumber);
+        // Data parallel and expert parallel.
+        moe::cli::add_dist(app, dist);
         app.add_flag("--checkpoint-activations", cfg.train.checkpoint_activations,
                      "recompute each decoder layer in the backward pass instead of keeping its activations");
         app.add_option("--dtype", cfg.dtype, "compute dtype: f32, or bf16 (float32 master weights and Adam states)")
@@ -147,12 +136,7 @@ int main(int argc, char** argv) {
         loss.rs.apply = moe::algo::parse_rs_apply(rs_apply);
         if (!tis.empty()) loss.is.level = moe::algo::parse_is_level(tis);
         if (!mis.empty()) loss.is.mis = parse_range(mis, "--mis");
-        const auto keep = cfg.dist;
-        cfg.dist = moe::train::dist_from_env(rank, world, master_addr, port);
-        cfg.dist.init_file = keep.init_file;
-        cfg.dist.timeout_s = keep.timeout_s;
-        cfg.dist.backend = keep.backend;
-        cfg.dist.expert_parallel = keep.expert_parallel;
+        cfg.dist = moe::dist::dist_config(dist);
         moe::train::run_train_step(cfg);
         return 0;
       });

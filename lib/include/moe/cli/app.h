@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 namespace CLI {
@@ -37,6 +38,18 @@ void add_seed(CLI::App& app, Common& c);
 void add_threads(CLI::App& app, Common& c);
 void add_device(CLI::App& app, Common& c);
 void add_model(CLI::App& app, Common& c, bool required = true);
+
+// Data-parallel and expert-parallel options (moe-train-step, moe-rollout), as given on the command line;
+// moe::dist::dist_config fills what was not given from torchrun's environment.
+struct DistOptions {
+  std::optional<int> rank, world, port;
+  std::string master_addr;
+  std::string init_file;
+  double timeout_s = 120;
+  std::string backend = "gloo";
+  int expert_parallel = 1;
+};
+void add_dist(CLI::App& app, DistOptions& d);
 
 // Runs a tool: builds its CLI11 app with `setup`, parses argv, then calls `body`. Maps
 //   --help -> usage on stdout, exit 0;   --version -> "prog moekit X.Y.Z" on stdout, exit 0;

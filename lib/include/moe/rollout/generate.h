@@ -23,6 +23,8 @@ struct GenerateOptions {
   std::function<bool(const std::vector<int64_t>&)> stop;
   uint64_t seed = 0;
   bool capture_routing = false;
+  // Called before every model forward (expert parallel: the group's vote that keeps its ranks in step).
+  std::function<void()> before_forward;
 };
 
 // True if id ends a response (eos_id or one of eos_ids): finish_reason "eos".
@@ -67,7 +69,8 @@ struct Scored {
 };
 
 // One teacher-forced full-sequence forward per call (right-padded batch).
+// `before_forward` as GenerateOptions::before_forward.
 std::vector<Scored> score(model::Qwen3Moe& model, const std::vector<ScoreRequest>& requests, double temperature,
-                          bool capture_routing);
+                          bool capture_routing, const std::function<void()>& before_forward = {});
 
 }  // namespace moe::rollout

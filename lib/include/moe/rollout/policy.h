@@ -17,7 +17,9 @@ struct Policy {
 // (tokenizer.json, tokenizer_config.json, generation_config.json: tokenizer::Tokenizer::load_dir).
 // Throws moe::Error naming `dir` for a tokenizer larger than vocab_size or a device/dtype libtorch
 // cannot provide (the message without libtorch's backtrace); moe::UsageError for an unknown spelling.
-Policy load_policy(const std::string& dir, const std::string& device, const std::string& dtype);
+// With a shard of size > 1 only the shard's experts are loaded (expert parallel; the caller sets the group).
+Policy load_policy(const std::string& dir, const std::string& device, const std::string& dtype,
+                   model::ExpertShard shard = {});
 
 inline std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
 inline std::vector<int64_t> to_i64(const std::vector<int32_t>& v) { return std::vector<int64_t>(v.begin(), v.end()); }

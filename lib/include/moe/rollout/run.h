@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "moe/dist/communicator.h"
 #include "moe/rollout/generate.h"
 
 namespace moe::rollout {
@@ -28,6 +29,7 @@ struct RolloutRun {
   GenerateOptions gen;        // sampling, max_new_tokens, seed (eos comes from the tokenizer)
   bool temperature_given = false;  // score mode: else the input stream's temperature
   nlohmann::json producer;    // header producer (program, version, argv)
+  dist::DistConfig dist;      // world size > 1: batches split over the ranks, rank 0 writes (run.cpp)
 };
 
 // Reads prompt JSONL (one object per line: `prompt_key` text, "messages" or "prompt_ids" as read_prompts

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moe/algo/loss.h"
+#include "moe/dist/communicator.h"
 #include "moe/model/qwen3_moe.h"
 
 namespace moe::train {
@@ -59,8 +60,6 @@ struct OldPass {
                                          // every input position (TrainConfig::record_routing only)
 };
 
-class Communicator;  // data-parallel group (lib/train/dist.h); nullptr = one process
-
 struct TrainConfig {
   bool sft = false;
   algo::LossConfig loss;  // RL only
@@ -79,6 +78,7 @@ struct TrainConfig {
 // Model + AdamW + the step's bookkeeping. Deterministic for a seed and thread count.
 class Trainer {
  public:
+  // comm: the data-parallel group (nullptr = one process).
   Trainer(model::Qwen3Moe model, TrainConfig cfg, Communicator* comm = nullptr);
   ~Trainer();
 
@@ -125,21 +125,6 @@ class Trainer {
   int64_t global_step_ = 0;
   nlohmann::json state_ = nlohmann::json::object();
 };
-
-// The data-parallel group: torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or flags.
-struct DistConfig {
-  int rank = 0, world_size = 1;
-  int local_rank = 0;        // GPU of this rank on its host (LOCAL_RANK; default: rank): --device cuda means cuda:local_rank
-  std::string master_addr = "127.0.0.1";
-  int master_port = 29500;
-  std::string init_file;     // FileStore rendezvous instead of TCP when set
-  double timeout_s = 120;    // collective and rendezvous timeout
-  std::string backend = "gloo";  // gloo | nccl (CUDA builds only)
-  int expert_parallel = 1;   // --expert-parallel N: groups of N consecutive ranks own E / N experts each
-};
-// Fills rank/world/master from the environment for the fields that were not given (< 0 / empty).
-DistConfig dist_from_env(std::optional<int> rank, std::optional<int> world, const std::string& addr,
-                         std::optional<int> port);
 
 // Everything moe-train-step does.
 struct StepConfig {

@@ -2,7 +2,7 @@
 #ifndef USE_C10D_GLOO
 #define USE_C10D_GLOO 1
 #endif
-#include "dist.h"
+#include "moe/dist/communicator.h"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
@@ -18,9 +18,11 @@
 #include <cstdlib>
 #include <functional>
 
+#include "moe/cli/app.h"
 #include "moe/io/error.h"
+#include "moe/model/config.h"
 
-namespace moe::train {
+namespace moe::dist {
 
 // Since torch 2.0 ProcessGroupGloo/NCCL derive from c10d::Backend (ProcessGroup became a dispatcher over
 // backends); both expose the collectives used here with the same signatures.
@@ -37,6 +39,61 @@ struct Communicator::Impl {
   // A process group of `size` ranks (this one `rank` among them) over the store under `prefix`.
   std::function<c10::intrusive_ptr<Group>(const std::string& prefix, int rank, int size)> make;
 };
+
+namespace {
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+}  // namespace
+
+DistConfig dist_from_env(std::optional<int> rank, std::optional<int> world, const std::string& addr, std::optional<int> port) {
+  DistConfig d;
+  auto env_int = [](const char* k, int fallback) {
+    const char* v = std::getenv(k);
+    if (!v || !*v) return fallback;
+    char* end = nullptr;
+    long x = std::strtol(v, &end, 10);
+    if (*end) throw UsageError(std::string("environment ") + k + "='" + v + "' is not an integer");
+    return static_cast<int>(x);
+  };
+  d.rank = rank ? *rank : env_int("RANK", 0);
+  d.world_size = world ? *world : env_int("WORLD_SIZE", 1);
+  if (!addr.empty()) d.master_addr = addr;
+  else if (const char* a = std::getenv("MASTER_ADDR"); a && *a) d.master_addr = a;
+  d.master_port = port ? *port : env_int("MASTER_PORT", 29500);
+  d.local_rank = env_int("LOCAL_RANK", d.rank);
+  if (d.world_size < 1) throw UsageError("world size must be >= 1");
+  if (d.rank < 0 || d.rank >= d.world_size)
+    throw UsageError("rank " + std::to_string(d.rank) + " outside [0, " + std::to_string(d.world_size) + ")");
+  return d;
+}
+
+DistConfig dist_config(const cli::DistOptions& o) {
+  DistConfig d = dist_from_env(o.rank, o.world, o.master_addr, o.port);
+  d.init_file = o.init_file;
+  d.timeout_s = o.timeout_s;
+  d.backend = o.backend;
+  d.expert_parallel = o.expert_parallel;
+  return d;
+}
+
+std::unique_ptr<Communicator> open_group(const DistConfig& cfg, c10::Device& device, model::ExpertShard& shard) {
+  // Each rank on its own GPU: a bare "cuda" means cuda:LOCAL_RANK (torchrun's variable).
+  if (device.is_cuda() && !device.has_index()) device = model::parse_device("cuda:" + std::to_string(cfg.local_rank));
+  shard = model::ExpertShard{};
+  if (cfg.expert_parallel < 1 || cfg.world_size % cfg.expert_parallel != 0)
+    throw UsageError("--expert-parallel " + std::to_string(cfg.expert_parallel) + " does not divide the world size " +
+                     std::to_string(cfg.world_size));
+  if (cfg.world_size == 1) return nullptr;
+  const double t0 = now();
+  auto comm = std::make_unique<Communicator>(cfg, device);
+  cli::debug("rank " + std::to_string(cfg.rank) + " of " + std::to_string(cfg.world_size) + ": process group formed in " +
+             std::to_string(now() - t0) + " s");
+  if (cfg.expert_parallel > 1) {
+    comm->split_expert_parallel(cfg.expert_parallel);
+    shard.rank = comm->ep_rank();
+    shard.size = comm->ep_size();
+  }
+  return comm;
+}
 
 Communicator::Communicator(const DistConfig& cfg, const c10::Device& device)
     : impl_(std::make_unique<Impl>()), rank_(cfg.rank), world_(cfg.world_size), device_(device) {
@@ -218,6 +275,52 @@ std::vector<double> Communicator::max(std::vector<double> v) {
   return std::vector<double>(r.data_ptr<double>(), r.data_ptr<double>() + r.numel());
 }
 
+bool Communicator::any_in_expert_group(bool mine) {
+  if (ep_size_ == 1) return mine;
+  std::vector<at::Tensor> t{at::full({1}, mine ? 1.0 : 0.0, options())};
+  try {
+    impl_->ep->allreduce(t)->wait();
+  } catch (const std::exception& e) {
+    throw Error("expert parallel: rank " + std::to_string(rank_) + ": all-reduce failed (a peer died?): " + e.what());
+  }
+  return t[0].item<double>() > 0;
+}
+
+at::Tensor Communicator::all_gather(const at::Tensor& x) {
+  if (world_ == 1) return x.unsqueeze(0).clone();
+  std::vector<at::Tensor> in{x.to(device_).contiguous()};
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int r = 0; r < world_; ++r) out[0].push_back(at::empty_like(in[0]));
+  try {
+    impl_->pg->allgather(out, in)->wait();
+  } catch (const std::exception& e) {
+    throw Error("data parallel: rank " + std::to_string(rank_) + ": all-gather failed (a peer died?): " + e.what());
+  }
+  return at::stack(out[0]).to(x.device());
+}
+
+std::vector<std::string> gather_bytes(Communicator& comm, const std::string& mine) {
+  // Padded to the longest one, each prefixed with its length (8 bytes, little-endian), gathered as bytes.
+  const int64_t len = static_cast<int64_t>(mine.size());
+  const int64_t width = static_cast<int64_t>(comm.max(static_cast<double>(len))) + 8;
+  at::Tensor buf = at::zeros({width}, at::TensorOptions().dtype(at::kByte));
+  uint8_t* p = buf.data_ptr<uint8_t>();
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(static_cast<uint64_t>(len) >> (8 * i));
+  std::copy(mine.begin(), mine.end(), p + 8);
+  at::Tensor all = comm.all_gather(buf).to(at::kCPU).contiguous();
+  std::vector<std::string> out;
+  if (comm.rank() != 0) return out;
+  const uint8_t* a = all.data_ptr<uint8_t>();
+  for (int r = 0; r < comm.world_size(); ++r) {
+    const uint8_t* row = a + r * width;
+    uint64_t n = 0;
+    for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(row[i]) << (8 * i);
+    if (n + 8 > static_cast<uint64_t>(width)) throw Error("data parallel: gather: rank " + std::to_string(r) + " sent a bad length");
+    out.emplace_back(reinterpret_cast<const char*>(row + 8), n);
+  }
+  return out;
+}
+
 void Communicator::barrier() {
   if (world_ == 1) return;
   try {
@@ -227,4 +330,4 @@ void Communicator::barrier() {
   }
 }
 
-}  // namespace moe::train
+}  // namespace moe::dist
