@@ -229,7 +229,15 @@ void decode_rollout(const std::string& name, int64_t vocab_size, const Record& r
   get_num(12, rec.advantage);
 }
 
-RolloutReader::RolloutReader(io::Input& in) : r_(in, "rollout"), vocab_size_(rollout_vocab_size(r_.header())) {}
+RolloutReader::RolloutReader(io::Input& in, bool concatenated)
+    : r_(in, "rollout", concatenated), vocab_size_(rollout_vocab_size(r_.header())) {}
+
+bool RolloutReader::next_stream() {
+  if (!r_.next_stream("rollout")) return false;
+  vocab_size_ = rollout_vocab_size(r_.header());
+  seen_ids_.clear();
+  return true;
+}
 
 const Header& RolloutReader::header() const { return r_.header(); }
 

@@ -217,6 +217,7 @@ struct StreamReader::Impl {
   uint64_t count = 0;
   XXH3_state_t xxh;
   bool done = false;
+  bool concatenated = false;  // another stream may follow the trailer (next_stream)
   std::vector<std::string_view> keys;  // scratch: a record's keys, sorted
 
   explicit Impl(io::Input& i) : in(i), name(i.name()) {}
@@ -239,7 +240,8 @@ struct StreamReader::Impl {
   }
 
   // Decompresses more bytes into the window; false at the end of the input (nothing more came out).
-  bool decompress_some(size_t min_room) {
+  // `within_frame`: also false once the current frame has ended (nothing of the next one is read).
+  bool decompress_some(size_t min_room, bool within_frame = false) {
     const bool shared = win.use_count() > 1;
     if (!shared && beg == end) beg = end = 0;
     if (buf().size() - end < min_room) {
@@ -258,7 +260,9 @@ struct StreamReader::Impl {
         if (buf().size() - end < min_room) buf().resize(std::max(buf().size() * 2, end + min_room));
       }
     }
+    bool progressed = false;
     for (;;) {
+      if (within_frame && progressed && frame_left == 0) return false;
       if (in_pos == in_len) read_input();
       if (frame_left == 0) frame_start = in_base + in_pos;  // at a boundary: the next frame starts here
       ZSTD_inBuffer zin{inbuf.data(), in_len, in_pos};
@@ -275,7 +279,10 @@ struct StreamReader::Impl {
       }
       // A call without progress at a frame boundary returns the size of the next frame header: that is
       // not "inside a frame", so only calls that moved data update the frame state.
-      if (zin.pos != in_pos || zout.pos > 0) frame_left = ret;
+      if (zin.pos != in_pos || zout.pos > 0) {
+        frame_left = ret;
+        progressed = true;
+      }
       in_pos = zin.pos;
       end += zout.pos;
       if (zout.pos > 0) return true;
@@ -349,16 +356,9 @@ struct StreamReader::Impl {
 
   void read_header() {
     // Detect the container by its magic bytes, before zstd has a chance to say something cryptic.
-    while (in_len - in_pos < 4 && !in_eof) {
-      std::memmove(inbuf.data(), inbuf.data() + in_pos, in_len - in_pos);
-      in_len -= in_pos;
-      in_pos = 0;
-      size_t n = in.read(inbuf.data() + in_len, inbuf.size() - in_len);
-      if (n == 0) in_eof = true;
-      in_len += n;
-    }
-    if (in_len == 0) throw Error(name + ": empty input: not a moekit stream");
-    if (in_len < 4 || !is_zstd_magic(reinterpret_cast<const unsigned char*>(inbuf.data())))
+    peek_input(4);
+    if (in_len == in_pos) throw Error(name + ": empty input: not a moekit stream");
+    if (in_len - in_pos < 4 || !is_zstd_magic(reinterpret_cast<const unsigned char*>(inbuf.data() + in_pos)))
       throw Error(name + ": not a moekit stream (not zstd)");
 
     Record h;
@@ -459,10 +459,42 @@ struct StreamReader::Impl {
       }
     }
   }
+
+  // Concatenated streams, after a trailer: ends the trailer's zstd frame (whose bytes the writer has already
+  // sent) without reading anything of what follows, so a pipe's next stream may still be unwritten.
+  void finish_frame() {
+    for (;;) {
+      if (end > beg) fail(off, "trailing data after the trailer");
+      if (frame_left == 0) return;
+      if (!decompress_some(ZSTD_DStreamOutSize(), true)) {
+        if (frame_left != 0) fail_compressed("truncated stream: the input ends inside the last zstd frame");
+        if (end > beg) fail(off, "trailing data after the trailer");
+        return;
+      }
+    }
+  }
+
+  // At a frame boundary after a trailer: true when another stream starts here (skippable frames before it
+  // are skipped), false at the end of the input. Blocks until the input says which.
+  bool another_stream() {
+    for (;;) {
+      peek_input(4);
+      if (in_pos == in_len) return false;
+      const auto* p = reinterpret_cast<const unsigned char*>(inbuf.data() + in_pos);
+      bool skippable = in_len - in_pos >= 4 && (uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 |
+                                                uint32_t(p[3]) << 24) >> 4 == 0x184D2A5u;
+      if (!skippable && in_len - in_pos >= 4 && is_zstd_magic(p)) return true;
+      if (!skippable) fail_compressed("after the trailer: neither the end of the input nor a zstd frame starting the next stream");
+      if (decompress_some(ZSTD_DStreamOutSize(), true)) fail(off, "a skippable zstd frame produced data");
+      if (frame_left != 0) fail_compressed("truncated stream: the input ends inside a skippable frame");
+    }
+  }
 };
 
-StreamReader::StreamReader(io::Input& in, const std::string& expected_kind) : impl_(std::make_unique<Impl>(in)) {
+StreamReader::StreamReader(io::Input& in, const std::string& expected_kind, bool concatenated)
+    : impl_(std::make_unique<Impl>(in)) {
   Impl& r = *impl_;
+  r.concatenated = concatenated;
   r.dctx = ZSTD_createDCtx();
   if (!r.dctx) throw std::bad_alloc();
   r.inbuf.resize(ZSTD_DStreamInSize());
@@ -472,6 +504,20 @@ StreamReader::StreamReader(io::Input& in, const std::string& expected_kind) : im
 }
 
 StreamReader::~StreamReader() = default;
+
+bool StreamReader::next_stream(const std::string& expected_kind) {
+  Impl& r = *impl_;
+  if (!r.concatenated || !r.done) throw Error(r.name + ": internal error: next_stream() before the end of a concatenated stream");
+  if (!r.another_stream()) return false;
+  r.count = 0;
+  XXH3_64bits_reset(&r.xxh);
+  r.header = Header{};
+  r.off = 0;  // offsets count from the start of each stream
+  r.done = false;
+  r.read_header();
+  r.check_kind(expected_kind);
+  return true;
+}
 
 const Header& StreamReader::header() const { return impl_->header; }
 const std::string& StreamReader::name() const { return impl_->name; }
@@ -506,7 +552,8 @@ bool StreamReader::next(Record& rec) {
   if (trailer) {
     r.check_trailer(*rec.find("trailer"), r.off);
     r.consume(size);
-    r.check_end();
+    if (r.concatenated) r.finish_frame();
+    else r.check_end();
     r.done = true;
     rec.handle = msgpack::object_handle();
     return false;

@@ -167,9 +167,18 @@ Output::Output(const std::string& path, size_t buffer_bytes) : cap_(buffer_bytes
   if (fd_ < 0) throw Error(path + ": cannot create: " + errstr());
 }
 
+Output::Output(const std::string& path, NewFile, size_t buffer_bytes) : cap_(buffer_bytes) {
+  buf_.reserve(cap_);
+  name_ = path_ = path;
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0644);
+  if (fd_ < 0) throw Error(path + ": cannot create: " + errstr());
+  new_file_ = true;
+}
+
 Output::~Output() {
   if (fd_ > 1) ::close(fd_);
   if (!closed_ && !in_place_ && !tmp_path_.empty()) ::unlink(tmp_path_.c_str());  // never committed
+  if (!closed_ && new_file_) ::unlink(path_.c_str());
 }
 
 void Output::write(const void* data, size_t n) {
@@ -204,7 +213,7 @@ void Output::write_fd(const char* p, size_t left) {
 
 void Output::prepare() {
   if (closed_ || prepared_) return;
-  if (in_place_ || fd_ <= 1) {
+  if (in_place_ || fd_ <= 1 || new_file_) {
     close();
     return;
   }
@@ -227,6 +236,14 @@ void Output::commit() {
 void Output::close() {
   if (closed_) return;
   flush();
+  if (new_file_) {
+    if (::fsync(fd_) != 0) throw Error(name_ + ": fsync failed: " + errstr());
+    int r = ::close(fd_);
+    fd_ = -1;
+    if (r != 0) throw Error(name_ + ": close failed: " + errstr());
+    closed_ = true;
+    return;
+  }
   if (fd_ > 1 && in_place_) {
     // Devices and pipes: nothing to rename. fsync means nothing to most of them (EINVAL) but reports a full
     // disk behind /proc/self/fd/N of a regular file.
@@ -244,6 +261,12 @@ void Output::close() {
 
 void write_file_atomic(const std::string& path, std::string_view contents) {
   Output out(path);
+  out.write(contents);
+  out.close();
+}
+
+void write_new_file(const std::string& path, std::string_view contents) {
+  Output out(path, Output::NewFile{});
   out.write(contents);
   out.close();
 }

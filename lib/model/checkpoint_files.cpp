@@ -36,7 +36,7 @@ void write_weights(const std::string& dir, std::vector<std::pair<std::string, at
     total += b;
   }
   if (shards.size() == 1) {
-    write_safetensors(dir + "/model.safetensors", shards[0]);
+    write_safetensors(dir + "/model.safetensors", shards[0], {{"format", "pt"}}, /*staged=*/true);
     return;
   }
   nlohmann::ordered_json index;
@@ -46,11 +46,11 @@ void write_weights(const std::string& dir, std::vector<std::pair<std::string, at
   for (int i = 0; i < n; ++i) {
     char name[64];
     std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", i + 1, n);
-    write_safetensors(dir + "/" + name, shards[i]);
+    write_safetensors(dir + "/" + name, shards[i], {{"format", "pt"}}, /*staged=*/true);
     for (const auto& nt : shards[i]) map[nt.first] = name;
   }
   index["weight_map"] = std::move(map);
-  io::write_file_atomic(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
+  io::write_new_file(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
 }
 
 namespace {
@@ -86,7 +86,7 @@ void carry_over_files(const std::string& old_dir, const std::string& staged) {
     if (is_weight_file(n) || n == "optimizer.safetensors" || n == "trainer_state.json" || ::stat(to.c_str(), &st) == 0) continue;
     if (::stat(from.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
     io::Input in(from);  // streamed: a carried file may be large
-    io::Output out(to);
+    io::Output out(to, io::Output::NewFile{});
     std::vector<char> buf(1 << 20);
     for (size_t n; (n = in.read(buf.data(), buf.size())) > 0;) out.write(buf.data(), n);
     out.close();

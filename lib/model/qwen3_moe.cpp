@@ -757,11 +757,11 @@ void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair
     cfg.torch_dtype = m->embed_weight.scalar_type() == at::kBFloat16 ? "bfloat16"
                       : m->embed_weight.scalar_type() == at::kHalf   ? "float16"
                                                                     : "float32";
-    io::write_file_atomic(staged + "/config.json", config_to_json(cfg).dump(2) + "\n");
+    io::write_new_file(staged + "/config.json", config_to_json(cfg).dump(2) + "\n");
     write_weights(staged, weights.empty() ? named_weights(m) : weights, max_shard_bytes);
     for (const auto& [name, contents] : extra_files) {
       if (name.empty() || name.find('/') != std::string::npos) throw Error("save_model: bad file name '" + name + "'");
-      io::write_file_atomic(staged + "/" + name, contents);
+      io::write_new_file(staged + "/" + name, contents);
     }
     if (add_files) add_files(staged);
     carry_over_files(d, staged);

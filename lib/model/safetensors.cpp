@@ -72,7 +72,7 @@ at::Tensor SafetensorsFile::get(const std::string& name, c10::optional<c10::Scal
 }
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+                       const std::map<std::string, std::string>& metadata, bool staged) {
   if (!host_is_little_endian()) throw Error(path + ": safetensors needs a little-endian host");
   std::map<std::string, at::Tensor> sorted;
   for (const auto& [name, t] : tensors) {
@@ -95,12 +95,14 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   uint8_t len[8];
   uint64_t n = header.size();
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
-  io::Output out(path, 1 << 20);
-  out.write(len, 8);
-  out.write(header);
+  // Each tensor goes from its own storage to the fd in one write (no copy in between).
+  std::unique_ptr<io::Output> out = staged ? std::make_unique<io::Output>(path, io::Output::NewFile{}, 1 << 20)
+                                           : std::make_unique<io::Output>(path, 1 << 20);
+  out->write(len, 8);
+  out->write(header);
   for (const auto& t : data)
-    if (t.numel() > 0) out.write(t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size());
-  out.close();
+    if (t.numel() > 0) out->write(t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size());
+  out->close();
 }
 
 Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {

@@ -36,49 +36,54 @@ std::vector<int64_t> ids_of(const json& v, int64_t vocab) {
 
 }  // namespace
 
+Prompt parse_prompt(json j, const std::string& where, const PromptFormat& fmt, const tokenizer::Tokenizer& tok) {
+  Prompt p;
+  try {
+    const bool has_text = j.contains(fmt.key), has_msgs = j.contains("messages"), has_ids = j.contains("prompt_ids");
+    if (has_text + has_msgs + has_ids == 0)
+      throw Error("no \"" + fmt.key + "\" key (see --prompt-key), nor \"messages\" or \"prompt_ids\"");
+    if (has_text + has_msgs + has_ids > 1)
+      throw Error("give one of \"" + fmt.key + "\", \"messages\" and \"prompt_ids\", not several");
+    if (has_ids) {
+      p.tokens = ids_of(j["prompt_ids"], fmt.vocab_size);
+      p.text = tok.decode(p.tokens);
+      j.erase("prompt_ids");
+    } else if (has_msgs) {
+      p.text = tokenizer::render_chat(messages_of(j["messages"]), tok.chat_template(), fmt.thinking);
+      p.tokens = tok.encode(p.text, /*add_special=*/false);
+      j.erase("messages");
+    } else {
+      if (!j[fmt.key].is_string()) throw Error("\"" + fmt.key + "\" is not a string");
+      p.text = j[fmt.key].get<std::string>();
+      if (p.text.empty()) throw Error("empty prompt");
+      if (fmt.chat) {
+        p.text = tokenizer::render_chat({{"user", p.text}}, tok.chat_template(), fmt.thinking);
+        p.tokens = tok.encode(p.text, false);
+      } else {
+        p.tokens = tok.encode(p.text);
+      }
+      j.erase(fmt.key);
+    }
+    if (p.tokens.empty()) throw Error("empty prompt (no tokens)");
+  } catch (const Error& e) {
+    throw Error(where + e.what());
+  }
+  // The payload goes one level deeper in the rollout record (under "task"): it must fit the limit there.
+  if (int d = io::json_depth(j); d > io::kMaxDepth - 1)
+    throw Error(where + "the task payload nests " + std::to_string(d) + " levels deep; a rollout record holds " +
+                std::to_string(io::kMaxDepth - 1) + " (its own map is one more of the " + std::to_string(io::kMaxDepth) +
+                " levels every moekit reader allows)");
+  p.task = std::move(j);
+  return p;
+}
+
 std::vector<Prompt> read_prompts(const std::string& path, const PromptFormat& fmt, const tokenizer::Tokenizer& tok) {
   io::JsonlReader in(path);
   std::vector<Prompt> prompts;
   json j;
   while (in.next(j)) {
-    Prompt p;
+    Prompt p = parse_prompt(std::move(j), in.where(), fmt, tok);
     p.lineno = in.lineno();
-    try {
-      const bool has_text = j.contains(fmt.key), has_msgs = j.contains("messages"), has_ids = j.contains("prompt_ids");
-      if (has_text + has_msgs + has_ids == 0)
-        throw Error("no \"" + fmt.key + "\" key (see --prompt-key), nor \"messages\" or \"prompt_ids\"");
-      if (has_text + has_msgs + has_ids > 1)
-        throw Error("give one of \"" + fmt.key + "\", \"messages\" and \"prompt_ids\", not several");
-      if (has_ids) {
-        p.tokens = ids_of(j["prompt_ids"], fmt.vocab_size);
-        p.text = tok.decode(p.tokens);
-        j.erase("prompt_ids");
-      } else if (has_msgs) {
-        p.text = tokenizer::render_chat(messages_of(j["messages"]), tok.chat_template(), fmt.thinking);
-        p.tokens = tok.encode(p.text, /*add_special=*/false);
-        j.erase("messages");
-      } else {
-        if (!j[fmt.key].is_string()) throw Error("\"" + fmt.key + "\" is not a string");
-        p.text = j[fmt.key].get<std::string>();
-        if (p.text.empty()) throw Error("empty prompt");
-        if (fmt.chat) {
-          p.text = tokenizer::render_chat({{"user", p.text}}, tok.chat_template(), fmt.thinking);
-          p.tokens = tok.encode(p.text, false);
-        } else {
-          p.tokens = tok.encode(p.text);
-        }
-        j.erase(fmt.key);
-      }
-      if (p.tokens.empty()) throw Error("empty prompt (no tokens)");
-    } catch (const Error& e) {
-      throw Error(in.where() + e.what());
-    }
-    // The payload goes one level deeper in the rollout record (under "task"): it must fit the limit there.
-    if (int d = io::json_depth(j); d > io::kMaxDepth - 1)
-      throw Error(in.where() + "the task payload nests " + std::to_string(d) + " levels deep; a rollout record holds " +
-                  std::to_string(io::kMaxDepth - 1) + " (its own map is one more of the " + std::to_string(io::kMaxDepth) +
-                  " levels every moekit reader allows)");
-    p.task = std::move(j);
     j = json();
     prompts.push_back(std::move(p));
   }

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <sys/stat.h>
+
 #include <cstring>
 #include <memory>
 
@@ -12,6 +14,8 @@
 #include "moe/format/routing.h"
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/io/jsonl.h"
+#include "moe/io/limits.h"
 #include "moe/model/config.h"
 #include "moe/model/qwen3_moe.h"
 #include "moe/rollout/policy.h"
@@ -194,8 +198,144 @@ void check_run(const RolloutRun& run) {
 
 }  // namespace
 
+std::string checkpoint_id(const std::string& model_dir) {
+  std::string id;
+  auto add = [&id](const std::string& path) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) {
+      id += "-;";
+      return;
+    }
+    id += std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
+          std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + ";";
+  };
+  add(model_dir);
+  add(model_dir + "/model.safetensors");
+  add(model_dir + "/model.safetensors.index.json");
+  struct stat st;
+  const std::string ts = model_dir + "/trainer_state.json";
+  if (::stat(ts.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+    try {
+      id += io::read_file(ts);
+    } catch (const Error&) {
+      id += "?";  // swapped away between stat and open: the inodes differ next time anyway
+    }
+  }
+  return id;
+}
+
+namespace {
+// --follow: see run.h.
+void run_sample_follow(const RolloutRun& run) {
+  if (!run.routing_out.empty()) throw UsageError("--follow does not take --routing-out");
+  std::string loaded = checkpoint_id(run.model_dir);
+  Policy l = load_policy(run.model_dir, run.device, run.dtype);
+  PromptFormat fmt;
+  fmt.key = run.prompt_key;
+  fmt.chat = run.chat;
+  fmt.thinking = !run.no_thinking;
+  fmt.vocab_size = l.model->config().vocab_size;
+  GenerateOptions gen = run.gen;
+  gen.eos_id = l.tok.eos_id();
+  gen.eos_ids = l.tok.stop_ids();
+  const tokenizer::StopStrings stops(l.tok, run.stop);
+  if (!stops.empty()) gen.stop = [&stops](const std::vector<int64_t>& ids) { return stops.hit(ids); };
+  const int64_t G = run.samples;
+  const int64_t prompts_per_batch = std::max<int64_t>(1, run.batch_size / G);
+
+  io::Input in(run.input);
+  io::Output out(run.output);
+  std::string line;
+  bool eof = false;
+  for (int64_t n = 0; !eof; ++n) {
+    // One batch: prompt lines up to a blank line or the end of the input.
+    std::vector<Prompt> prompts;
+    for (;;) {
+      const uint64_t at = in.offset();
+      if (!in.getline(line, io::kMaxRecordBytes)) {
+        eof = true;
+        break;
+      }
+      nlohmann::json j;
+      const std::string where = in.name() + ": offset " + std::to_string(at) + ": ";
+      if (!io::parse_jsonl_line(line, where, j, at)) {
+        if (prompts.empty()) continue;  // blank lines before a batch
+        break;
+      }
+      prompts.push_back(parse_prompt(std::move(j), where, fmt, l.tok));
+    }
+    if (prompts.empty()) break;
+    check_prompt_lengths(prompts, run.input, l.model->config().max_position_embeddings);
+    // The checkpoint in place now. A swap during the load is seen by the id afterwards: load again.
+    for (int tries = 0; checkpoint_id(run.model_dir) != loaded; ++tries) {
+      if (tries == 10) throw Error(run.model_dir + ": the checkpoint kept changing while it was being loaded");
+      const std::string id = checkpoint_id(run.model_dir);
+      const model::ModelConfig c = model::load_config(run.model_dir + "/config.json");
+      if (model::config_digest(c) != l.digest || c.vocab_size != l.model->config().vocab_size)
+        throw Error(run.model_dir + ": the new checkpoint has another shape (config digest " + model::config_digest(c) +
+                    ", loaded " + l.digest + ")");
+      model::load_weights(l.model, run.model_dir);
+      loaded = id;
+      cli::info(run.model_dir + ": loaded a new checkpoint before batch " + std::to_string(n + 1));
+    }
+    format::Header h;
+    h.producer = run.producer;
+    gen.seed = run.gen.seed + static_cast<uint64_t>(n);
+    h.meta = {{"vocab_size", l.model->config().vocab_size},
+              {"model_digest", l.digest},
+              {"eos_id", l.tok.eos_id()},
+              {"eos_ids", l.tok.stop_ids()},
+              {"stop", run.stop},
+              {"chat", run.chat || run.no_thinking},
+              {"pad_id", l.tok.pad_id()},
+              {"temperature", gen.sampling.temperature},
+              {"top_p", gen.sampling.top_p},
+              {"top_k", gen.sampling.top_k},
+              {"greedy", gen.sampling.greedy},
+              {"max_new_tokens", gen.max_new_tokens},
+              {"samples_per_prompt", run.samples},
+              {"seed", gen.seed},
+              {"dtype", run.dtype},
+              {"prompt_key", run.prompt_key}};
+    format::RolloutWriter writer(out, std::move(h));
+    for (size_t first = 0; first < prompts.size(); first += prompts_per_batch) {
+      size_t last = std::min(prompts.size(), first + static_cast<size_t>(prompts_per_batch));
+      std::vector<Request> reqs;
+      for (size_t p = first; p < last; ++p)
+        for (int64_t s = 0; s < G; ++s) reqs.push_back({static_cast<uint64_t>(p * G + s), prompts[p].tokens});
+      std::vector<Generation> gens = generate(l.model, reqs, gen);
+      for (size_t i = 0; i < reqs.size(); ++i) {
+        const Prompt& pr = prompts[first + i / G];
+        Generation& g = gens[i];
+        format::RolloutRecord rec;
+        rec.id = reqs[i].stream;
+        rec.group = first + i / G;
+        rec.sample = static_cast<uint32_t>(i % G);
+        rec.prompt_tokens = to_i32(pr.tokens);
+        rec.response_tokens = to_i32(g.tokens);
+        rec.logprobs = g.logprobs;
+        rec.finish_reason = g.finish_reason;
+        rec.prompt_text = pr.text;
+        rec.response_text = stops.cut(l.tok.decode(g.tokens, /*skip_special=*/true));
+        rec.task = pr.task;
+        writer.write(rec);
+      }
+      writer.flush();
+    }
+    writer.finish();  // trailer, end of frame, flushed: the next stage has the whole stream
+    cli::info("batch " + std::to_string(n + 1) + ": wrote " + std::to_string(writer.count()) + " rollouts (" +
+              std::to_string(prompts.size()) + " prompts x " + std::to_string(G) + ")");
+  }
+  out.close();
+}
+}  // namespace
+
 void run_sample(const RolloutRun& run) {
   check_run(run);
+  if (run.follow) {
+    if (run.dist.world_size > 1) throw UsageError("--follow runs in one process (world size 1)");
+    return run_sample_follow(run);
+  }
   Group grp(run);
   Policy l = load_policy(run.model_dir, grp.device, run.dtype, grp.shard);
   grp.attach(l.model);

@@ -193,10 +193,15 @@ void fault_hook(int rank, int64_t update) {
 
 double read_rollouts(const std::string& path, const std::string& routing_path, const model::ModelConfig& mc,
                      bool need_advantage, std::vector<Sequence>& out, nlohmann::json* meta_out) {
-  const int64_t L = mc.num_moe_layers(), K = mc.num_experts_per_tok, E = mc.num_experts;
-  const std::string digest = model::config_digest(mc);
   io::Input in(path);
   format::RolloutReader r(in);
+  return read_rollouts(r, routing_path, mc, need_advantage, out, meta_out);
+}
+
+double read_rollouts(format::RolloutReader& r, const std::string& routing_path, const model::ModelConfig& mc,
+                     bool need_advantage, std::vector<Sequence>& out, nlohmann::json* meta_out) {
+  const int64_t L = mc.num_moe_layers(), K = mc.num_experts_per_tok, E = mc.num_experts;
+  const std::string digest = model::config_digest(mc);
   const auto& meta = r.header().meta;
   if (meta_out) *meta_out = meta;
   double temperature = 1.0;
@@ -304,6 +309,13 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     if (tc.loss.kl_coef != 0 && cfg.ref_dir.empty()) throw UsageError("--kl-coef needs a reference model (--ref DIR)");
   }
   if (!(tc.optim.lr > 0)) throw UsageError("--lr must be > 0");
+  if (cfg.follow) {
+    if (cfg.dist.world_size > 1) throw UsageError("--follow runs in one process (no data parallel)");
+    if (!cfg.routing.empty())
+      throw UsageError("--follow does not take --routing (a routing stream per rollout stream is not supported yet)");
+    if (!cfg.routing_out.empty()) throw UsageError("--follow does not take --routing-out");
+  }
+  const bool loss_scale_given = tc.loss.loss_scale > 0;
   const std::string out_dir = cfg.output_dir.empty() ? cfg.model_dir : cfg.output_dir;
   io::check_not_staging(cfg.model_dir);
   io::check_not_staging(out_dir);
@@ -316,7 +328,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   }
   if (cfg.threads > 0) at::set_num_threads(cfg.threads);
   at::manual_seed(cfg.seed);
-  const double t_start = now_s();
+  double t_start = now_s();
 
   c10::Device device = model::parse_device(cfg.device);
   tc.compute_dtype = model::parse_dtype(cfg.dtype);
@@ -334,7 +346,39 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
 
   // Inputs.
   std::vector<Sequence> seqs;
-  {
+  // The header settings a rollout stream carries: its sampling temperature, and the default C of
+  // seq-mean-token-sum-norm.
+  auto take_stream_settings = [&](const std::string& name, double T, const nlohmann::json& meta) {
+    if (tc.sft) return;
+    tc.temperature = T;
+    if (algo::effective_agg(tc.loss) == algo::Agg::seq_mean_token_sum_norm && !loss_scale_given) {
+      if (!meta.is_object() || !meta.contains("max_new_tokens") || !meta["max_new_tokens"].is_number() ||
+          !(meta["max_new_tokens"].get<double>() >= 1))
+        throw Error(name + ": the rollout header has no max_new_tokens >= 1, the default C of "
+                    "seq-mean-token-sum-norm: give --loss-scale C");
+      tc.loss.loss_scale = meta["max_new_tokens"].get<double>();
+    }
+  };
+  // --follow: concatenated rollout streams, one step each; errors name the stream (1-based).
+  std::unique_ptr<io::Input> follow_in;
+  std::unique_ptr<format::RolloutReader> follow;
+  int64_t stream_no = 1;
+  auto in_stream = [&](const std::exception& e) { return Error("stream " + std::to_string(stream_no) + ": " + e.what()); };
+  auto read_next = [&] {
+    nlohmann::json meta;
+    const double T = read_rollouts(*follow, "", mc, !tc.sft, seqs, &meta);
+    take_stream_settings(follow->name(), T, meta);
+    if (seqs.empty()) throw Error(follow->name() + ": no records to train on");
+  };
+  if (cfg.follow) {
+    try {
+      follow_in = std::make_unique<io::Input>(cfg.input);
+      follow = std::make_unique<format::RolloutReader>(*follow_in, true);
+      read_next();
+    } catch (const Error& e) {
+      throw in_stream(e);
+    }
+  } else {
     Spooled sp;
     if (tc.sft) detect(cfg.input, sp);
     if (tc.sft && !cfg.routing.empty()) throw UsageError("--routing applies to RL algorithms");
@@ -352,16 +396,8 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       nlohmann::json meta;
       const std::string path = sp.path.empty() ? cfg.input : sp.path;
       const double T = read_rollouts(path, cfg.routing, mc, !tc.sft, seqs, &meta);
-      if (!tc.sft) tc.temperature = T;
       // Dr.GRPO's C: a constant, by default the generation budget the rollouts were sampled with.
-      if (!tc.sft && algo::effective_agg(tc.loss) == algo::Agg::seq_mean_token_sum_norm && !(tc.loss.loss_scale > 0)) {
-        const std::string name = path == "-" ? "<stdin>" : path;
-        if (!meta.is_object() || !meta.contains("max_new_tokens") || !meta["max_new_tokens"].is_number() ||
-            !(meta["max_new_tokens"].get<double>() >= 1))
-          throw Error(name + ": the rollout header has no max_new_tokens >= 1, the default C of "
-                      "seq-mean-token-sum-norm: give --loss-scale C");
-        tc.loss.loss_scale = meta["max_new_tokens"].get<double>();
-      }
+      take_stream_settings(path == "-" ? "<stdin>" : path, T, meta);
     }
   }
   if (seqs.empty()) throw Error((cfg.input == "-" ? std::string("<stdin>") : cfg.input) + ": no records to train on");
@@ -379,298 +415,329 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   Trainer trainer(model, tc, comm.get());
   trainer.load_state(cfg.model_dir);
 
-  MetricsSink sink;
-  if (rank == 0) {
-    if (!cfg.metrics_path.empty()) sink.open(cfg.metrics_path);
-    sink.to_stderr = !cli::quiet() && (cfg.metrics_path.empty() ? !tc.sft || cfg.sft_steps == 0 : false);
-  }
-
-  // Ownership: sequence i belongs to rank i % world.
-  std::vector<size_t> owned;
-  for (size_t i = 0; i < seqs.size(); ++i)
-    if (static_cast<int>(i % world) == rank) owned.push_back(i);
-
-  // Old pass on owned sequences (RL), scattered back into a full-size vector.
-  std::vector<OldPass> old(seqs.size());
-  double t_old = 0;
-  if (!tc.sft) {
-    const double t0 = now_s();
-    std::vector<Sequence> mine;
-    for (size_t i : owned) mine.push_back(seqs[i]);
-    std::vector<OldPass> o;
-    trainer.old_pass(mine, o, ref.get());
-    for (size_t j = 0; j < owned.size(); ++j) old[owned[j]] = std::move(o[j]);
-    t_old = now_s() - t0;
-  }
-
-  // The whole-step mismatch/* and routing/* metrics over all sequences (weighted over ranks by tokens).
-  algo::Metrics summary;
-  double owned_tokens = 0;
-  for (size_t i : owned) owned_tokens += static_cast<double>(seqs[i].response.size());
-  double total_tokens_all = 0;
-  for (const auto& s : seqs) total_tokens_all += static_cast<double>(s.response.size());
-  if (!tc.sft) {
-    bool roll = true, routes = true;
-    for (const auto& s : seqs) {
-      roll &= !s.logp_roll.empty();
-      routes &= s.rollout_routing.defined();
-    }
-    algo::Metrics part;
-    if (!owned.empty() && (roll || routes)) {
-      std::vector<at::Tensor> lo, lr, ri, ni;
-      int64_t R = 0;
-      for (size_t i : owned) R = std::max<int64_t>(R, seqs[i].response.size());
-      std::vector<at::Tensor> masks;
-      for (size_t i : owned) {
-        const int64_t r = seqs[i].response.size(), pad = R - r;
-        masks.push_back(at::cat({at::ones({r}), at::zeros({pad})}));
-        lo.push_back(at::cat({old[i].logp_old, at::zeros({pad})}));
-        if (roll) lr.push_back(at::cat({at::tensor(seqs[i].logp_roll, at::kFloat), at::zeros({pad})}));
-        if (routes) {
-          at::Tensor rr = seqs[i].rollout_routing.narrow(0, seqs[i].prompt.size() - 1, r);
-          ri.push_back(at::cat({rr, at::zeros({pad, rr.size(1), rr.size(2)}, at::kLong)}));
-          ni.push_back(at::cat({old[i].native_idx, at::zeros({pad, rr.size(1), rr.size(2)}, at::kLong)}));
-        }
-      }
-      at::Tensor m = at::stack(masks);
-      if (roll) part = algo::mismatch_metrics(at::stack(lo), at::stack(lr), m);
-      if (routes) {
-        algo::Metrics ra = algo::routing_agreement(at::stack(ri), at::stack(ni), m);
-        part.insert(ra.begin(), ra.end());
-      }
-    }
-    if (comm) {
-      std::vector<std::string> keys;
-      if (roll) keys = {"mismatch/kl", "mismatch/k3_kl", "mismatch/extreme_frac", "mismatch/chi2_token"};
-      if (routes) for (const char* k : {"routing/layer_mismatch", "routing/token_mismatch", "routing/layers_differing_mean"}) keys.push_back(k);
-      if (!keys.empty()) {
-        std::vector<double> v;
-        for (auto& k : keys) v.push_back((part.count(k) ? part[k] : 0.0) * owned_tokens);
-        std::vector<at::Tensor> t{at::tensor(v, at::kDouble).to(comm->device())};
-        comm->all_reduce_sum(t);
-        t[0] = t[0].cpu();
-        for (size_t i = 0; i < keys.size(); ++i) part[keys[i]] = t[0][i].item<double>() / total_tokens_all;
-      }
-    }
-    summary.insert(part.begin(), part.end());
-  }
-
-  // Updates.
-  const double t_upd0 = now_s();
-  int64_t updates = 0;
-  double loss_sum = 0, trained_tokens = 0;
-  std::mt19937_64 rng(cfg.seed);
-  auto permutation = [&](size_t n) {
-    std::vector<size_t> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    if (cfg.shuffle) std::shuffle(order.begin(), order.end(), rng);
-    return order;
-  };
-  auto run_update = [&](const std::vector<size_t>& mb, nlohmann::json where_) {
-    std::vector<size_t> local;
-    int64_t tokens = 0, max_len = 0;
-    for (size_t i : mb) {
-      if (static_cast<int>(i % world) == rank) local.push_back(i);
-      tokens += static_cast<int64_t>(seqs[i].response.size());
-      max_len = std::max<int64_t>(max_len, seqs[i].response.size());
-    }
-    fault_hook(rank, updates + 1);
-    const double t0 = now_s();
-    algo::Metrics m = trainer.update(seqs, old, local, static_cast<int64_t>(mb.size()), tokens, max_len);
-    m["seconds"] = now_s() - t0;
-    ++updates;
-    loss_sum += m["loss"];
-    trained_tokens += static_cast<double>(tokens);
-    nlohmann::json j = metrics_json(m);
-    j["kind"] = "update";
-    for (auto& [k, v] : where_.items()) j[k] = v;
-    j["sequences"] = mb.size();
-    if (rank == 0) sink.line(j, sink.to_stderr);
-  };
-
-  if (tc.sft && cfg.sft_steps > 0) {
-    const size_t bs = cfg.sft_batch_size > 0 ? static_cast<size_t>(cfg.sft_batch_size) : std::min<size_t>(32, seqs.size());
-    cli::Progress progress("sft", cfg.sft_steps, "step");
-    std::vector<size_t> order = permutation(seqs.size());
-    size_t pos = 0;
-    int64_t pass = 0;
-    for (int64_t step = 0; step < cfg.sft_steps; ++step) {
-      std::vector<size_t> mb;
-      while (mb.size() < std::min(bs, seqs.size())) {
-        if (pos == order.size()) {
-          order = permutation(seqs.size());
-          pos = 0;
-          ++pass;
-        }
-        mb.push_back(order[pos++]);
-      }
-      int64_t tok = 0;
-      for (size_t i : mb) tok += static_cast<int64_t>(seqs[i].response.size());
-      run_update(mb, {{"epoch", pass}, {"mini_batch", step}});
-      progress.add(1, tok);
-    }
-    progress.finish();
-  } else {
-    for (int64_t e = 0; e < cfg.epochs; ++e) {
-      std::vector<size_t> order = permutation(seqs.size());
-      const int64_t N = static_cast<int64_t>(order.size()), K = std::min<int64_t>(cfg.mini_batches, N);
-      for (int64_t k = 0; k < K; ++k) {
-        std::vector<size_t> mb(order.begin() + k * N / K, order.begin() + (k + 1) * N / K);
-        run_update(mb, {{"epoch", e}, {"mini_batch", k}});
-      }
-    }
-  }
-  const double t_upd = now_s() - t_upd0;
-
-  // Outputs of the step, all staged: --routing-out and --metrics are written to temporaries first, the
-  // checkpoint is staged and swapped in, then the temporaries are renamed into place. An error before the
-  // swap leaves every output as it was; after it only renames remain.
-  // --routing-out: the old pass's native routing, positions 0 .. P+R-2 as moe-rollout writes them.
-  // Under data/expert parallel every rank's records travel to rank 0, a chunk of sequences at a time, and are
-  // written in stream order: the stream is the one a single process writes.
-  std::unique_ptr<io::Output> rout;
-  if (!cfg.routing_out.empty()) {
-    std::unique_ptr<format::RoutingWriter> w;
+  // One step on `seqs`: old pass, updates, outputs, checkpoint.
+  auto one_step = [&]() -> algo::Metrics {
+    MetricsSink sink;
     if (rank == 0) {
-      rout = std::make_unique<io::Output>(cfg.routing_out);
-      format::RoutingMeta meta;
-      meta.layer_ids = mc.moe_layer_ids();
-      meta.num_layers = static_cast<int>(meta.layer_ids.size());
-      meta.num_experts = static_cast<int>(mc.num_experts);
-      meta.top_k = static_cast<int>(mc.num_experts_per_tok);
-      meta.prob_dtype = "f32";
-      meta.model_digest = model::config_digest(mc);
-      format::Header h;
-      h.producer = cfg.producer;
-      h.meta["dtype"] = "f32";
-      h.meta["source"] = "moe-train-step old pass (native routing)";
-      w = std::make_unique<format::RoutingWriter>(*rout, h, meta);
+      if (!cfg.metrics_path.empty()) sink.open(cfg.metrics_path);
+      sink.to_stderr = !cli::quiet() && (cfg.metrics_path.empty() ? !tc.sft || cfg.sft_steps == 0 : false);
     }
-    auto record_of = [&](size_t i) {
-      const OldPass& o = old[i];
-      format::RoutingRecord rr;
-      rr.id = seqs[i].id;
-      rr.first_pos = 0;
-      rr.n_pos = o.routing_idx.size(0);
-      at::Tensor idx = o.routing_idx.contiguous();
-      at::Tensor pr = o.routing_prob.contiguous();
-      rr.experts.assign(idx.numel(), 0);
-      const int64_t* ip = idx.data_ptr<int64_t>();
-      for (size_t k = 0; k < rr.experts.size(); ++k) rr.experts[k] = static_cast<uint16_t>(ip[k]);
-      rr.probs.assign(pr.data_ptr<float>(), pr.data_ptr<float>() + pr.numel());
-      return rr;
-    };
-    const size_t chunk = 256;
-    for (size_t first = 0; first < seqs.size(); first += chunk) {
-      const size_t last = std::min(seqs.size(), first + chunk);
-      std::vector<format::RoutingRecord> recs(last - first);
-      std::vector<char> got(last - first, 0);  // under data parallel: a peer sent record i
-      if (!comm) {
-        for (size_t i = first; i < last; ++i) recs[i - first] = record_of(i);
-      } else {
-        // This rank's records of the chunk as (index, n_pos, values, experts as u16, probs as f32) rows.
-        std::string mine;
-        auto put = [&mine](const void* p, size_t n) { mine.append(static_cast<const char*>(p), n); };
-        for (size_t i = first; i < last; ++i) {
-          if (static_cast<int>(i % world) != rank) continue;
-          format::RoutingRecord rr = record_of(i);
-          const uint64_t head[3] = {i, static_cast<uint64_t>(rr.n_pos), rr.experts.size()};
-          put(head, sizeof head);
-          put(rr.experts.data(), rr.experts.size() * sizeof(uint16_t));
-          put(rr.probs.data(), rr.probs.size() * sizeof(float));
-        }
-        std::vector<std::string> all = dist::gather_bytes(*comm, mine);
-        for (const std::string& part : all) {
-          size_t off = 0;
-          auto get = [&](void* p, size_t n) {
-            if (off + n > part.size()) throw Error("--routing-out: a truncated record from a peer");
-            std::memcpy(p, part.data() + off, n);
-            off += n;
-          };
-          while (off < part.size()) {
-            uint64_t head[3];
-            get(head, sizeof head);
-            if (head[0] < first || head[0] >= last) throw Error("--routing-out: a peer sent a record of another chunk");
-            if (head[2] > (part.size() - off) / (sizeof(uint16_t) + sizeof(float))) throw Error("--routing-out: a truncated record from a peer");
-            got[head[0] - first] = 1;
-            format::RoutingRecord& rr = recs[head[0] - first];
-            rr.id = seqs[head[0]].id;
-            rr.first_pos = 0;
-            rr.n_pos = static_cast<int64_t>(head[1]);
-            rr.experts.resize(head[2]);
-            rr.probs.resize(head[2]);
-            get(rr.experts.data(), head[2] * sizeof(uint16_t));
-            get(rr.probs.data(), head[2] * sizeof(float));
+
+    // Ownership: sequence i belongs to rank i % world.
+    std::vector<size_t> owned;
+    for (size_t i = 0; i < seqs.size(); ++i)
+      if (static_cast<int>(i % world) == rank) owned.push_back(i);
+
+    // Old pass on owned sequences (RL), scattered back into a full-size vector.
+    std::vector<OldPass> old(seqs.size());
+    double t_old = 0;
+    if (!tc.sft) {
+      const double t0 = now_s();
+      std::vector<Sequence> mine;
+      for (size_t i : owned) mine.push_back(seqs[i]);
+      std::vector<OldPass> o;
+      trainer.old_pass(mine, o, ref.get());
+      for (size_t j = 0; j < owned.size(); ++j) old[owned[j]] = std::move(o[j]);
+      t_old = now_s() - t0;
+    }
+
+    // The whole-step mismatch/* and routing/* metrics over all sequences (weighted over ranks by tokens).
+    algo::Metrics summary;
+    double owned_tokens = 0;
+    for (size_t i : owned) owned_tokens += static_cast<double>(seqs[i].response.size());
+    double total_tokens_all = 0;
+    for (const auto& s : seqs) total_tokens_all += static_cast<double>(s.response.size());
+    if (!tc.sft) {
+      bool roll = true, routes = true;
+      for (const auto& s : seqs) {
+        roll &= !s.logp_roll.empty();
+        routes &= s.rollout_routing.defined();
+      }
+      algo::Metrics part;
+      if (!owned.empty() && (roll || routes)) {
+        std::vector<at::Tensor> lo, lr, ri, ni;
+        int64_t R = 0;
+        for (size_t i : owned) R = std::max<int64_t>(R, seqs[i].response.size());
+        std::vector<at::Tensor> masks;
+        for (size_t i : owned) {
+          const int64_t r = seqs[i].response.size(), pad = R - r;
+          masks.push_back(at::cat({at::ones({r}), at::zeros({pad})}));
+          lo.push_back(at::cat({old[i].logp_old, at::zeros({pad})}));
+          if (roll) lr.push_back(at::cat({at::tensor(seqs[i].logp_roll, at::kFloat), at::zeros({pad})}));
+          if (routes) {
+            at::Tensor rr = seqs[i].rollout_routing.narrow(0, seqs[i].prompt.size() - 1, r);
+            ri.push_back(at::cat({rr, at::zeros({pad, rr.size(1), rr.size(2)}, at::kLong)}));
+            ni.push_back(at::cat({old[i].native_idx, at::zeros({pad, rr.size(1), rr.size(2)}, at::kLong)}));
           }
+        }
+        at::Tensor m = at::stack(masks);
+        if (roll) part = algo::mismatch_metrics(at::stack(lo), at::stack(lr), m);
+        if (routes) {
+          algo::Metrics ra = algo::routing_agreement(at::stack(ri), at::stack(ni), m);
+          part.insert(ra.begin(), ra.end());
+        }
+      }
+      if (comm) {
+        std::vector<std::string> keys;
+        if (roll) keys = {"mismatch/kl", "mismatch/k3_kl", "mismatch/extreme_frac", "mismatch/chi2_token"};
+        if (routes) for (const char* k : {"routing/layer_mismatch", "routing/token_mismatch", "routing/layers_differing_mean"}) keys.push_back(k);
+        if (!keys.empty()) {
+          std::vector<double> v;
+          for (auto& k : keys) v.push_back((part.count(k) ? part[k] : 0.0) * owned_tokens);
+          std::vector<at::Tensor> t{at::tensor(v, at::kDouble).to(comm->device())};
+          comm->all_reduce_sum(t);
+          t[0] = t[0].cpu();
+          for (size_t i = 0; i < keys.size(); ++i) part[keys[i]] = t[0][i].item<double>() / total_tokens_all;
+        }
+      }
+      summary.insert(part.begin(), part.end());
+    }
+
+    // Updates.
+    const double t_upd0 = now_s();
+    int64_t updates = 0;
+    double loss_sum = 0, trained_tokens = 0;
+    std::mt19937_64 rng(cfg.seed);
+    auto permutation = [&](size_t n) {
+      std::vector<size_t> order(n);
+      std::iota(order.begin(), order.end(), 0);
+      if (cfg.shuffle) std::shuffle(order.begin(), order.end(), rng);
+      return order;
+    };
+    auto run_update = [&](const std::vector<size_t>& mb, nlohmann::json where_) {
+      std::vector<size_t> local;
+      int64_t tokens = 0, max_len = 0;
+      for (size_t i : mb) {
+        if (static_cast<int>(i % world) == rank) local.push_back(i);
+        tokens += static_cast<int64_t>(seqs[i].response.size());
+        max_len = std::max<int64_t>(max_len, seqs[i].response.size());
+      }
+      fault_hook(rank, updates + 1);
+      const double t0 = now_s();
+      algo::Metrics m = trainer.update(seqs, old, local, static_cast<int64_t>(mb.size()), tokens, max_len);
+      m["seconds"] = now_s() - t0;
+      ++updates;
+      loss_sum += m["loss"];
+      trained_tokens += static_cast<double>(tokens);
+      nlohmann::json j = metrics_json(m);
+      j["kind"] = "update";
+      for (auto& [k, v] : where_.items()) j[k] = v;
+      j["sequences"] = mb.size();
+      if (rank == 0) sink.line(j, sink.to_stderr);
+    };
+
+    if (tc.sft && cfg.sft_steps > 0) {
+      const size_t bs = cfg.sft_batch_size > 0 ? static_cast<size_t>(cfg.sft_batch_size) : std::min<size_t>(32, seqs.size());
+      cli::Progress progress("sft", cfg.sft_steps, "step");
+      std::vector<size_t> order = permutation(seqs.size());
+      size_t pos = 0;
+      int64_t pass = 0;
+      for (int64_t step = 0; step < cfg.sft_steps; ++step) {
+        std::vector<size_t> mb;
+        while (mb.size() < std::min(bs, seqs.size())) {
+          if (pos == order.size()) {
+            order = permutation(seqs.size());
+            pos = 0;
+            ++pass;
+          }
+          mb.push_back(order[pos++]);
+        }
+        int64_t tok = 0;
+        for (size_t i : mb) tok += static_cast<int64_t>(seqs[i].response.size());
+        run_update(mb, {{"epoch", pass}, {"mini_batch", step}});
+        progress.add(1, tok);
+      }
+      progress.finish();
+    } else {
+      for (int64_t e = 0; e < cfg.epochs; ++e) {
+        std::vector<size_t> order = permutation(seqs.size());
+        const int64_t N = static_cast<int64_t>(order.size()), K = std::min<int64_t>(cfg.mini_batches, N);
+        for (int64_t k = 0; k < K; ++k) {
+          std::vector<size_t> mb(order.begin() + k * N / K, order.begin() + (k + 1) * N / K);
+          run_update(mb, {{"epoch", e}, {"mini_batch", k}});
+        }
+      }
+    }
+    const double t_upd = now_s() - t_upd0;
+
+    // Outputs of the step, all staged: --routing-out and --metrics are written to temporaries first, the
+    // checkpoint is staged and swapped in, then the temporaries are renamed into place. An error before the
+    // swap leaves every output as it was; after it only renames remain.
+    // --routing-out: the old pass's native routing, positions 0 .. P+R-2 as moe-rollout writes them.
+    // Under data/expert parallel every rank's records travel to rank 0, a chunk of sequences at a time, and are
+    // written in stream order: the stream is the one a single process writes.
+    std::unique_ptr<io::Output> rout;
+    if (!cfg.routing_out.empty()) {
+      std::unique_ptr<format::RoutingWriter> w;
+      if (rank == 0) {
+        rout = std::make_unique<io::Output>(cfg.routing_out);
+        format::RoutingMeta meta;
+        meta.layer_ids = mc.moe_layer_ids();
+        meta.num_layers = static_cast<int>(meta.layer_ids.size());
+        meta.num_experts = static_cast<int>(mc.num_experts);
+        meta.top_k = static_cast<int>(mc.num_experts_per_tok);
+        meta.prob_dtype = "f32";
+        meta.model_digest = model::config_digest(mc);
+        format::Header h;
+        h.producer = cfg.producer;
+        h.meta["dtype"] = "f32";
+        h.meta["source"] = "moe-train-step old pass (native routing)";
+        w = std::make_unique<format::RoutingWriter>(*rout, h, meta);
+      }
+      auto record_of = [&](size_t i) {
+        const OldPass& o = old[i];
+        format::RoutingRecord rr;
+        rr.id = seqs[i].id;
+        rr.first_pos = 0;
+        rr.n_pos = o.routing_idx.size(0);
+        at::Tensor idx = o.routing_idx.contiguous();
+        at::Tensor pr = o.routing_prob.contiguous();
+        rr.experts.assign(idx.numel(), 0);
+        const int64_t* ip = idx.data_ptr<int64_t>();
+        for (size_t k = 0; k < rr.experts.size(); ++k) rr.experts[k] = static_cast<uint16_t>(ip[k]);
+        rr.probs.assign(pr.data_ptr<float>(), pr.data_ptr<float>() + pr.numel());
+        return rr;
+      };
+      const size_t chunk = 256;
+      for (size_t first = 0; first < seqs.size(); first += chunk) {
+        const size_t last = std::min(seqs.size(), first + chunk);
+        std::vector<format::RoutingRecord> recs(last - first);
+        std::vector<char> got(last - first, 0);  // under data parallel: a peer sent record i
+        if (!comm) {
+          for (size_t i = first; i < last; ++i) recs[i - first] = record_of(i);
+        } else {
+          // This rank's records of the chunk as (index, n_pos, values, experts as u16, probs as f32) rows.
+          std::string mine;
+          auto put = [&mine](const void* p, size_t n) { mine.append(static_cast<const char*>(p), n); };
+          for (size_t i = first; i < last; ++i) {
+            if (static_cast<int>(i % world) != rank) continue;
+            format::RoutingRecord rr = record_of(i);
+            const uint64_t head[3] = {i, static_cast<uint64_t>(rr.n_pos), rr.experts.size()};
+            put(head, sizeof head);
+            put(rr.experts.data(), rr.experts.size() * sizeof(uint16_t));
+            put(rr.probs.data(), rr.probs.size() * sizeof(float));
+          }
+          std::vector<std::string> all = dist::gather_bytes(*comm, mine);
+          for (const std::string& part : all) {
+            size_t off = 0;
+            auto get = [&](void* p, size_t n) {
+              if (off + n > part.size()) throw Error("--routing-out: a truncated record from a peer");
+              std::memcpy(p, part.data() + off, n);
+              off += n;
+            };
+            while (off < part.size()) {
+              uint64_t head[3];
+              get(head, sizeof head);
+              if (head[0] < first || head[0] >= last) throw Error("--routing-out: a peer sent a record of another chunk");
+              if (head[2] > (part.size() - off) / (sizeof(uint16_t) + sizeof(float))) throw Error("--routing-out: a truncated record from a peer");
+              got[head[0] - first] = 1;
+              format::RoutingRecord& rr = recs[head[0] - first];
+              rr.id = seqs[head[0]].id;
+              rr.first_pos = 0;
+              rr.n_pos = static_cast<int64_t>(head[1]);
+              rr.experts.resize(head[2]);
+              rr.probs.resize(head[2]);
+              get(rr.experts.data(), head[2] * sizeof(uint16_t));
+              get(rr.probs.data(), head[2] * sizeof(float));
+            }
+          }
+        }
+        if (w) {
+          for (size_t i = first; i < last; ++i)
+            if (comm && !got[i - first]) throw Error("--routing-out: no rank sent the routing of record " + std::to_string(seqs[i].id));
+          for (auto& rr : recs) w->write(rr);
         }
       }
       if (w) {
-        for (size_t i = first; i < last; ++i)
-          if (comm && !got[i - first]) throw Error("--routing-out: no rank sent the routing of record " + std::to_string(seqs[i].id));
-        for (auto& rr : recs) w->write(rr);
+        w->finish();
+        rout->prepare();
       }
     }
-    if (w) {
-      w->finish();
-      rout->prepare();
+
+    // Checkpoint (rank 0), then every rank learns that it was written.
+    const double t_save0 = now_s();
+    nlohmann::json st_extra = {{"seed", cfg.seed},
+                               {"algo", tc.sft ? std::string("sft") : std::string(algo::to_string(tc.loss.algo))},
+                               {"router", to_string(tc.router)},
+                               {"world_size", world},
+                               {"expert_parallel", shard.size},
+                               {"train_steps", trainer.state().value("train_steps", 0) + 1}};
+    nlohmann::json j;
+    auto summarize = [&] {
+      const double t_save = now_s() - t_save0;
+      summary["loss"] = updates ? loss_sum / static_cast<double>(updates) : 0.0;
+      summary["updates"] = static_cast<double>(updates);
+      if (!tc.sft && algo::effective_agg(tc.loss) == algo::Agg::seq_mean_token_sum_norm) summary["loss_scale"] = tc.loss.loss_scale;
+      summary["sequences"] = static_cast<double>(seqs.size());
+      summary["tokens"] = trained_tokens;  // response tokens trained on, summed over updates (epochs, steps)
+      summary["step"] = static_cast<double>(trainer.global_step());
+      summary["time/old_pass"] = t_old;
+      summary["time/updates"] = t_upd;
+      summary["time/save"] = t_save;  // writing the checkpoint, up to its final fsync and swap
+      summary["seconds"] = now_s() - t_start;
+      if (t_upd + t_old > 0) summary["tokens_per_s"] = trained_tokens / (t_upd + t_old);
+      j = metrics_json(summary);
+      j["kind"] = "summary";
+      j["algo"] = st_extra["algo"];
+      j["router"] = st_extra["router"];
+      j["world_size"] = world;
+      j["output"] = out_dir;
+    };
+    if (rank == 0) {
+      // Called with the new checkpoint fully written, before its swap: the last moment a failure still
+      // leaves every output untouched.
+      trainer.save(
+          out_dir, extra, st_extra,
+          [&] {
+            summarize();
+            sink.line(j, false);
+            sink.prepare();
+          },
+          cfg.max_shard_bytes);
+      if (rout) rout->commit();
+      sink.commit();
+      if (!cli::quiet()) std::fputs((j.dump() + "\n").c_str(), stderr);
+    } else {
+      // Expert parallel: the first expert group sends rank 0 its experts (Trainer::save returns after that).
+      if (shard.size > 1 && rank < shard.size) trainer.save(out_dir, {}, st_extra, nullptr, cfg.max_shard_bytes);
+      summarize();
+    }
+    if (comm) comm->sum(1.0);
+    return summary;
+  };
+
+  algo::Metrics last;
+  if (!cfg.follow) {
+    last = one_step();
+  } else {
+    // The checkpoint of stream N is written before anything of stream N + 1 is read: in an RL loop the
+    // rollouts of the next stream may need it.
+    for (;;) {
+      try {
+        last = one_step();
+      } catch (const Error& e) {
+        throw in_stream(e);
+      }
+      ++stream_no;
+      t_start = now_s();
+      seqs.clear();
+      try {
+        if (!follow->next_stream()) break;
+        read_next();
+      } catch (const Error& e) {
+        throw in_stream(e);
+      }
+      trainer.set_temperature(tc.temperature);
+      trainer.set_loss_scale(tc.loss.loss_scale);
+      at::manual_seed(cfg.seed);  // as a fresh process would: every step the same function of its inputs
     }
   }
-
-  // Checkpoint (rank 0), then every rank learns that it was written.
-  const double t_save0 = now_s();
-  nlohmann::json st_extra = {{"seed", cfg.seed},
-                             {"algo", tc.sft ? std::string("sft") : std::string(algo::to_string(tc.loss.algo))},
-                             {"router", to_string(tc.router)},
-                             {"world_size", world},
-                             {"expert_parallel", shard.size},
-                             {"train_steps", trainer.state().value("train_steps", 0) + 1}};
-  nlohmann::json j;
-  auto summarize = [&] {
-    const double t_save = now_s() - t_save0;
-    summary["loss"] = updates ? loss_sum / static_cast<double>(updates) : 0.0;
-    summary["updates"] = static_cast<double>(updates);
-    if (!tc.sft && algo::effective_agg(tc.loss) == algo::Agg::seq_mean_token_sum_norm) summary["loss_scale"] = tc.loss.loss_scale;
-    summary["sequences"] = static_cast<double>(seqs.size());
-    summary["tokens"] = trained_tokens;  // response tokens trained on, summed over updates (epochs, steps)
-    summary["step"] = static_cast<double>(trainer.global_step());
-    summary["time/old_pass"] = t_old;
-    summary["time/updates"] = t_upd;
-    summary["time/save"] = t_save;  // writing the checkpoint, up to its final fsync and swap
-    summary["seconds"] = now_s() - t_start;
-    if (t_upd + t_old > 0) summary["tokens_per_s"] = trained_tokens / (t_upd + t_old);
-    j = metrics_json(summary);
-    j["kind"] = "summary";
-    j["algo"] = st_extra["algo"];
-    j["router"] = st_extra["router"];
-    j["world_size"] = world;
-    j["output"] = out_dir;
-  };
-  if (rank == 0) {
-    // Called with the new checkpoint fully written, before its swap: the last moment a failure still
-    // leaves every output untouched.
-    trainer.save(
-        out_dir, extra, st_extra,
-        [&] {
-          summarize();
-          sink.line(j, false);
-          sink.prepare();
-        },
-        cfg.max_shard_bytes);
-    if (rout) rout->commit();
-    sink.commit();
-    if (!cli::quiet()) std::fputs((j.dump() + "\n").c_str(), stderr);
-  } else {
-    // Expert parallel: the first expert group sends rank 0 its experts (Trainer::save returns after that).
-    if (shard.size > 1 && rank < shard.size) trainer.save(out_dir, {}, st_extra, nullptr, cfg.max_shard_bytes);
-    summarize();
-  }
-  if (comm) comm->sum(1.0);
   if (comm) {
     const double t0 = now_s();
     comm.reset();
     cli::debug("process group closed in " + std::to_string(now_s() - t0) + " s");
   }
-  return summary;
+  return last;
 }
 
 }  // namespace moe::train

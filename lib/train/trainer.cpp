@@ -515,7 +515,8 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
         model_, dir, files,
         [&](const std::string& staged) {
           model::write_safetensors(staged + "/optimizer.safetensors", tensors,
-                                   {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}});
+                                   {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}},
+                                   /*staged=*/true);
           if (before_swap) before_swap();
         },
         max_shard_bytes, full);

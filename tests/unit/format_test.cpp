@@ -812,3 +812,58 @@ TEST_CASE("a record id seen before in the stream is an error with its offset (ro
   CHECK(rr.next(y));
   CHECK_THROWS_WITH(rr.next(y), Catch::Contains("duplicate record id 5"));
 }
+
+TEST_CASE("concatenated streams: next_stream goes on to each one, multi-frame and skippable frames included",
+          "[format][stream][follow]") {
+  Forge f = good_forge();
+  std::string raw = f.raw();
+  const std::string a = f.zst();
+  const std::string b = Forge::compress_frames(raw, {f.header.size(), f.header.size() + 5, raw.size() - 3});
+  const std::string skippable = std::string("\x50\x2a\x4d\x18\x04\x00\x00\x00" "abcd", 12);
+  const std::string path = put("concat.zst", a + b + skippable + a);
+  auto count_streams = [](const std::string& p, std::vector<uint64_t>& records) {
+    moe::io::Input in(p);
+    StreamReader r(in, "routing", /*concatenated=*/true);
+    do {
+      Record rec;
+      uint64_t n = 0;
+      while (r.next(rec)) {
+        CHECK(rec.offset > 0);
+        ++n;
+      }
+      records.push_back(n);
+    } while (r.next_stream("routing"));
+  };
+  std::vector<uint64_t> records;
+  count_streams(path, records);
+  CHECK(records == std::vector<uint64_t>{2, 2, 2});
+  // One stream alone, and a trailing skippable frame, are one stream.
+  records.clear();
+  count_streams(put("concat1.zst", a + skippable), records);
+  CHECK(records == std::vector<uint64_t>{2});
+  // Without `concatenated` a second stream is trailing data.
+  require_error(path, "trailing data after the trailer");
+  // Junk after a trailer, a truncated second stream, and a second stream of another kind are errors.
+  for (const auto& [bytes, needle] :
+       std::vector<std::pair<std::string, std::string>>{{a + "junk", "neither the end of the input nor a zstd frame"},
+                                                        {a + b.substr(0, b.size() - 4), "truncated"},
+                                                        {a + a.substr(0, 20), "truncated"}}) {
+    records.clear();
+    try {
+      count_streams(put("concat-bad.zst", bytes), records);
+      FAIL("no error for " << needle);
+    } catch (const moe::Error& e) {
+      INFO(e.what());
+      CHECK(std::string(e.what()).find(needle) != std::string::npos);
+      CHECK(records == std::vector<uint64_t>{2});  // the first stream was read whole
+    }
+  }
+  Forge roll;
+  roll.header = moe::testing::pack_json(Forge::header_json("rollout", 1, json::object()));
+  moe::io::Input in(put("concat-kind.zst", a + roll.zst()));
+  StreamReader r(in, "routing", true);
+  Record rec;
+  while (r.next(rec)) {
+  }
+  CHECK_THROWS_WITH(r.next_stream("routing"), Catch::Contains("wrong stream kind"));
+}

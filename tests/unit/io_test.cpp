@@ -37,6 +37,32 @@ TEST_CASE("Output without close leaves no file behind", "[io]") {
   CHECK(::rmdir(dir.c_str()) == 0);  // and no temporary either
 }
 
+TEST_CASE("Output::NewFile writes a new file in place, refuses an existing path, removes it without close", "[io]") {
+  std::string dir = scratch_dir();
+  std::string path = dir + "/new.bin";
+  {
+    moe::io::Output out(path, moe::io::Output::NewFile{}, 4);
+    out.write("large writes go straight through, ");
+    CHECK(exists(path));  // in place: no temporary, no rename
+    out.write("small ones buffered");
+    out.close();
+  }
+  CHECK(moe::io::read_file(path) == "large writes go straight through, small ones buffered");
+  // Never an existing path (O_EXCL): neither a file of ours nor a device.
+  CHECK_THROWS_WITH(moe::io::Output(path, moe::io::Output::NewFile{}), Catch::Contains("cannot create"));
+  CHECK_THROWS_WITH(moe::io::Output("/dev/null", moe::io::Output::NewFile{}), Catch::Contains("cannot create"));
+  struct stat st;
+  REQUIRE(::stat("/dev/null", &st) == 0);
+  CHECK(S_ISCHR(st.st_mode));
+  CHECK(::unlink(path.c_str()) == 0);
+  { moe::io::Output out(path, moe::io::Output::NewFile{}); out.write("partial"); }
+  CHECK_FALSE(exists(path));
+  moe::io::write_new_file(path, "x");
+  CHECK(moe::io::read_file(path) == "x");
+  CHECK(::unlink(path.c_str()) == 0);
+  CHECK(::rmdir(dir.c_str()) == 0);  // nothing else was left
+}
+
 TEST_CASE("Input reads lines and bytes and names missing files", "[io]") {
   std::string dir = scratch_dir();
   moe::io::write_file_atomic(dir + "/a.txt", "one\ntwo\nthree");

@@ -31,6 +31,7 @@ void parse_overlong(const std::string& s, moe::reward::RewardOptions& o) {
 int main(int argc, char** argv) {
   moe::cli::Common common;
   std::string input = "-", task, adv = "grpo", overlong;
+  bool follow = false;
   moe::reward::RewardOptions opts;
   return moe::cli::run_tool(
       "moe-reward", argc, argv,
@@ -51,6 +52,9 @@ int main(int argc, char** argv) {
         app.add_flag("--drop-uniform-groups", opts.drop_uniform_groups,
                      "do not write groups whose rewards are all equal (DAPO dynamic sampling)");
         app.add_option("--overlong", overlong, "L_MAX,L_C: DAPO overlong penalty on the response length in tokens");
+        app.add_flag("--follow", follow,
+                     "the input holds rollout streams one after another (e.g. from moe-rollout --follow): write one "
+                     "rewarded stream per input stream");
         moe::cli::add_output(app, common);
         moe::cli::add_quiet_verbose(app, common);
       },
@@ -61,46 +65,57 @@ int main(int argc, char** argv) {
         if (!overlong.empty()) parse_overlong(overlong, opts);
 
         moe::io::Input in(input);
-        moe::format::RolloutReader reader(in);
-        const moe::format::Header& ih = reader.header();
-        moe::format::Header oh;
-        oh.kind = "rollout";
-        oh.version = moe::format::kRolloutVersion;
-        oh.producer = moe::format::make_producer("moe-reward", argc, argv);
-        oh.meta = ih.meta.is_object() ? ih.meta : nlohmann::json::object();
-        oh.meta["reward"] = opts.to_json();
-        oh.meta["reward"]["input_producer"] = ih.producer;
-
+        moe::format::RolloutReader reader(in, follow);
         moe::io::Output out(common.output);
-        moe::format::RolloutWriter writer(out, oh);
-        // Batches end at group boundaries, so a downstream stage sees whole groups early.
-        const uint64_t kFlushRecords = 256;
-        uint64_t pending = 0;
-        auto emit = [&](moe::format::RolloutRecord& r) {
-          writer.write(r);
-          ++pending;
-        };
-        moe::reward::GroupStage stage(opts);
-        moe::format::RolloutRecord rec;
-        for (;;) {
-          rec = moe::format::RolloutRecord{};  // no field of the previous record may leak into this one
-          if (!reader.next(rec)) break;
-          const uint64_t id = rec.id;
+        // --follow: one output stream per input stream, each written whole (trailer and flush) before the
+        // next input stream is read.
+        for (int64_t stream_no = 1;; ++stream_no) {
           try {
-            stage.push(std::move(rec), emit);
+            if (stream_no > 1 && !reader.next_stream()) break;
+            const moe::format::Header& ih = reader.header();
+            moe::format::Header oh;
+            oh.kind = "rollout";
+            oh.version = moe::format::kRolloutVersion;
+            oh.producer = moe::format::make_producer("moe-reward", argc, argv);
+            oh.meta = ih.meta.is_object() ? ih.meta : nlohmann::json::object();
+            oh.meta["reward"] = opts.to_json();
+            oh.meta["reward"]["input_producer"] = ih.producer;
+
+            moe::format::RolloutWriter writer(out, oh);
+            // Batches end at group boundaries, so a downstream stage sees whole groups early.
+            const uint64_t kFlushRecords = 256;
+            uint64_t pending = 0;
+            auto emit = [&](moe::format::RolloutRecord& r) {
+              writer.write(r);
+              ++pending;
+            };
+            moe::reward::GroupStage stage(opts);
+            moe::format::RolloutRecord rec;
+            for (;;) {
+              rec = moe::format::RolloutRecord{};  // no field of the previous record may leak into this one
+              if (!reader.next(rec)) break;
+              const uint64_t id = rec.id;
+              try {
+                stage.push(std::move(rec), emit);
+              } catch (const moe::Error& e) {
+                throw moe::Error(reader.name() + ": offset " + std::to_string(reader.offset()) + ": record id " +
+                                 std::to_string(id) + ": " + e.what());
+              }
+              if (pending >= kFlushRecords) {
+                writer.flush();
+                pending = 0;
+              }
+            }
+            stage.finish(emit);
+            writer.finish();
+            moe::cli::info(stage.summary().to_string(opts.task));
+            if (!follow) break;
           } catch (const moe::Error& e) {
-            throw moe::Error(reader.name() + ": offset " + std::to_string(reader.offset()) + ": record id " +
-                             std::to_string(id) + ": " + e.what());
-          }
-          if (pending >= kFlushRecords) {
-            writer.flush();
-            pending = 0;
+            if (!follow) throw;
+            throw moe::Error("stream " + std::to_string(stream_no) + ": " + e.what());
           }
         }
-        stage.finish(emit);
-        writer.finish();
         out.close();
-        moe::cli::info(stage.summary().to_string(opts.task));
         return int(moe::cli::kExitOk);
       });
 }

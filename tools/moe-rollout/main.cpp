@@ -47,6 +47,10 @@ int main(int argc, char** argv) {
         sample_only.push_back(app.add_flag("--chat", run.chat, "render prompt text as one user message of the model's chat template (ChatML)"));
         sample_only.push_back(app.add_flag("--no-thinking", run.no_thinking, "chat: Qwen3's enable_thinking=False (implies --chat)"));
         sample_only.push_back(app.add_option("--stop", run.stop, "end a response when its text contains this string (repeatable)"));
+        sample_only.push_back(app.add_flag(
+            "--follow", run.follow,
+            "read prompt batches ended by blank lines as they arrive; write one rollout stream per batch, reloading "
+            "the model dir's weights first when its checkpoint changed"));
         app.add_flag("--score", score, "re-score the rollout stream on input by teacher forcing");
         moe::cli::add_dist(app, dist);
         moe::cli::add_quiet_verbose(app, common);

@@ -71,6 +71,9 @@ int main(int argc, char** argv) {
         app.add_option("--warmup", opt.warmup, "linear lr warmup over this many optimizer steps (global counter), then constant")
             ->capture_default_str();
         app.add_option("--metrics", cfg.metrics_path, "append one JSON line per update and a summary line to FILE");
+        app.add_flag("--follow", cfg.follow,
+                     "the input holds rollout streams one after another (e.g. a pipe): one step and one checkpoint "
+                     "per stream, without reloading the model or rebuilding the optimizer");
         app.add_flag("--wait", cfg.wait_lock, "wait for another moe-train-step holding the model dir's lock (default: fail at once)");
         // Loss options (algorithms.md; man/moe-train-step.1).
         app.add_option("--clip-low,--eps-low", eps_low, "lower clip range (default per --algo)");

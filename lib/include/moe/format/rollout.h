@@ -57,11 +57,14 @@ int64_t rollout_vocab_size(const Header& header);
 
 class RolloutReader {
  public:
-  explicit RolloutReader(io::Input& in);  // rejects other kinds
+  // Rejects other kinds. `concatenated`: see StreamReader (next_stream() goes on to the next stream).
+  explicit RolloutReader(io::Input& in, bool concatenated = false);
   const Header& header() const;
   // Next record; false at the verified end. Missing required fields or wrong types, or an id already seen
   // in this stream: moe::Error with offset.
   bool next(RolloutRecord& rec);
+  // After next() returned false on a concatenated input: true when another rollout stream follows.
+  bool next_stream();
   uint64_t offset() const;  // offset of the last record returned
   const std::string& name() const;
 

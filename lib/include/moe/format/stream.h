@@ -71,9 +71,11 @@ class StreamWriter {
 
 // Reads one stream; the constructor reads and checks the header (magic, kind when `expected_kind` is
 // non-empty, version <= the highest this build reads for that kind).
+// `concatenated`: the input may hold several streams one after another (each with its trailer, e.g.
+// `cat a.zst b.zst`); next() returns false at each trailer, and next_stream() goes on to the next one.
 class StreamReader {
  public:
-  StreamReader(io::Input& in, const std::string& expected_kind = "");
+  StreamReader(io::Input& in, const std::string& expected_kind = "", bool concatenated = false);
   ~StreamReader();
   StreamReader(const StreamReader&) = delete;
   StreamReader& operator=(const StreamReader&) = delete;
@@ -81,6 +83,10 @@ class StreamReader {
   const Header& header() const;
   // Next record; false once the trailer has been read and verified (count, checksum, nothing after it).
   bool next(Record& rec);
+  // Concatenated inputs only, once next() has returned false: true when another stream follows (its header
+  // read and checked as by the constructor; offsets count from its start), false at the end of the input.
+  // Nothing after a trailer is read before this call, so a pipe's next stream may be written afterwards.
+  bool next_stream(const std::string& expected_kind = "");
   const std::string& name() const;  // the input's name, for messages
   // Throws moe::Error "<name>: offset N: <what>". For typed decoders reporting bad fields.
   [[noreturn]] void fail(uint64_t offset, const std::string& what) const;

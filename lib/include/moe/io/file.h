@@ -43,6 +43,12 @@ class Input {
 class Output {
  public:
   explicit Output(const std::string& path, size_t buffer_bytes = 1 << 16);  // "-" or "" = stdout
+  // A file in a directory this program has just created (a checkpoint's staging dir): created new (O_EXCL,
+  // never an existing path), written in place, fsynced by close(); no temporary and no rename, since the
+  // whole directory is made durable and swapped in at once by its writer. The destructor without close()
+  // removes it.
+  struct NewFile {};
+  Output(const std::string& path, NewFile, size_t buffer_bytes = 1 << 16);
   ~Output();
   Output(const Output&) = delete;
   Output& operator=(const Output&) = delete;
@@ -69,10 +75,13 @@ class Output {
   bool closed_ = false;
   bool in_place_ = false;
   bool prepared_ = false;
+  bool new_file_ = false;
 };
 
 // Writes `contents` to path atomically (temp file in the same dir, fsync, rename, fsync dir).
 void write_file_atomic(const std::string& path, std::string_view contents);
+// Writes `contents` to a new path in a staging dir (Output::NewFile: created, written, fsynced).
+void write_new_file(const std::string& path, std::string_view contents);
 // Reads a whole (small) file; throws moe::Error naming it.
 std::string read_file(const std::string& path);
 

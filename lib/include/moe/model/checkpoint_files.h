@@ -18,7 +18,8 @@ constexpr int64_t kDefaultMaxShardBytes = 5'000'000'000;  // "5GB", transformers
 // True for the weight files moekit writes (they are replaced, never carried over).
 bool is_weight_file(const std::string& name);
 
-// Writes `tensors` into dir: one model.safetensors when their data fit max_shard_bytes, else shards
+// Writes `tensors` into dir, a staging dir this program created (new files, fsynced; the caller syncs and
+// swaps the dir): one model.safetensors when their data fit max_shard_bytes, else shards
 // model-00001-of-0000N.safetensors (tensors in name order, a new shard when the next tensor would overflow
 // one) and model.safetensors.index.json {"metadata": {"total_size"}, "weight_map"}, as transformers does.
 void write_weights(const std::string& dir, std::vector<std::pair<std::string, at::Tensor>> tensors, int64_t max_shard_bytes);

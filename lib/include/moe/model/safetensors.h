@@ -27,8 +27,10 @@ class SafetensorsFile : public SafetensorsView {
 
 // Writes tensors (any device, contiguous or not; F32/BF16/F16/I64/I32/I16/U8/BOOL) with names in sorted
 // order, header padded with spaces to 8 bytes, through a temporary + rename. Duplicate names throw.
+// Contiguous CPU tensors are written from their own storage, one write each. `staged`: path is a new file in
+// a staging dir (io::Output::NewFile: written in place and fsynced, no temporary or rename).
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+                       const std::map<std::string, std::string>& metadata = {{"format", "pt"}}, bool staged = false);
 
 // The weights of a model dir: model.safetensors, or the shards listed by model.safetensors.index.json
 // (`weight_map`: tensor name -> shard file). Throws moe::Error if neither exists or a shard is missing.

@@ -31,6 +31,9 @@ struct PromptFormat {
 // cannot encode, a chat template that is not ChatML, or a task payload that would nest deeper than a
 // rollout record can hold (moe/io/limits.h) throws moe::Error "<file>:<line>: ...".
 std::vector<Prompt> read_prompts(const std::string& path, const PromptFormat& fmt, const tokenizer::Tokenizer& tok);
+// One prompt line's object (errors as read_prompts says, prefixed with `where`, e.g. "<file>:<line>: ").
+// lineno is left 0.
+Prompt parse_prompt(nlohmann::json obj, const std::string& where, const PromptFormat& fmt, const tokenizer::Tokenizer& tok);
 
 // Throws moe::Error "<file>:<line>: prompt of N tokens is longer than the model's max_position_embeddings
 // (M)" for the first prompt that does not fit, before any tensor is allocated for it.

@@ -28,6 +28,7 @@ struct RolloutRun {
   int64_t batch_size = 64;    // sequences per forward batch
   GenerateOptions gen;        // sampling, max_new_tokens, seed (eos comes from the tokenizer)
   bool temperature_given = false;  // score mode: else the input stream's temperature
+  bool follow = false;        // sample: prompt batches (blank-line separated) in, one stream per batch out
   nlohmann::json producer;    // header producer (program, version, argv)
   dist::DistConfig dist;      // world size > 1: batches split over the ranks, rank 0 writes (run.cpp)
 };
@@ -36,6 +37,18 @@ struct RolloutRun {
 // says; every other field is carried into the record's task payload), samples `samples` responses per prompt and writes the rollout stream (and the
 // routing stream). Record ids are group * samples + sample. Throws moe::Error for bad input (file:line).
 void run_sample(const RolloutRun& run);
+// With run.follow: the prompt JSONL is read as it arrives, in batches ended by a blank line (or the end of
+// the input); each batch becomes one complete rollout stream (header .. trailer, flushed) on the output, so
+// the output is a sequence of concatenated streams (for moe-reward --follow | moe-train-step --follow).
+// Before each batch the model dir's checkpoint is checked (checkpoint_id) and, when it changed, its weights
+// are reloaded into the model in place: batch n is sampled from the checkpoint in place when it starts, with
+// seed + n, record ids from 0: as a fresh `moe-rollout --seed SEED+n` on that checkpoint and batch would.
+// A checkpoint of another shape is an error. Not with --routing-out.
+
+// What identifies the checkpoint in a model dir: the dir's and the weight file's inode, the weight file's
+// size and mtime, trainer_state.json's contents. Changes whenever moe-train-step (or moe-init --force)
+// replaces the dir.
+std::string checkpoint_id(const std::string& model_dir);
 
 // Reads a rollout stream and writes it with log-probs recomputed in one full-sequence forward per batch
 // (previous values kept as prev_logprobs), and with `routing_out` the routing of that forward.

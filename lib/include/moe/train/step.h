@@ -22,6 +22,10 @@
 #include "moe/dist/communicator.h"
 #include "moe/model/qwen3_moe.h"
 
+namespace moe::format {
+class RolloutReader;
+}
+
 namespace moe::train {
 
 // --router (algorithms.md "Router control").
@@ -114,6 +118,9 @@ class Trainer {
   // Parameters the optimizer updates, with their checkpoint names (router weights excluded under
   // freeze and copy-old-logits).
   const std::vector<std::pair<std::string, at::Tensor>>& trained() const { return trained_; }
+  // Settings a rollout stream carries, for the next stream of `moe-train-step --follow`.
+  void set_temperature(double t) { cfg_.temperature = t; }
+  void set_loss_scale(double c) { cfg_.loss.loss_scale = c; }
 
  private:
   struct Impl;
@@ -132,6 +139,7 @@ struct StepConfig {
   std::string output_dir;      // "" = replace model_dir
   int64_t max_shard_bytes = 5'000'000'000;  // weights above this are written as shards + index
   std::string input = "-";     // rollout stream, or (SFT) prompt+solution JSONL; detected by magic bytes
+  bool follow = false;         // input holds concatenated rollout streams: one step (and checkpoint) per stream
   std::string routing;         // rollout routing stream ("" = none)
   std::string routing_out;     // write the old pass's native routing here ("" = no)
   std::string ref_dir;         // reference model for --kl-coef
@@ -150,13 +158,19 @@ struct StepConfig {
   nlohmann::json producer;  // header of --routing-out
 };
 
-// Runs one train step (or SFT). Returns the summary metrics. Throws moe::Error (exit 1) or moe::UsageError.
+// Runs one train step (or SFT); with cfg.follow one per rollout stream of the input, the model and the
+// optimizer kept in memory between them and the model dir locked throughout (an error in stream N names it
+// and leaves the N - 1 checkpoints written). Returns the (last) summary metrics. Throws moe::Error (exit 1)
+// or moe::UsageError.
 algo::Metrics run_train_step(const StepConfig& cfg);
 
 // Reads a rewarded rollout stream (and joins a routing stream by id) into sequences. `need_advantage`
 // makes a record without advantage an error. Returns the stream's temperature (1 when absent); `meta`
 // (optional) receives the header's meta map (e.g. max_new_tokens, the default C of seq-mean-token-sum-norm).
 double read_rollouts(const std::string& path, const std::string& routing_path, const model::ModelConfig& mc,
+                     bool need_advantage, std::vector<Sequence>& out, nlohmann::json* meta = nullptr);
+// The same from an open reader: its current stream up to the trailer (for concatenated inputs).
+double read_rollouts(format::RolloutReader& r, const std::string& routing_path, const model::ModelConfig& mc,
                      bool need_advantage, std::vector<Sequence>& out, nlohmann::json* meta = nullptr);
 
 }  // namespace moe::train
