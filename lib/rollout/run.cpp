@@ -198,6 +198,31 @@ void check_run(const RolloutRun& run) {
 
 }  // namespace
 
+namespace {
+// The rollout stream's header: what a consumer needs to interpret the records (formats/rollout.md).
+format::Header rollout_header(const RolloutRun& run, const Policy& l, const GenerateOptions& gen) {
+  format::Header h;
+  h.producer = run.producer;
+  h.meta = {{"vocab_size", l.model->config().vocab_size},
+            {"model_digest", l.digest},
+            {"eos_id", l.tok.eos_id()},
+            {"eos_ids", l.tok.stop_ids()},
+            {"stop", run.stop},
+            {"chat", run.chat || run.no_thinking},
+            {"pad_id", l.tok.pad_id()},
+            {"temperature", gen.sampling.temperature},
+            {"top_p", gen.sampling.top_p},
+            {"top_k", gen.sampling.top_k},
+            {"greedy", gen.sampling.greedy},
+            {"max_new_tokens", gen.max_new_tokens},
+            {"samples_per_prompt", run.samples},
+            {"seed", gen.seed},
+            {"dtype", run.dtype},
+            {"prompt_key", run.prompt_key}};
+  return h;
+}
+}  // namespace
+
 std::string checkpoint_id(const std::string& model_dir) {
   std::string id;
   auto add = [&id](const std::string& path) {
@@ -278,26 +303,8 @@ void run_sample_follow(const RolloutRun& run) {
       loaded = id;
       cli::info(run.model_dir + ": loaded a new checkpoint before batch " + std::to_string(n + 1));
     }
-    format::Header h;
-    h.producer = run.producer;
     gen.seed = run.gen.seed + static_cast<uint64_t>(n);
-    h.meta = {{"vocab_size", l.model->config().vocab_size},
-              {"model_digest", l.digest},
-              {"eos_id", l.tok.eos_id()},
-              {"eos_ids", l.tok.stop_ids()},
-              {"stop", run.stop},
-              {"chat", run.chat || run.no_thinking},
-              {"pad_id", l.tok.pad_id()},
-              {"temperature", gen.sampling.temperature},
-              {"top_p", gen.sampling.top_p},
-              {"top_k", gen.sampling.top_k},
-              {"greedy", gen.sampling.greedy},
-              {"max_new_tokens", gen.max_new_tokens},
-              {"samples_per_prompt", run.samples},
-              {"seed", gen.seed},
-              {"dtype", run.dtype},
-              {"prompt_key", run.prompt_key}};
-    format::RolloutWriter writer(out, std::move(h));
+    format::RolloutWriter writer(out, rollout_header(run, l, gen));
     for (size_t first = 0; first < prompts.size(); first += prompts_per_batch) {
       size_t last = std::min(prompts.size(), first + static_cast<size_t>(prompts_per_batch));
       std::vector<Request> reqs;
@@ -355,26 +362,8 @@ void run_sample(const RolloutRun& run) {
   gen.capture_routing = !run.routing_out.empty();
   gen.before_forward = grp.vote;
 
-  format::Header h;
-  h.producer = run.producer;
-  h.meta = {{"vocab_size", l.model->config().vocab_size},
-            {"model_digest", l.digest},
-            {"eos_id", l.tok.eos_id()},
-            {"eos_ids", l.tok.stop_ids()},
-            {"stop", run.stop},
-            {"chat", run.chat || run.no_thinking},
-            {"pad_id", l.tok.pad_id()},
-            {"temperature", gen.sampling.temperature},
-            {"top_p", gen.sampling.top_p},
-            {"top_k", gen.sampling.top_k},
-            {"greedy", gen.sampling.greedy},
-            {"max_new_tokens", gen.max_new_tokens},
-            {"samples_per_prompt", run.samples},
-            {"seed", gen.seed},
-            {"dtype", run.dtype},
-            {"prompt_key", run.prompt_key}};
   std::unique_ptr<Outputs> o;
-  if (grp.rank == 0) o = std::make_unique<Outputs>(run, l, std::move(h));
+  if (grp.rank == 0) o = std::make_unique<Outputs>(run, l, rollout_header(run, l, gen));
   const int64_t G = run.samples;
   const size_t prompts_per_batch = static_cast<size_t>(std::max<int64_t>(1, run.batch_size / G));
   const size_t n_batches = (prompts.size() + prompts_per_batch - 1) / prompts_per_batch;

@@ -7,10 +7,12 @@ setup_common() {
   TMP="$BATS_TEST_TMPDIR"
 }
 
-# The trainer tests' fixture, made once per file in $W: a tiny model m0 (seed 1), 3 Countdown prompts, a
+# The trainer tests' fixture for setup_file (calls setup_common; W=$BATS_FILE_TMPDIR): a tiny model m0 (seed 1), 3 Countdown prompts, a
 # rollout of them with its routing (roll.zst, r.zst) and non-zero advantages through moe_fake_reward and
 # `moe-reward --task keep` (rew.zst; a random model's real rewards are all 0).
 setup_train_fixture() {
+  setup_common
+  export W="$BATS_FILE_TMPDIR"
   moe-init --preset tiny -o "$W/m0" --seed 1 -q
   moe-data countdown -n 3 --seed 3 > "$W/p.jsonl"
   moe-rollout -m "$W/m0" -G 2 --max-new-tokens 6 --seed 1 --routing-out "$W/r.zst" -q "$W/p.jsonl" > "$W/roll.zst"

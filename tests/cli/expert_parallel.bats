@@ -11,8 +11,6 @@ load common
 
 setup_file() {
   load common
-  setup_common
-  export W="$BATS_FILE_TMPDIR"
   setup_train_fixture
   # The same shape with layer 1 dense (mlp_only_layers): MoE layers 0 and 2 only.
   jq '.mlp_only_layers = [1]' "$W/m0/config.json" > "$W/dense.json"

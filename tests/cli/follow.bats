@@ -7,8 +7,6 @@ load common
 
 setup_file() {
   load common
-  setup_common
-  export W="$BATS_FILE_TMPDIR"
   setup_train_fixture
   # A second rewarded stream: other prompts, another seed.
   moe-data countdown -n 3 --seed 4 > "$W/p2.jsonl"

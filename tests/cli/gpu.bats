@@ -8,8 +8,6 @@ load common
 
 setup_file() {
   load common
-  setup_common
-  export W="$BATS_FILE_TMPDIR"
   setup_train_fixture
 }
 

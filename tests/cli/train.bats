@@ -9,8 +9,6 @@ load common
 
 setup_file() {
   load common
-  setup_common
-  export W="$BATS_FILE_TMPDIR"
   setup_train_fixture
 }
 
