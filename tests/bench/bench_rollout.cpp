@@ -16,30 +16,16 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "moe/model/config.h"
 #include "moe/model/qwen3_moe.h"
 #include "moe/rollout/generate.h"
 
 using namespace moe;
+using moe::bench::blas_in_use;
+using moe::bench::now;
 
 namespace {
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-// The shared object that provides libblas.so.3 in this process, resolved through its symlinks.
-std::string blas_in_use() {
-  std::string found;
-  dl_iterate_phdr(
-      [](struct dl_phdr_info* info, size_t, void* data) {
-        std::string name = info->dlpi_name ? info->dlpi_name : "";
-        if (name.find("libblas") != std::string::npos || name.find("openblas") != std::string::npos) {
-          char real[PATH_MAX];
-          *static_cast<std::string*>(data) = realpath(name.c_str(), real) ? real : name;
-        }
-        return 0;
-      },
-      &found);
-  return found.empty() ? "(no libblas loaded)" : found;
-}
 
 // Best of `reps` runs of fn, in seconds.
 double best_of(int reps, const std::function<void()>& fn) {
