@@ -3,6 +3,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 
@@ -45,6 +47,8 @@ struct Scan {
 // {"ext": type, "bytes": n}; non-string scalar map keys are written as their JSON text, map and array keys
 // as "<map>" and "<array>".
 nlohmann::json to_json(const msgpack::object& o);
+// The name to_json gives a map key.
+std::string json_key(const msgpack::object& k);
 // JSON -> msgpack (objects become maps with string keys, integers keep their sign, floats are float64).
 // `level`: the nesting level j lands at in the record (2 for a value under a record key); a container
 // beyond kMaxDepth throws moe::Error.
@@ -54,6 +58,9 @@ void pack_json(msgpack::packer<msgpack::sbuffer>& pk, const nlohmann::json& j, i
 std::string quoted(std::string_view s);
 // quoted(s) written in pieces of about 1 MiB: a text of hundreds of MiB is never held twice.
 void write_quoted(io::Output& out, std::string_view s);
+// A JSON object's members in nlohmann's (sorted) key order, each written by its function.
+using Fields = std::map<std::string, std::function<void()>>;
+void write_object(io::Output& out, const Fields& fields);
 // to_json(o).dump() (invalid UTF-8 replaced) written piece by piece, byte for byte the same: strings
 // through write_quoted, containers element by element, so memory stays bounded by the largest scalar.
 void write_json(io::Output& out, const msgpack::object& o);

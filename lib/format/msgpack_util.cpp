@@ -133,19 +133,24 @@ nlohmann::json to_json(const msgpack::object& o) {
       nlohmann::json m = nlohmann::json::object();
       for (uint32_t i = 0; i < o.via.map.size; ++i) {
         const auto& kv = o.via.map.ptr[i];
-        // A non-string scalar key is shown as its JSON text. A map or array key is shown as "<map>" or
-        // "<array>": its text would hold its own keys' texts escaped once more, doubling at every level
-        // (60 nested map keys in a 400-byte record were 2^60 bytes of text: found by fuzz_stream).
-        std::string key = kv.key.type == object_type::STR     ? std::string(kv.key.via.str.ptr, kv.key.via.str.size)
-                          : kv.key.type == object_type::MAP   ? std::string("<map>")
-                          : kv.key.type == object_type::ARRAY ? std::string("<array>")
-                                                              : to_json(kv.key).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        std::string key = json_key(kv.key);  // first of equal keys kept
         if (!m.contains(key)) m[key] = to_json(kv.val);
       }
       return m;
     }
   }
   return nullptr;
+}
+
+std::string json_key(const msgpack::object& k) {
+  using msgpack::type::object_type;
+  // A non-string scalar key is shown as its JSON text. A map or array key is shown as "<map>" or "<array>":
+  // its text would hold its own keys' texts escaped once more, doubling at every level (60 nested map keys
+  // in a 400-byte record were 2^60 bytes of text: found by fuzz_stream).
+  return k.type == object_type::STR     ? std::string(k.via.str.ptr, k.via.str.size)
+         : k.type == object_type::MAP   ? std::string("<map>")
+         : k.type == object_type::ARRAY ? std::string("<array>")
+                                        : to_json(k).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 void pack_json(msgpack::packer<msgpack::sbuffer>& pk, const nlohmann::json& j, int level) {

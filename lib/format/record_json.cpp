@@ -59,6 +59,19 @@ void write_quoted(io::Output& out, std::string_view s) {
   out.write("\"", 1);
 }
 
+void write_object(io::Output& out, const Fields& fields) {
+  out.write("{", 1);
+  bool first = true;
+  for (const auto& [k, write] : fields) {
+    if (!first) out.write(",", 1);
+    first = false;
+    out.write(detail::quoted(k));
+    out.write(":", 1);
+    write();
+  }
+  out.write("}", 1);
+}
+
 void write_json(io::Output& out, const msgpack::object& o) {
   using msgpack::type::object_type;
   switch (o.type) {
@@ -72,26 +85,13 @@ void write_json(io::Output& out, const msgpack::object& o) {
       out.write("]", 1);
       return;
     case object_type::MAP: {
-      // As to_json: keys in nlohmann's (sorted) order, the first of equal keys kept.
-      std::map<std::string, const msgpack::object*> keys;
+      // As to_json: keys named by json_key, in nlohmann's (sorted) order, the first of equal keys kept.
+      Fields fields;
       for (uint32_t i = 0; i < o.via.map.size; ++i) {
-        const auto& kv = o.via.map.ptr[i];
-        std::string key = kv.key.type == object_type::STR     ? std::string(kv.key.via.str.ptr, kv.key.via.str.size)
-                          : kv.key.type == object_type::MAP   ? std::string("<map>")
-                          : kv.key.type == object_type::ARRAY ? std::string("<array>")
-                                                              : dump(to_json(kv.key));
-        keys.emplace(std::move(key), &kv.val);
+        const msgpack::object* v = &o.via.map.ptr[i].val;
+        fields.emplace(json_key(o.via.map.ptr[i].key), [&out, v] { write_json(out, *v); });
       }
-      out.write("{", 1);
-      bool first = true;
-      for (const auto& [k, v] : keys) {
-        if (!first) out.write(",", 1);
-        first = false;
-        out.write(detail::quoted(k));
-        out.write(":", 1);
-        write_json(out, *v);
-      }
-      out.write("}", 1);
+      write_object(out, fields);
       return;
     }
     default: out.write(dump(to_json(o)));
@@ -150,7 +150,7 @@ nlohmann::json rollout_to_json(const RolloutRecord& r) {
 void write_rollout_json(io::Output& out, const RolloutRecord& r) {
   // The members of rollout_to_json(r) in nlohmann's (sorted) key order; an extra key replaces a known one
   // of the same name, as the assignment in rollout_to_json does.
-  std::map<std::string, std::function<void()>> fields;
+  detail::Fields fields;
   auto scalar = [&](const nlohmann::json& j) { return [&out, text = dump(j)] { out.write(text); }; };
   fields["id"] = scalar(r.id);
   fields["group"] = scalar(r.group);
@@ -173,16 +173,8 @@ void write_rollout_json(io::Output& out, const RolloutRecord& r) {
     extras.push_back(msgpack::unpack(v.data(), v.size(), [](msgpack::type::object_type, std::size_t, void*) { return true; }));
     fields[k] = [&out, o = extras.back().get()] { detail::write_json(out, o); };
   }
-  out.write("{", 1);
-  bool first = true;
-  for (const auto& [k, write] : fields) {
-    if (!first) out.write(",", 1);
-    first = false;
-    out.write(detail::quoted(k));
-    out.write(":", 1);
-    write();
-  }
-  out.write("}\n", 2);
+  detail::write_object(out, fields);
+  out.write("\n", 1);
 }
 
 nlohmann::json record_to_json(const Header& header, const Record& rec) { return record_to_json(header, rec, "record"); }
