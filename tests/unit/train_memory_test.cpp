@@ -15,6 +15,7 @@
 #include "moe/model/safetensors.h"
 #include "moe/train/step.h"
 #include "scratch.h"
+#include "train_fixture.h"
 
 using namespace moe;
 using train::OldPass;
@@ -25,26 +26,8 @@ using train::TrainConfig;
 
 namespace {
 
-model::Qwen3Moe tiny(uint64_t seed = 1) {
-  model::Qwen3Moe m(model::preset_config("tiny", 98));
-  model::init_weights(m, seed);
-  return m;
-}
-
-std::vector<Sequence> seqs_of(int n, uint64_t seed = 5) {
-  std::mt19937_64 g(seed);
-  std::vector<Sequence> v;
-  for (int i = 0; i < n; ++i) {
-    Sequence s;
-    s.id = i;
-    const int P = 3 + static_cast<int>(g() % 4), R = 3 + static_cast<int>(g() % 6);
-    for (int k = 0; k < P; ++k) s.prompt.push_back(3 + g() % 90);
-    for (int k = 0; k < R; ++k) s.response.push_back(3 + g() % 90);
-    s.advantage = (i % 2) ? 1.0 : -0.5;
-    v.push_back(s);
-  }
-  return v;
-}
+model::Qwen3Moe tiny(uint64_t seed = 1) { return testing::tiny_model(seed); }
+std::vector<Sequence> seqs_of(int n, uint64_t seed = 5) { return testing::random_seqs(n, seed, 3, 6); }
 
 struct Step {
   algo::Metrics metrics;
@@ -54,17 +37,8 @@ struct Step {
 Step one_step(TrainConfig tc, const std::vector<Sequence>& seqs) {
   auto m = tiny();
   Trainer t(m, tc);
-  std::vector<OldPass> old;
-  t.old_pass(seqs, old);
-  std::vector<size_t> all(seqs.size());
-  int64_t tokens = 0, longest = 0;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    all[i] = i;
-    tokens += static_cast<int64_t>(seqs[i].response.size());
-    longest = std::max<int64_t>(longest, seqs[i].response.size());
-  }
   Step r;
-  r.metrics = t.update(seqs, old, all, static_cast<int64_t>(seqs.size()), tokens, longest);
+  r.metrics = testing::one_update(t, seqs);
   for (auto& [n, p] : model::named_weights(m)) r.weights.push_back(p.detach().to(at::kFloat).clone());
   return r;
 }
@@ -162,16 +136,7 @@ TEST_CASE("bf16 training keeps float32 master weights and Adam states, close to 
   auto m = tiny();
   Trainer t(m, bf);
   REQUIRE(m->embed_weight.scalar_type() == at::kBFloat16);  // the model computes in bf16
-  std::vector<OldPass> old;
-  t.old_pass(seqs, old);
-  std::vector<size_t> all(seqs.size());
-  int64_t tokens = 0, longest = 0;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    all[i] = i;
-    tokens += static_cast<int64_t>(seqs[i].response.size());
-    longest = std::max<int64_t>(longest, seqs[i].response.size());
-  }
-  auto met = t.update(seqs, old, all, static_cast<int64_t>(seqs.size()), tokens, longest);
+  auto met = testing::one_update(t, seqs);
   CHECK(std::isfinite(met["loss"]));
   const std::string dir = moe::testing::make_scratch_dir("moe-train-bf16") + "/m";
   t.save(dir, {});

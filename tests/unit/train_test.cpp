@@ -19,6 +19,7 @@
 #include "moe/tokenizer/char_tokenizer.h"
 #include "moe/train/step.h"
 #include "scratch.h"
+#include "train_fixture.h"
 
 using namespace moe;
 using train::OldPass;
@@ -29,45 +30,14 @@ using train::TrainConfig;
 
 namespace {
 
-model::Qwen3Moe tiny_model(uint64_t seed = 1) {
-  model::ModelConfig c = model::preset_config("tiny", 98);
-  model::Qwen3Moe m(c);
-  model::init_weights(m, seed);
-  return m;
-}
+using testing::all_of;
+using testing::max_len;
+using testing::one_update;
+using testing::tiny_model;
+using testing::tokens_of;
 
-// Sequences of random printable tokens with alternating advantages.
-std::vector<Sequence> make_seqs(int n, uint64_t seed = 3) {
-  std::mt19937_64 g(seed);
-  std::vector<Sequence> v;
-  for (int i = 0; i < n; ++i) {
-    Sequence s;
-    s.id = i;
-    int P = 3 + static_cast<int>(g() % 4), R = 2 + static_cast<int>(g() % 5);
-    for (int k = 0; k < P; ++k) s.prompt.push_back(3 + g() % 90);
-    for (int k = 0; k < R; ++k) s.response.push_back(3 + g() % 90);
-    s.advantage = (i % 2) ? 1.0 : -0.5;
-    v.push_back(s);
-  }
-  return v;
-}
-
-std::vector<size_t> all_of(const std::vector<Sequence>& s) {
-  std::vector<size_t> v(s.size());
-  for (size_t i = 0; i < v.size(); ++i) v[i] = i;
-  return v;
-}
-
-int64_t tokens_of(const std::vector<Sequence>& s) {
-  int64_t t = 0;
-  for (auto& x : s) t += static_cast<int64_t>(x.response.size());
-  return t;
-}
-int64_t max_len(const std::vector<Sequence>& s) {
-  int64_t t = 0;
-  for (auto& x : s) t = std::max<int64_t>(t, x.response.size());
-  return t;
-}
+// Sequences of random printable tokens (responses of 2-6 tokens) with alternating advantages.
+std::vector<Sequence> make_seqs(int n, uint64_t seed = 3) { return testing::random_seqs(n, seed, 2, 5); }
 
 std::vector<at::Tensor> clone_all(const std::vector<at::Tensor>& v) {
   std::vector<at::Tensor> r;
@@ -92,11 +62,6 @@ void add_foreign_routing(model::Qwen3Moe& m, std::vector<Sequence>& seqs) {
   }
 }
 
-algo::Metrics one_update(Trainer& t, const std::vector<Sequence>& seqs) {
-  std::vector<OldPass> old;
-  t.old_pass(seqs, old);
-  return t.update(seqs, old, all_of(seqs), static_cast<int64_t>(seqs.size()), tokens_of(seqs), max_len(seqs));
-}
 
 bool any_nonzero_grad(const std::vector<at::Tensor>& ps) {
   for (auto& p : ps)
