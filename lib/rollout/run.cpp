@@ -199,6 +199,43 @@ void check_run(const RolloutRun& run) {
 }  // namespace
 
 namespace {
+// How prompts are read and rendered for this model.
+PromptFormat prompt_format(const RolloutRun& run, const Policy& l) {
+  PromptFormat fmt;
+  fmt.key = run.prompt_key;
+  fmt.chat = run.chat;
+  fmt.thinking = !run.no_thinking;
+  fmt.vocab_size = l.model->config().vocab_size;
+  return fmt;
+}
+
+// run.gen with the tokenizer's end-of-sequence ids and the stop strings (which must outlive the result).
+GenerateOptions generate_options(const RolloutRun& run, const Policy& l, const tokenizer::StopStrings& stops) {
+  GenerateOptions gen = run.gen;
+  gen.eos_id = l.tok.eos_id();
+  gen.eos_ids = l.tok.stop_ids();
+  if (!stops.empty()) gen.stop = [&stops](const std::vector<int64_t>& ids) { return stops.hit(ids); };
+  return gen;
+}
+
+// The record of sample `sample` of prompt `group` (id group * G + sample).
+format::RolloutRecord sample_record(const Prompt& pr, size_t group, uint32_t sample, int64_t G, const std::vector<int64_t>& tokens,
+                                    std::vector<float> logprobs, std::string finish_reason, const Policy& l,
+                                    const tokenizer::StopStrings& stops) {
+  format::RolloutRecord rec;
+  rec.id = static_cast<uint64_t>(group * G + sample);
+  rec.group = group;
+  rec.sample = sample;
+  rec.prompt_tokens = to_i32(pr.tokens);
+  rec.response_tokens = to_i32(tokens);
+  rec.logprobs = std::move(logprobs);
+  rec.finish_reason = std::move(finish_reason);
+  rec.prompt_text = pr.text;
+  rec.response_text = stops.cut(l.tok.decode(tokens, /*skip_special=*/true));
+  rec.task = pr.task;
+  return rec;
+}
+
 // The rollout stream's header: what a consumer needs to interpret the records (formats/rollout.md).
 format::Header rollout_header(const RolloutRun& run, const Policy& l, const GenerateOptions& gen) {
   format::Header h;
@@ -255,16 +292,9 @@ void run_sample_follow(const RolloutRun& run) {
   if (!run.routing_out.empty()) throw UsageError("--follow does not take --routing-out");
   std::string loaded = checkpoint_id(run.model_dir);
   Policy l = load_policy(run.model_dir, run.device, run.dtype);
-  PromptFormat fmt;
-  fmt.key = run.prompt_key;
-  fmt.chat = run.chat;
-  fmt.thinking = !run.no_thinking;
-  fmt.vocab_size = l.model->config().vocab_size;
-  GenerateOptions gen = run.gen;
-  gen.eos_id = l.tok.eos_id();
-  gen.eos_ids = l.tok.stop_ids();
+  const PromptFormat fmt = prompt_format(run, l);
   const tokenizer::StopStrings stops(l.tok, run.stop);
-  if (!stops.empty()) gen.stop = [&stops](const std::vector<int64_t>& ids) { return stops.hit(ids); };
+  GenerateOptions gen = generate_options(run, l, stops);
   const int64_t G = run.samples;
   const int64_t prompts_per_batch = std::max<int64_t>(1, run.batch_size / G);
 
@@ -314,18 +344,8 @@ void run_sample_follow(const RolloutRun& run) {
       for (size_t i = 0; i < reqs.size(); ++i) {
         const Prompt& pr = prompts[first + i / G];
         Generation& g = gens[i];
-        format::RolloutRecord rec;
-        rec.id = reqs[i].stream;
-        rec.group = first + i / G;
-        rec.sample = static_cast<uint32_t>(i % G);
-        rec.prompt_tokens = to_i32(pr.tokens);
-        rec.response_tokens = to_i32(g.tokens);
-        rec.logprobs = g.logprobs;
-        rec.finish_reason = g.finish_reason;
-        rec.prompt_text = pr.text;
-        rec.response_text = stops.cut(l.tok.decode(g.tokens, /*skip_special=*/true));
-        rec.task = pr.task;
-        writer.write(rec);
+        writer.write(sample_record(pr, first + i / G, static_cast<uint32_t>(i % G), G, g.tokens, std::move(g.logprobs),
+                                   std::move(g.finish_reason), l, stops));
       }
       writer.flush();
     }
@@ -346,19 +366,12 @@ void run_sample(const RolloutRun& run) {
   Group grp(run);
   Policy l = load_policy(run.model_dir, grp.device, run.dtype, grp.shard);
   grp.attach(l.model);
-  PromptFormat fmt;
-  fmt.key = run.prompt_key;
-  fmt.chat = run.chat;
-  fmt.thinking = !run.no_thinking;
-  fmt.vocab_size = l.model->config().vocab_size;
+  const PromptFormat fmt = prompt_format(run, l);
   std::vector<Prompt> prompts = read_prompts(run.input, fmt, l.tok);
   check_prompt_lengths(prompts, run.input, l.model->config().max_position_embeddings);
 
-  GenerateOptions gen = run.gen;
-  gen.eos_id = l.tok.eos_id();
-  gen.eos_ids = l.tok.stop_ids();
   const tokenizer::StopStrings stops(l.tok, run.stop);
-  if (!stops.empty()) gen.stop = [&stops](const std::vector<int64_t>& ids) { return stops.hit(ids); };
+  GenerateOptions gen = generate_options(run, l, stops);
   gen.capture_routing = !run.routing_out.empty();
   gen.before_forward = grp.vote;
 
@@ -400,19 +413,11 @@ void run_sample(const RolloutRun& run) {
         for (int64_t s = 0; s < G; ++s) {
           const Prompt& pr = prompts[p];
           std::vector<int64_t> tokens = u.get_vec<int64_t>();
-          format::RolloutRecord rec;
-          rec.id = static_cast<uint64_t>(p * G + s);
-          rec.group = p;
-          rec.sample = static_cast<uint32_t>(s);
-          rec.prompt_tokens = to_i32(pr.tokens);
-          rec.response_tokens = to_i32(tokens);
-          rec.logprobs = u.get_vec<float>();
+          std::vector<float> logprobs = u.get_vec<float>();
           std::vector<char> reason = u.get_vec<char>();
-          rec.finish_reason.assign(reason.begin(), reason.end());
-          rec.prompt_text = pr.text;
-          rec.response_text = stops.cut(l.tok.decode(tokens, /*skip_special=*/true));
-          rec.task = pr.task;
-          o->write(rec, u.get_routing());
+          o->write(sample_record(pr, p, static_cast<uint32_t>(s), G, tokens, std::move(logprobs),
+                                 std::string(reason.begin(), reason.end()), l, stops),
+                   u.get_routing());
           ++n_seqs;
           new_tokens += static_cast<int64_t>(tokens.size());
         }
