@@ -1,6 +1,7 @@
 #include "moe/model/qwen3_moe.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -780,6 +781,8 @@ void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair
     throw;
   }
 }
+
+void set_threads(int n) { at::set_num_threads(n > 0 ? n : at::get_num_threads()); }
 
 c10::Device parse_device(const std::string& s) {
   if (s == "cpu") return c10::Device(c10::kCPU);

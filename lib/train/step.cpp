@@ -326,7 +326,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     if (int n = io::clean_stale_staging(out_dir))
       cli::info(out_dir + ": removed " + std::to_string(n) + " staging dir(s) left by an interrupted step");
   }
-  if (cfg.threads > 0) at::set_num_threads(cfg.threads);
+  model::set_threads(cfg.threads);
   at::manual_seed(cfg.seed);
   double t_start = now_s();
 

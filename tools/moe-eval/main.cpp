@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "moe/model/qwen3_moe.h"
 #include "moe/cli/app.h"
 #include "moe/eval/eval.h"
 #include "moe/eval/report.h"
@@ -68,7 +69,7 @@ int main(int argc, char** argv) {
         if (common.model.empty()) throw moe::UsageError("-m/--model is required");
         if (run.data.empty()) throw moe::UsageError("--data is required");
         if (task.empty()) throw moe::UsageError("--task is required (countdown or math)");
-        if (common.threads > 0) at::set_num_threads(common.threads);
+        moe::model::set_threads(common.threads);
         run.reward.task = moe::reward::parse_task(task);
         run.model_dir = common.model;
         run.device = common.device;

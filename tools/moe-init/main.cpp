@@ -38,7 +38,7 @@ int run(Options& o) {
     if (!S_ISDIR(st.st_mode)) throw Error(dir + ": exists and is not a directory");
   }
   c10::ScalarType dtype = model::parse_dtype(o.dtype);
-  if (o.common.threads > 0) at::set_num_threads(o.common.threads);
+  moe::model::set_threads(o.common.threads);
 
   tokenizer::CharTokenizer tok =
       o.tokenizer.empty() ? tokenizer::CharTokenizer::default_vocab() : tokenizer::CharTokenizer::load(o.tokenizer);

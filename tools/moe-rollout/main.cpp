@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "moe/model/qwen3_moe.h"
 #include "moe/cli/app.h"
 #include "moe/dist/communicator.h"
 #include "moe/format/stream.h"
@@ -57,7 +58,7 @@ int main(int argc, char** argv) {
       },
       [&]() -> int {
         moe::cli::set_verbosity(common.verbose, common.quiet);
-        if (common.threads > 0) at::set_num_threads(common.threads);
+        moe::model::set_threads(common.threads);
         run.model_dir = common.model;
         run.output = common.output;
         run.device = common.device;

@@ -270,6 +270,10 @@ void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair
 // "cpu", "cuda", "cuda:1" -> device; "f32"/"float32", "bf16"/"bfloat16", "f16"/"float16" -> dtype.
 // Throw moe::UsageError on an unknown spelling.
 c10::Device parse_device(const std::string& s);
+// Intra-op CPU threads: n > 0 threads, 0 libtorch's default count. Either way the count is set through
+// at::set_num_threads, which also turns off MKL's dynamic thread adjustment: left on, MKL picks fewer
+// threads when the machine is loaded, and the float sums (so the sampled tokens) change with the load.
+void set_threads(int n);
 c10::ScalarType parse_dtype(const std::string& s);
 
 }  // namespace moe::model
