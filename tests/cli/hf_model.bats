@@ -67,13 +67,14 @@ PY
 @test "--stop ends a response at a string and cuts the text before it" {
   echo '{"prompt": "Hello", "answer": "1"}' > "$TMP/p.jsonl"
   moe-rollout -q -m "$M" --chat "$TMP/p.jsonl" -G 8 --max-new-tokens 30 --seed 5 -o "$TMP/free.zst"
-  # a stop string: the letter or digit found in most responses after their first character
+  # a stop string: the letter or digit found in most responses after their first character (ties broken
+  # by code point, so that every run picks the same one)
   stop=$(records "$TMP/free.zst" | python3 -c '
 import collections, json, sys
 c = collections.Counter()
 for l in sys.stdin:
     c.update(set(ch for ch in json.loads(l)["response_text"][1:] if ch.isalnum()))
-print(c.most_common(1)[0][0])')
+print(min(c, key=lambda ch: (-c[ch], ch)))')
   [ -n "$stop" ]
   moe-rollout -q -m "$M" --chat "$TMP/p.jsonl" -G 8 --max-new-tokens 30 --seed 5 --stop "$stop" -o "$TMP/stop.zst"
   run python3 - "$stop" <(records "$TMP/free.zst") <(records "$TMP/stop.zst") <<'PY'
@@ -81,15 +82,19 @@ import json, sys
 stop = sys.argv[1]
 free = [json.loads(l) for l in open(sys.argv[2])]
 cut = [json.loads(l) for l in open(sys.argv[3])]
-stopped = 0
+# Until the first response stops, both runs decode the same batch, so every response is the same token for
+# token. After it, the batch is smaller than in the free run: matrix products over fewer rows may round
+# differently and a later token may differ (no batch invariance is promised, as in vLLM).
+first = min(len(c["response_tokens"]) for c in cut if c["finish_reason"] == "stop")
+prefixes = 0
 for f, c in zip(free, cut):
     assert stop not in c["response_text"], c
-    if c["finish_reason"] == "stop":
-        stopped += 1
-        # same tokens up to the stop: the stopped response is a prefix of the free one
-        assert f["response_tokens"][:len(c["response_tokens"])] == c["response_tokens"]
-        assert f["response_text"].startswith(c["response_text"])
-assert stopped >= 1
+    assert f["response_tokens"][:first] == c["response_tokens"][:first], (f, c)
+    if c["finish_reason"] == "stop" and len(c["response_tokens"]) == first:
+        # stopped at that step: the stopped response and its text are a prefix of the free one
+        assert f["response_text"].startswith(c["response_text"]), (f, c)
+        prefixes += 1
+assert prefixes >= 1
 PY
   echo "$output"
   [ "$status" -eq 0 ]
