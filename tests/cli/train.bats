@@ -237,9 +237,12 @@ dp_run() {
   for r in "${pids[@]}"; do wait "$r"; done
 }
 
-# dp_same ARGS...: 1, 2 and 3 processes give the same gradient at every update (relative 5e-6 of the largest
-# gradient entry: float32 sums in another order; measured up to 1.2e-6; a uniform error of 2x on one rank's
-# share is ~0.3) and the same update metrics (pg_loss, kl, ppo_kl, clip
+# dp_same ARGS...: 1, 2 and 3 processes give the same gradient at every update, relative to the largest
+# gradient entry: 5e-6 at the first update, where the weights are the same and only float32 sums run in
+# another order (measured up to 1.2e-6); 3e-5 at later ones, where the weights already differ by what AdamW
+# made of those rounding differences (an entry whose gradient is near zero moves by up to lr whatever its
+# sign; measured up to 6.4e-6 at update 3). A uniform error of 2x on one rank's share is ~0.3. And the same
+# update metrics (pg_loss, kl, ppo_kl, clip
 # fractions, entropy, mismatch/*, tis/*, router_shift/*: 2e-5). 6 sequences in 3 mini-batches of 2: with 2 and
 # 3 processes some rank has no sequence in some mini-batch.
 dp_same() {
@@ -249,7 +252,7 @@ dp_same() {
     for s in 1 2 3; do
       d=$(moe_tensor_diff --rel "$TMP/g1.$s.safetensors" "$TMP/g$n.$s.safetensors")
       echo "world $n, update $s: gradient max rel diff $d"
-      awk -v d="$d" 'BEGIN { exit !(d < 5e-6) }'
+      awk -v d="$d" -v tol="$([ "$s" -eq 1 ] && echo 5e-6 || echo 3e-5)" 'BEGIN { exit !(d < tol) }'
     done
     # Every metric moe-train-step(1) calls exact; router_shift/delta_p90 (a quantile) is named approximate.
     keys=$(jq -r 'select(.kind == "update") | to_entries[] | select(.key | test("^(pg_|kl$|ppo_kl|entropy|mismatch/|tis/|router_shift/|routing/|loss$)")) | select(.key != "router_shift/delta_p90") | .key' "$TMP/g1.jsonl" | sort -u)
