@@ -1,6 +1,7 @@
 #include "moe/rollout/sampling.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <string>
@@ -16,6 +17,55 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 }  // namespace
+
+namespace detail {
+// No top-k or top-p: the CDF is inverted in vocabulary order, which needs no sort (any fixed order gives an
+// exact sample; the sorted order matters only where a prefix of it is kept). Token i is drawn when
+// cdf[i - 1] <= u * total < cdf[i], cdf the float64 running sum of the float32 probabilities; when rounding
+// leaves u * total at or above the last sum, the last token of nonzero probability. On the CPU this is one
+// pass per row over the probabilities (rows in parallel: a row's result does not depend on the threads);
+// elsewhere the same rule in tensor operations.
+at::Tensor sample_untruncated(const at::Tensor& logp, const std::vector<double>& uniforms, bool tensor_ops) {
+  const int64_t B = logp.size(0), V = logp.size(1);
+  at::Tensor probs = logp.exp();
+  if (probs.device().is_cpu() && !tensor_ops) {
+    probs = probs.contiguous();
+    at::Tensor tokens = at::empty({B}, at::TensorOptions().dtype(at::kLong));
+    const float* pr = probs.data_ptr<float>();
+    int64_t* out = tokens.data_ptr<int64_t>();
+    at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const float* row = pr + b * V;
+        double total = 0;
+        for (int64_t i = 0; i < V; ++i) total += row[i];
+        const double threshold = uniforms[b] * total;
+        int64_t pick = -1, last = 0;
+        double c = 0;
+        for (int64_t i = 0; i < V; ++i) {
+          c += row[i];
+          if (row[i] > 0) last = i;
+          if (c > threshold) {
+            pick = i;
+            break;
+          }
+        }
+        if (pick < 0) {
+          for (int64_t i = last + 1; i < V; ++i)
+            if (row[i] > 0) last = i;
+          pick = last;
+        }
+        out[b] = pick;
+      }
+    });
+    return tokens;
+  }
+  at::Tensor cdf = probs.to(at::kDouble).cumsum(-1);
+  at::Tensor u = at::tensor(uniforms, at::TensorOptions().dtype(at::kDouble)).to(cdf.device()).unsqueeze(1);
+  at::Tensor idx = (cdf <= u * cdf.narrow(1, V - 1, 1)).sum(-1);
+  at::Tensor last = at::where(probs > 0, at::arange(V, idx.options()), at::zeros({}, idx.options())).amax(-1);
+  return at::minimum(idx, last);
+}
+}  // namespace detail
 
 double stream_uniform(uint64_t seed, uint64_t stream, uint64_t step) {
   uint64_t h = splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ step);
@@ -37,14 +87,17 @@ Sampled sample_next(const at::Tensor& logits, const SamplingParams& p, const std
   if (check_finite && B > 0 && !finite.all().item<bool>()) throw Error("sampling: logits contain NaN or no finite value");
 
   at::Tensor tokens;
+  const int64_t k = p.top_k > 0 && p.top_k < V ? p.top_k : V;
   if (p.greedy) {
     tokens = scaled.argmax(-1);
+  } else if (static_cast<int64_t>(uniforms.size()) != B) {
+    throw Error("sample_next: need one uniform per row");
+  } else if (k == V && p.top_p >= 1.0) {
+    tokens = detail::sample_untruncated(logp, uniforms, /*tensor_ops=*/false);
   } else {
-    if (static_cast<int64_t>(uniforms.size()) != B) throw Error("sample_next: need one uniform per row");
     // Candidates in descending probability, ties in vocabulary order; truncate by top-k and top-p, then
     // invert the CDF. With top-k, only the k best are selected and ordered (no sort of the vocabulary).
     at::Tensor vals, order;
-    const int64_t k = p.top_k > 0 && p.top_k < V ? p.top_k : V;
     if (k < V) {
       // The k entries a stable sort would put first: all above the k-th largest value, then the ties at it
       // in vocabulary order; gathered in vocabulary order (a scatter by running count, no host copy).

@@ -45,13 +45,14 @@ TEST_CASE("inverse-CDF sampling follows the distribution and honours top-k and t
   at::Tensor logits = at::log(at::tensor({0.2, 0.5, 0.3})).to(at::kFloat).unsqueeze(0);
   SamplingParams p;
   auto pick = [&](double u) { return sample_next(logits, p, {u}).tokens.item<int64_t>(); };
-  // sorted order: token 1 (0.5), token 2 (0.3), token 0 (0.2)
-  CHECK(pick(0.0) == 1);
-  CHECK(pick(0.49) == 1);
-  CHECK(pick(0.51) == 2);
-  CHECK(pick(0.79) == 2);
-  CHECK(pick(0.81) == 0);
-  CHECK(pick(0.999999) == 0);
+  // untruncated: vocabulary order, token 0 (0.2), token 1 (0.5), token 2 (0.3)
+  CHECK(pick(0.0) == 0);
+  CHECK(pick(0.19) == 0);
+  CHECK(pick(0.21) == 1);
+  CHECK(pick(0.69) == 1);
+  CHECK(pick(0.71) == 2);
+  CHECK(pick(0.999999) == 2);
+  // truncated: sorted order, token 1 (0.5), token 2 (0.3), token 0 (0.2)
   p.top_k = 2;  // mass 0.8 left: u * 0.8
   CHECK(pick(0.6) == 1);
   CHECK(pick(0.7) == 2);
@@ -85,6 +86,41 @@ TEST_CASE("a row's sample does not depend on its batch-mates", "[rollout]") {
   auto batched = sample_next(at::cat({b.narrow(0, 0, 2), a, b.narrow(0, 2, 1)}), p, {0.1, 0.2, u, 0.9});
   CHECK(alone.tokens.item<int64_t>() == batched.tokens[2].item<int64_t>());
   CHECK(alone.logprobs.item<float>() == batched.logprobs[2].item<float>());
+}
+
+TEST_CASE("untruncated sampling inverts the CDF in vocabulary order, by the CPU loop and by tensor operations", "[rollout]") {
+  // Reference: float64 running sum of the float32 probabilities, first entry above u * total.
+  auto reference = [](const at::Tensor& row, double u) {
+    at::Tensor pr = at::log_softmax(row.to(at::kFloat), -1).exp();
+    std::vector<float> q(pr.data_ptr<float>(), pr.data_ptr<float>() + pr.numel());
+    double total = 0, c = 0;
+    for (float x : q) total += x;
+    int64_t last = 0;
+    for (size_t i = 0; i < q.size(); ++i) {
+      if (q[i] > 0) last = static_cast<int64_t>(i);
+      c += q[i];
+      if (c > u * total) return static_cast<int64_t>(i);
+    }
+    return last;
+  };
+  at::manual_seed(8);
+  at::Tensor logits = at::randn({5, 1000}) * 2;
+  logits[2].narrow(0, 900, 100).fill_(-INFINITY);  // the tail has no mass: u -> 1 picks token 899
+  SamplingParams p;
+  p.temperature = 0.9;
+  std::vector<double> u = {0.0, 0.3, 1.0 - 0x1.0p-53, 0.77, 0.5};
+  auto s = sample_next(logits, p, u);
+  for (int b = 0; b < 5; ++b) {
+    INFO("row " << b);
+    CHECK(s.tokens[b].item<int64_t>() == reference(logits[b] / 0.9, u[b]));
+  }
+  CHECK(s.tokens[2].item<int64_t>() == 899);
+  // the tensor-operation rule (every device but the CPU) picks the same tokens
+  at::Tensor logp = at::log_softmax(logits / 0.9, -1);
+  CHECK(at::equal(moe::rollout::detail::sample_untruncated(logp, u, /*tensor_ops=*/true), s.tokens));
+  // a batch of one row per call gives the same tokens (rows are independent of the threads and batch)
+  for (int b = 0; b < 5; ++b)
+    CHECK(sample_next(logits.narrow(0, b, 1), p, {u[b]}).tokens.item<int64_t>() == s.tokens[b].item<int64_t>());
 }
 
 TEST_CASE("top-k sampling without a sort of the vocabulary picks what a full stable sort picks", "[rollout]") {

@@ -28,8 +28,17 @@ struct Sampled {
 // logits [B, V] (any floating dtype and device); uniforms: B values in [0, 1) (ignored when greedy).
 // Throws moe::Error on a bad parameter, and (check_finite) when a row is all -inf/NaN; without
 // check_finite the caller checks `finite` (no host round trip here).
-// Top-k alone needs no sort of the vocabulary (a top-k selection, then a sort of k entries).
+// Tokens are drawn by inverting the CDF with the row's uniform. With top-p, candidates are ordered by
+// descending probability (ties in vocabulary order) and the kept prefix is inverted. Top-k alone needs no
+// sort of the vocabulary (a top-k selection, then a sort of k entries); with neither, the CDF is inverted
+// in vocabulary order and nothing is sorted.
 Sampled sample_next(const at::Tensor& logits, const SamplingParams& params, const std::vector<double>& uniforms,
                     bool check_finite = true);
+
+namespace detail {
+// The untruncated draw of sample_next from log-probs [B, V] float32: on the CPU a loop over each row, or
+// (tensor_ops, and on every other device) the same rule in tensor operations.
+at::Tensor sample_untruncated(const at::Tensor& logp, const std::vector<double>& uniforms, bool tensor_ops);
+}  // namespace detail
 
 }  // namespace moe::rollout
