@@ -4,6 +4,9 @@
 //   gpu_check parity FIXTURE [DEV]    the model on the CPU and on DEV (default cuda:0), fp32, both against the
 //                                     transformers reference of the fixture (tests/fixtures/qwen3moe-tiny/*):
 //                                     logits max abs diff, router logits, and the top-k experts per position
+//   gpu_check sampling [DEV]          the sampler on the CPU and on DEV from the same logits (64 x 151936):
+//                                     the untruncated draw's tensor-operation rule on DEV picks the CPU loop's
+//                                     tokens; greedy, top-k and top-p tokens and log-probs agree
 // Exit 0 when the checks pass, 1 when one fails, 2 on usage errors; prints one line per figure.
 #include <ATen/ATen.h>
 #include <torch/cuda.h>
@@ -13,6 +16,7 @@
 
 #include "moe/model/qwen3_moe.h"
 #include "moe/model/safetensors.h"
+#include "moe/rollout/sampling.h"
 
 using namespace moe::model;
 
@@ -42,6 +46,42 @@ Result compare(const std::string& dir, const c10::Device& dev) {
   return r;
 }
 
+// The sampler on the CPU and on `dev` from the same logits. Returns the number of failed checks.
+int sampling(const c10::Device& dev) {
+  using namespace moe::rollout;
+  at::manual_seed(3);
+  const int64_t B = 64, V = 151936;
+  at::Tensor logits = at::randn({B, V}) * 3;
+  std::vector<double> u;
+  for (int64_t b = 0; b < B; ++b) u.push_back(stream_uniform(7, b, 0));
+  int failed = 0;
+  // The untruncated rule itself, from the same log-probs: the CPU loop against tensor operations on dev.
+  at::Tensor logp = at::log_softmax(logits / 0.7, -1);
+  at::Tensor loop = moe::rollout::detail::sample_untruncated(logp, u, false);
+  at::Tensor ops = moe::rollout::detail::sample_untruncated(logp.to(dev), u, true).cpu();
+  const int64_t same = loop.eq(ops).sum().item<int64_t>();
+  std::printf("sampling: untruncated draw, CPU loop vs tensor operations on %s: %lld of %lld rows pick the same token\n",
+              dev.str().c_str(), static_cast<long long>(same), static_cast<long long>(B));
+  failed += same != B;
+  // sample_next end to end (log-softmax on each device: a row may differ only at a rounding boundary).
+  for (int mode = 0; mode < 4; ++mode) {
+    SamplingParams p;
+    p.temperature = 0.7;
+    p.greedy = mode == 0;
+    p.top_k = mode == 2 ? 20 : 0;
+    p.top_p = mode == 3 ? 0.9 : 1.0;
+    const char* name[] = {"greedy", "untruncated", "top-k 20", "top-p 0.9"};
+    Sampled c = sample_next(logits, p, u), g = sample_next(logits.to(dev), p, u);
+    const int64_t agree = c.tokens.eq(g.tokens.cpu()).sum().item<int64_t>();
+    const double lp = (c.logprobs - g.logprobs.cpu()).abs().max().item<double>();
+    std::printf("sampling: %s on cpu and %s: %lld of %lld tokens equal, log-prob max abs diff %.3g\n", name[mode],
+                dev.str().c_str(), static_cast<long long>(agree), static_cast<long long>(B), lp);
+    failed += agree < B - 1;
+    if (agree == B) failed += lp > 1e-4;
+  }
+  return failed;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -65,11 +105,12 @@ int main(int argc, char** argv) {
                       cpu.routing_equal && gpu.routing_equal;
       return ok ? 0 : 1;
     }
+    if (cmd == "sampling") return sampling(c10::Device(argc > 2 ? argv[2] : "cuda:0")) ? 1 : 0;
   } catch (const std::exception& e) {
     std::string msg = e.what();
     std::fprintf(stderr, "gpu_check: %s\n", msg.substr(0, msg.find('\n')).c_str());
     return 1;
   }
-  std::fprintf(stderr, "usage: gpu_check devices | gpu_check parity FIXTURE_DIR [DEVICE]\n");
+  std::fprintf(stderr, "usage: gpu_check devices | gpu_check parity FIXTURE_DIR [DEVICE] | gpu_check sampling [DEVICE]\n");
   return 2;
 }

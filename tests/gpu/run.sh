@@ -2,8 +2,11 @@
 # GPU checks, for a machine with a CUDA device (nothing here runs without one: it says so and exits 0).
 #   tests/gpu/run.sh [BUILD_DIR]      default build-pypi/ (scripts/build.sh --torch pypi, built when missing)
 # 1. CPU vs CUDA parity on the transformers fixtures: logits, router logits and top-k experts (fp32, no TF32).
+#    The sampler on the CPU and on cuda:0 from the same logits (tokens and log-probs).
 # 2. 2-rank NCCL data parallel == 1 rank, and 2-rank NCCL expert parallel (EP 2) == 1 rank: one RSPO + R3
 #    step, weights within 1e-4 (needs 2 GPUs).
+#    2-rank NCCL expert-parallel re-scoring (moe-rollout --score --expert-parallel 2) == 1 rank: log-probs
+#    within 1e-4.
 # 3. Throughput at the `small` preset on cuda:0: decode tokens/s (moe-rollout) and one train step's tokens/s.
 # Exit 0 when every check that could run passed, 1 when one failed.
 set -euo pipefail
@@ -27,6 +30,8 @@ trap 'rm -rf "$w"' EXIT
 for f in untied tied; do
   gpu_check parity "$src/tests/fixtures/qwen3moe-tiny/$f" cuda:0 || { echo "gpu: FAIL parity $f"; fail=1; }
 done
+
+gpu_check sampling cuda:0 || { echo "gpu: FAIL sampling"; fail=1; }
 
 moe-init --preset tiny -o "$w/m0" --seed 1 -q
 moe-data countdown -n 16 --seed 1 |
@@ -55,6 +60,23 @@ if [ "$n" -ge 2 ]; then
   d=$(moe_tensor_diff "$w/one/model.safetensors" "$w/ep/model.safetensors")
   echo "gpu: 2-rank NCCL expert parallel (EP 2) vs 1 rank: max weight diff $d"
   awk -v d="$d" 'BEGIN { exit !(d < 1e-4) }' || { echo "gpu: FAIL NCCL expert parallel"; fail=1; }
+  # Expert-parallel re-scoring over NCCL: the same log-probs as one rank scoring on cuda:0.
+  LOCAL_RANK=0 moe-rollout -m "$w/m0" --score "$w/roll.zst" --device cuda -q -o "$w/score1.zst"
+  port=$((20000 + RANDOM % 20000))
+  LOCAL_RANK=1 moe-rollout -m "$w/m0" --score "$w/roll.zst" --device cuda -q -o "$w/score2.zst" --dist-backend nccl --rank 1 --world-size 2 --master-port "$port" --expert-parallel 2 &
+  pid=$!
+  LOCAL_RANK=0 moe-rollout -m "$w/m0" --score "$w/roll.zst" --device cuda -q -o "$w/score2.zst" --dist-backend nccl --rank 0 --world-size 2 --master-port "$port" --expert-parallel 2
+  wait "$pid"
+  d=$(python3 - <(moe-route-dump show --jsonl "$w/score1.zst") <(moe-route-dump show --jsonl "$w/score2.zst") <<'PY'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) > 0 and all(x["id"] == y["id"] for x, y in zip(a, b))
+print(max(abs(p - q) for x, y in zip(a, b) for p, q in zip(x["logprobs"], y["logprobs"])))
+PY
+)
+  echo "gpu: 2-rank NCCL expert-parallel --score vs 1 rank: log-prob max abs diff $d"
+  awk -v d="$d" 'BEGIN { exit !(d < 1e-4) }' || { echo "gpu: FAIL NCCL expert-parallel scoring"; fail=1; }
 else
   echo "gpu: 1 device: the 2-rank NCCL check needs 2 (skipped)"
 fi
