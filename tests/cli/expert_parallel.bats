@@ -255,6 +255,27 @@ ep_same() {
   awk -v d="$d" 'BEGIN { exit !(d < 1e-5) }'
 }
 
+@test "a sharded optimizer index that lies is an error naming it, the checkpoint untouched" {
+  cp -r "$W/m0" "$TMP/m"
+  ep_run 2 2 "$TMP/m" "$TMP/g0" "$W/rew.zst" --seed 1 --threads 1
+  cp -a "$TMP/m" "$TMP/orig"
+  idx="$TMP/m/optimizer.safetensors.index.json"
+  # a tensor mapped to the shard that does not hold it
+  jq '.weight_map["model.embed_tokens.weight.exp_avg"] = "optimizer-00002-of-00002.safetensors"' "$TMP/orig/optimizer.safetensors.index.json" > "$idx"
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --threads 1 -q
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"optimizer-00002-of-00002.safetensors: has no tensor model.embed_tokens.weight.exp_avg"* ]]
+  # a file outside the dir
+  jq '.weight_map["model.embed_tokens.weight.exp_avg"] = "../x.safetensors"' "$TMP/orig/optimizer.safetensors.index.json" > "$idx"
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --threads 1 -q
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"is not a file name of this directory"* ]]
+  cp "$TMP/orig/optimizer.safetensors.index.json" "$idx"
+  for f in "$TMP/orig"/*; do cmp "$f" "$TMP/m/$(basename "$f")"; done
+}
+
 # ep_save_fault FAULT RANK WORLD DIR: one step on DIR with WORLD processes, --expert-parallel WORLD, rank RANK
 # given MOEKIT_TRAIN_FAULT=FAULT; every rank must exit non-zero. Leaves rank 0's stderr in $TMP/err.0.
 ep_save_fault() {
