@@ -10,6 +10,7 @@
 
 #include "moe/io/error.h"
 #include "moe/io/file.h"
+#include "moe/model/checkpoint_shards.h"
 #include "moe/model/safetensors.h"
 
 namespace moe::model {
@@ -19,38 +20,25 @@ bool is_weight_file(const std::string& name) {
   return name == "model.safetensors" || name == "model.safetensors.index.json" || std::regex_match(name, shard);
 }
 
+namespace {
+// The trainer's files: optimizer.safetensors, or its shards and index (expert parallel), and
+// trainer_state.json. Written anew by every save, never carried over.
+bool is_training_state_file(const std::string& name) {
+  static const std::regex shard(R"(^optimizer-\d{5}-of-\d{5}\.safetensors$)");
+  return name == "optimizer.safetensors" || name == "optimizer.safetensors.index.json" || name == "trainer_state.json" ||
+         std::regex_match(name, shard);
+}
+}  // namespace
+
 void write_weights(const std::string& dir, std::vector<std::pair<std::string, at::Tensor>> tensors, int64_t max_shard_bytes) {
-  std::sort(tensors.begin(), tensors.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  auto bytes_of = [](const at::Tensor& t) { return static_cast<int64_t>(t.numel() * t.element_size()); };
-  int64_t total = 0;
-  std::vector<std::vector<std::pair<std::string, at::Tensor>>> shards(1);
-  int64_t in_shard = 0;
-  for (auto& nt : tensors) {
-    const int64_t b = bytes_of(nt.second);
-    if (!shards.back().empty() && in_shard + b > max_shard_bytes) {
-      shards.emplace_back();
-      in_shard = 0;
-    }
-    shards.back().push_back(std::move(nt));
-    in_shard += b;
-    total += b;
-  }
-  if (shards.size() == 1) {
-    write_safetensors(dir + "/model.safetensors", shards[0], {{"format", "pt"}}, /*staged=*/true);
+  const int64_t total = data_bytes(tensors);
+  std::vector<NamedTensors> shards = plan_shards(std::move(tensors), max_shard_bytes);
+  if (shards.size() <= 1) {
+    write_safetensors(dir + "/model.safetensors", shards.empty() ? NamedTensors{} : shards[0], {{"format", "pt"}}, /*staged=*/true);
     return;
   }
-  nlohmann::ordered_json index;
-  index["metadata"] = {{"total_size", total}};
-  nlohmann::ordered_json map = nlohmann::ordered_json::object();
   const int n = static_cast<int>(shards.size());
-  for (int i = 0; i < n; ++i) {
-    char name[64];
-    std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", i + 1, n);
-    write_safetensors(dir + "/" + name, shards[i], {{"format", "pt"}}, /*staged=*/true);
-    for (const auto& nt : shards[i]) map[nt.first] = name;
-  }
-  index["weight_map"] = std::move(map);
-  io::write_new_file(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
+  write_shard_index(dir, "model", total, write_shards(dir, "model", shards, 1, n, {{"format", "pt"}}));
 }
 
 namespace {
@@ -83,7 +71,7 @@ void carry_over_files(const std::string& old_dir, const std::string& staged) {
     const std::string from = old_dir + "/" + n, to = staged + "/" + n;
     struct stat st;
     // Ours (training state included: a fresh save must not inherit an older run's), or written anew.
-    if (is_weight_file(n) || n == "optimizer.safetensors" || n == "trainer_state.json" || ::stat(to.c_str(), &st) == 0) continue;
+    if (is_weight_file(n) || is_training_state_file(n) || ::stat(to.c_str(), &st) == 0) continue;
     if (::stat(from.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
     io::Input in(from);  // streamed: a carried file may be large
     io::Output out(to, io::Output::NewFile{});
@@ -96,7 +84,7 @@ void carry_over_files(const std::string& old_dir, const std::string& staged) {
 std::vector<std::pair<std::string, std::string>> companion_files(const std::string& model_dir) {
   std::vector<std::pair<std::string, std::string>> out;
   for (const auto& n : entries(model_dir)) {
-    if (is_weight_file(n) || n == "config.json" || n == "optimizer.safetensors" || n == "trainer_state.json") continue;
+    if (is_weight_file(n) || n == "config.json" || is_training_state_file(n)) continue;
     struct stat st;
     if (::stat((model_dir + "/" + n).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
     out.emplace_back(n, io::read_file(model_dir + "/" + n));

@@ -22,6 +22,7 @@
 #include "moe/io/error.h"
 #include "moe/io/file.h"
 #include "moe/model/checkpoint_files.h"
+#include "moe/model/checkpoint_shards.h"
 #include "moe/model/safetensors.h"
 #include "model/checkpoint.h"
 
@@ -744,16 +745,8 @@ void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair
                 const std::vector<std::pair<std::string, at::Tensor>>& weights) {
   std::string d = dir;
   while (d.size() > 1 && d.back() == '/') d.pop_back();
-  check_carry_over(d);
-  std::string tmpl = d + ".tmp-XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  if (!::mkdtemp(buf.data())) throw Error(dir + ": cannot create a staging directory beside it (does the parent directory exist?): " + std::strerror(errno));
-  std::string staged(buf.data());
+  const std::string staged = make_staging_dir(d);
   try {
-    mode_t um = ::umask(0);  // mkdtemp makes 0700; give the model dir the usual permissions
-    ::umask(um);
-    ::chmod(staged.c_str(), 0777 & ~um);
     ModelConfig cfg = m->config();
     cfg.torch_dtype = m->embed_weight.scalar_type() == at::kBFloat16 ? "bfloat16"
                       : m->embed_weight.scalar_type() == at::kHalf   ? "float16"
@@ -769,15 +762,7 @@ void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair
     io::sync_dir(staged);
     io::replace_dir(staged, d);
   } catch (...) {
-    std::string cmd;  // best-effort cleanup of the staging dir (flat: files only)
-    if (auto* dp = ::opendir(staged.c_str())) {
-      while (auto* ent = ::readdir(dp)) {
-        std::string n = ent->d_name;
-        if (n != "." && n != "..") ::unlink((staged + "/" + n).c_str());
-      }
-      ::closedir(dp);
-    }
-    ::rmdir(staged.c_str());
+    remove_staging_dir(staged);
     throw;
   }
 }

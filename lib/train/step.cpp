@@ -654,7 +654,8 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       }
     }
 
-    // Checkpoint (rank 0), then every rank learns that it was written.
+    // Checkpoint (rank 0; under expert parallel each rank of the first expert group writes its own shards and
+    // rank 0 swaps the dir in), then every rank learns that it was written.
     const double t_save0 = now_s();
     nlohmann::json st_extra = {{"seed", cfg.seed},
                                {"algo", tc.sft ? std::string("sft") : std::string(algo::to_string(tc.loss.algo))},
@@ -698,8 +699,8 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       sink.commit();
       if (!cli::quiet()) std::fputs((j.dump() + "\n").c_str(), stderr);
     } else {
-      // Expert parallel: the first expert group sends rank 0 its experts (Trainer::save returns after that).
-      if (shard.size > 1 && rank < shard.size) trainer.save(out_dir, {}, st_extra, nullptr, cfg.max_shard_bytes);
+      // Expert parallel: every rank takes part in the save (the first expert group writes its shards).
+      if (shard.size > 1) trainer.save(out_dir, {}, st_extra, nullptr, cfg.max_shard_bytes);
       summarize();
     }
     if (comm) comm->sum(1.0);

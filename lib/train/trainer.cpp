@@ -3,7 +3,11 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <functional>
 #include <map>
 #include <limits>
 #include <regex>
@@ -11,6 +15,7 @@
 #include <sstream>
 #include <sys/stat.h>
 #include <type_traits>
+#include <unistd.h>
 
 #include "moe/dist/communicator.h"
 #include "moe/algo/router.h"
@@ -18,6 +23,9 @@
 #include "moe/io/error.h"
 #include "moe/io/file.h"
 #include "moe/io/jsonl.h"
+#include "moe/model/checkpoint_files.h"
+#include "moe/model/checkpoint_shards.h"
+#include "moe/model/config.h"
 #include "moe/model/head.h"
 #include "moe/model/safetensors.h"
 #include "moe/train/step.h"
@@ -298,6 +306,141 @@ std::vector<std::pair<std::string, at::Tensor>> gather_experts(Communicator& com
   return out;
 }
 
+// MOEKIT_TRAIN_FAULT=RANK:save (tests/cli/expert_parallel.bats): that rank fails with an error after writing
+// its model shards; RANK:save-exit: it dies there instead.
+void save_fault_hook(int rank) {
+  const char* f = std::getenv("MOEKIT_TRAIN_FAULT");
+  if (!f) return;
+  int r = -1;
+  char what[16] = {0};
+  if (std::sscanf(f, "%d:%15s", &r, what) != 2 || r != rank) return;
+  if (std::strcmp(what, "save") == 0) throw Error("MOEKIT_TRAIN_FAULT: rank " + std::to_string(rank) + " fails while writing its shards");
+  if (std::strcmp(what, "save-exit") == 0) {
+    std::fprintf(stderr, "moe-train-step: MOEKIT_TRAIN_FAULT: rank %d exits while writing its shards\n", rank);
+    std::fflush(stderr);
+    ::_exit(3);
+  }
+}
+
+// Every rank gets rank 0's bytes (one all-gather; every rank calls it).
+std::string from_rank0(Communicator& comm, const std::string& mine) {
+  const int64_t width = static_cast<int64_t>(comm.max(static_cast<double>(mine.size()))) + 8;
+  at::Tensor buf = at::zeros({width}, at::TensorOptions().dtype(at::kByte));
+  uint8_t* p = buf.data_ptr<uint8_t>();
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(static_cast<uint64_t>(mine.size()) >> (8 * i));
+  std::copy(mine.begin(), mine.end(), p + 8);
+  at::Tensor all = comm.all_gather(buf).to(at::kCPU).contiguous();
+  const uint8_t* row = all.data_ptr<uint8_t>();  // rank 0's row
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(row[i]) << (8 * i);
+  if (n + 8 > static_cast<uint64_t>(width)) throw Error("expert parallel: rank 0 sent a bad length");
+  return std::string(reinterpret_cast<const char*>(row + 8), n);
+}
+
+// Expert parallel save, called by every rank of the world. Rank 0 makes the staging dir beside `dir` and
+// tells every rank its path (a shared filesystem: all ranks on one machine, or dir on a network filesystem
+// all of them mount at the same path). Each rank writes `weights` and `adam` (its own tensors; none on the
+// ranks that do not write) as HF-named shards model-0000i-of-0000n.safetensors and
+// optimizer-0000i-of-0000n.safetensors, numbered in rank order (n: every rank's shard count, learnt by one
+// all-reduce), fsynced. One all-reduce of a failure flag follows: if any rank failed, rank 0 removes the
+// staging dir and every rank throws (the old checkpoint untouched). Else rank 0 gets every rank's
+// tensor -> shard map, writes the two indexes, config.json, `files` and the carried-over files, syncs the dir,
+// runs before_swap and swaps the dir in.
+void save_sharded(Communicator& comm, const std::string& dir_in, const model::ModelConfig& mc, model::NamedTensors weights,
+                  model::NamedTensors adam, const std::map<std::string, std::string>& opt_meta,
+                  const std::vector<std::pair<std::string, std::string>>& files, const std::function<void()>& before_swap,
+                  int64_t max_shard_bytes) {
+  std::string dir = dir_in;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  const int rank = comm.rank(), world = comm.world_size();
+  std::string staged;
+  std::exception_ptr err;
+  if (rank == 0) {
+    try {
+      staged = model::make_staging_dir(dir);
+    } catch (...) {
+      err = std::current_exception();
+    }
+  }
+  try {
+    staged = from_rank0(comm, staged);
+  } catch (...) {
+    if (rank == 0) model::remove_staging_dir(staged);
+    throw;
+  }
+  if (staged.empty()) {
+    if (err) std::rethrow_exception(err);
+    throw Error("expert parallel: rank 0 could not create the checkpoint's staging dir (see its error); nothing written");
+  }
+  try {
+    const int64_t w_bytes = model::data_bytes(weights), o_bytes = model::data_bytes(adam);
+    std::vector<model::NamedTensors> w_shards = model::plan_shards(std::move(weights), max_shard_bytes);
+    std::vector<model::NamedTensors> o_shards = model::plan_shards(std::move(adam), max_shard_bytes);
+    std::vector<double> counts(2 * world, 0.0);
+    counts[rank] = static_cast<double>(w_shards.size());
+    counts[world + rank] = static_cast<double>(o_shards.size());
+    counts = comm.max(counts);
+    int w_first = 1, w_total = 0, o_first = 1, o_total = 0;
+    for (int r = 0; r < world; ++r) {
+      if (r < rank) w_first += static_cast<int>(counts[r]), o_first += static_cast<int>(counts[world + r]);
+      w_total += static_cast<int>(counts[r]);
+      o_total += static_cast<int>(counts[world + r]);
+    }
+    nlohmann::json part;  // this rank's tensor -> shard maps, sent to rank 0
+    std::vector<double> failed(world, 0.0);
+    try {
+      part["model"] = model::write_shards(staged, "model", w_shards, w_first, w_total, {{"format", "pt"}});
+      save_fault_hook(rank);
+      part["optimizer"] = model::write_shards(staged, "optimizer", o_shards, o_first, o_total, opt_meta);
+      part["model_bytes"] = w_bytes;
+      part["optimizer_bytes"] = o_bytes;
+      w_shards.clear();
+      o_shards.clear();
+      if (rank == 0) {
+        io::write_new_file(staged + "/config.json", model::config_to_json(mc).dump(2) + "\n");
+        for (const auto& [name, contents] : files) {
+          if (name.empty() || name.find('/') != std::string::npos) throw Error("save: bad file name '" + name + "'");
+          io::write_new_file(staged + "/" + name, contents);
+        }
+        model::carry_over_files(dir, staged);
+      }
+    } catch (...) {
+      err = std::current_exception();
+      failed[rank] = 1;
+    }
+    // Every rank's files are complete (and fsynced) once it reaches this collective; a failure anywhere
+    // aborts the swap everywhere.
+    failed = comm.max(failed);
+    for (int r = 0; r < world; ++r) {
+      if (failed[r] == 0) continue;
+      if (err) std::rethrow_exception(err);
+      throw Error("expert parallel: rank " + std::to_string(r) + " failed to write its part of the checkpoint; " + dir +
+                  " is left as it was");
+    }
+    std::vector<std::string> parts = dist::gather_bytes(comm, part.dump());
+    if (rank != 0) return;
+    std::map<std::string, std::string> w_map, o_map;
+    int64_t w_total_bytes = 0, o_total_bytes = 0;
+    for (const std::string& b : parts) {
+      const nlohmann::json j = nlohmann::json::parse(b);
+      for (const auto& [n, f] : j["model"].items())
+        if (!w_map.emplace(n, f.get<std::string>()).second) throw Error("expert parallel: two ranks wrote tensor " + n);
+      for (const auto& [n, f] : j["optimizer"].items())
+        if (!o_map.emplace(n, f.get<std::string>()).second) throw Error("expert parallel: two ranks wrote tensor " + n);
+      w_total_bytes += j["model_bytes"].get<int64_t>();
+      o_total_bytes += j["optimizer_bytes"].get<int64_t>();
+    }
+    model::write_shard_index(staged, "model", w_total_bytes, w_map);
+    model::write_shard_index(staged, "optimizer", o_total_bytes, o_map);
+    io::sync_dir(staged);
+    if (before_swap) before_swap();
+    io::replace_dir(staged, dir);
+  } catch (...) {
+    if (rank == 0) model::remove_staging_dir(staged);
+    throw;
+  }
+}
+
 }  // namespace
 
 struct Trainer::Impl {
@@ -358,23 +501,48 @@ void Trainer::load_state(const std::string& dir) {
       throw Error(st_path + ": no integer \"global_step\"");
     global_step_ = state_["global_step"].get<int64_t>();
   }
-  const std::string opt_path = dir + "/optimizer.safetensors";
-  if (!file_exists(opt_path)) return;
-  model::SafetensorsFile f(opt_path);
+  // optimizer.safetensors, or the shards named by optimizer.safetensors.index.json (written under expert
+  // parallel, one or more per rank): tensor name -> the file holding it.
+  const std::string opt_path = dir + "/optimizer.safetensors", index_path = dir + "/optimizer.safetensors.index.json";
+  std::map<std::string, std::unique_ptr<model::SafetensorsFile>> files;
+  std::map<std::string, const model::SafetensorsFile*> where;
+  std::string shown = opt_path;  // the file errors name
+  if (file_exists(opt_path)) {
+    auto& f = files[opt_path] = std::make_unique<model::SafetensorsFile>(opt_path);
+    for (const auto& n : f->names()) where[n] = f.get();
+  } else if (file_exists(index_path)) {
+    shown = index_path;
+    const nlohmann::json j = io::read_json_file(index_path);
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+      throw Error(index_path + ": no \"weight_map\" object");
+    for (const auto& [n, v] : j["weight_map"].items()) {
+      if (!v.is_string() || v.get<std::string>().empty() || v.get<std::string>().find('/') != std::string::npos)
+        throw Error(index_path + ": weight_map[\"" + n + "\"] is not a file name of this directory");
+      const std::string path = dir + "/" + v.get<std::string>();
+      auto& f = files[path];
+      if (!f) f = std::make_unique<model::SafetensorsFile>(path);
+      if (!f->has(n)) throw Error(path + ": has no tensor " + n + " (named by " + index_path + ")");
+      where[n] = f.get();
+    }
+  } else {
+    return;
+  }
+  auto has = [&](const std::string& n) { return where.count(n) != 0; };
+  auto get = [&](const std::string& n, c10::optional<c10::ScalarType> t = c10::nullopt) { return where.at(n)->get(n, t); };
   std::set<std::string> used;
   auto& st = impl_->opt->state();
   for (size_t i = 0; i < trained_.size(); ++i) {
     const std::string& name = trained_[i].first;
     const at::Tensor& p = impl_->opt_param(trained_, i);
     const std::string a = name + ".exp_avg", s = name + ".exp_avg_sq", k = name + ".step";
-    if (!f.has(a) && !f.has(s)) continue;
-    if (!f.has(a) || !f.has(s) || !f.has(k)) throw Error(opt_path + ": incomplete AdamW state of " + name);
+    if (!has(a) && !has(s)) continue;
+    if (!has(a) || !has(s) || !has(k)) throw Error(shown + ": incomplete AdamW state of " + name);
     auto ps = std::make_unique<torch::optim::AdamWParamState>();
-    at::Tensor ea = f.get(a, p.scalar_type()), es = f.get(s, p.scalar_type());
+    at::Tensor ea = get(a, p.scalar_type()), es = get(s, p.scalar_type());
     if (ea.sizes() != p.sizes() || es.sizes() != p.sizes())
-      throw Error(opt_path + ": AdamW state of " + name + " has another shape than the parameter");
-    at::Tensor step = f.get(k);
-    if (step.numel() != 1) throw Error(opt_path + ": " + k + " must hold one integer");
+      throw Error(shown + ": AdamW state of " + name + " has another shape than the parameter");
+    at::Tensor step = get(k);
+    if (step.numel() != 1) throw Error(shown + ": " + k + " must hold one integer");
     ps->step(step.to(at::kLong).item<int64_t>());
     ps->exp_avg(ea.to(p.device()));
     ps->exp_avg_sq(es.to(p.device()));
@@ -383,89 +551,40 @@ void Trainer::load_state(const std::string& dir) {
     used.insert(s);
     used.insert(k);
   }
-  for (const auto& n : f.names())
+  for (const auto& [n, f] : where)
     if (!used.count(n) && !(impl_->ep && is_expert_name(n)))  // another rank's experts: carried by their owner
-      impl_->carried[n] = f.get(n);  // e.g. moments of a router frozen in this step
+      impl_->carried[n] = f->get(n);  // e.g. moments of a router frozen in this step
 }
 
 void Trainer::save(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
                    const nlohmann::json& state_extra, const std::function<void()>& before_swap,
                    int64_t max_shard_bytes) {
   const bool ep = impl_->ep != nullptr;
-  if (comm_ && comm_->rank() != 0 && !(ep && comm_->rank() < comm_->ep_size())) return;
+  if (comm_ && comm_->rank() != 0 && !ep) return;
   auto& st = impl_->opt->state();
-  // Expert parallel: the first expert group gathers its experts' weights (float32 masters under mixed
-  // precision) and Adam moments on rank 0 (which then holds every expert once, for the write).
-  std::vector<std::pair<std::string, at::Tensor>> gathered_w, gathered_opt;
-  if (ep) {
-    const int64_t per = model_->config().num_experts / comm_->ep_size();
-    auto weights = model::named_weights(model_);
-    std::vector<std::pair<std::string, at::Tensor>> lw, lo;
-    std::vector<std::vector<int64_t>> sw, so;
-    for (size_t i = 0; i < weights.size(); ++i) {
-      if (!is_expert_name(weights[i].first)) continue;
-      lw.emplace_back(weights[i].first, impl_->master.empty() ? weights[i].second : impl_->master[i]);
-      sw.push_back(weights[i].second.sizes().vec());
-    }
+  // AdamW state of the trained parameters `which` selects, plus (with `carried`) the state this step did not
+  // train (e.g. a frozen router's).
+  auto adam_tensors = [&](const std::function<bool(size_t)>& which, bool carried) {
+    model::NamedTensors tensors;
+    std::set<std::string> names;
     for (size_t i = 0; i < trained_.size(); ++i) {
-      if (!impl_->expert[i]) continue;
+      if (!which(i)) continue;
       const std::string& name = trained_[i].first;
-      const at::Tensor& p = impl_->opt_param(trained_, i);
-      auto it = st.find(impl_key(p));
-      at::Tensor a, b, k;
-      if (it != st.end()) {
-        auto& ps = static_cast<torch::optim::AdamWParamState&>(*it->second);
-        a = ps.exp_avg();
-        b = ps.exp_avg_sq();
-        k = at::full({1}, static_cast<double>(ps.step()), at::kFloat);
-      }
-      lo.emplace_back(name + ".exp_avg", a);
-      lo.emplace_back(name + ".exp_avg_sq", b);
-      lo.emplace_back(name + ".step", k);
-      so.push_back(p.sizes().vec());
-      so.push_back(p.sizes().vec());
-      so.push_back({1});
+      auto it = st.find(impl_key(impl_->opt_param(trained_, i)));
+      if (it == st.end()) continue;
+      auto& ps = static_cast<torch::optim::AdamWParamState&>(*it->second);
+      tensors.emplace_back(name + ".exp_avg", ps.exp_avg());
+      tensors.emplace_back(name + ".exp_avg_sq", ps.exp_avg_sq());
+      tensors.emplace_back(name + ".step", at::full({1}, ps.step(), at::kLong));
+      names.insert(name + ".exp_avg");
+      names.insert(name + ".exp_avg_sq");
+      names.insert(name + ".step");
     }
-    // One MoE layer at a time: the transfer buffers stay a layer's size (the same calls on every rank).
-    auto by_layer = [&](const std::vector<std::pair<std::string, at::Tensor>>& l, const std::vector<std::vector<int64_t>>& sh,
-                        std::vector<std::pair<std::string, at::Tensor>>& out) {
-      for (size_t i = 0; i < l.size();) {
-        std::smatch a, b;
-        std::regex_match(l[i].first, a, expert_name_re());
-        size_t j = i + 1;
-        while (j < l.size() && std::regex_match(l[j].first, b, expert_name_re()) && b[1] == a[1]) ++j;
-        std::vector<std::pair<std::string, at::Tensor>> part(l.begin() + i, l.begin() + j);
-        std::vector<std::vector<int64_t>> psh(sh.begin() + i, sh.begin() + j);
-        for (auto& e : gather_experts(*comm_, per, part, psh)) out.push_back(std::move(e));
-        i = j;
-      }
-    };
-    by_layer(lw, sw, gathered_w);
-    by_layer(lo, so, gathered_opt);
-    if (comm_->rank() != 0) return;
-  }
-  std::vector<std::pair<std::string, at::Tensor>> tensors;
-  std::set<std::string> names;
-  for (size_t i = 0; i < trained_.size(); ++i) {
-    const std::string& name = trained_[i].first;
-    auto it = st.find(impl_key(impl_->opt_param(trained_, i)));
-    if (it == st.end()) continue;
-    auto& ps = static_cast<torch::optim::AdamWParamState&>(*it->second);
-    tensors.emplace_back(name + ".exp_avg", ps.exp_avg());
-    tensors.emplace_back(name + ".exp_avg_sq", ps.exp_avg_sq());
-    tensors.emplace_back(name + ".step", at::full({1}, ps.step(), at::kLong));
-    names.insert(name + ".exp_avg");
-    names.insert(name + ".exp_avg_sq");
-    names.insert(name + ".step");
-  }
-  for (auto& [n, t] : gathered_opt)
-    if (!names.count(n)) {
-      const bool step = n.size() > 5 && n.compare(n.size() - 5, 5, ".step") == 0;
-      tensors.emplace_back(n, step ? t.round().to(at::kLong) : t);
-      names.insert(n);
-    }
-  for (auto& [n, t] : impl_->carried)
-    if (!names.count(n)) tensors.emplace_back(n, t);
+    if (carried)
+      for (auto& [n, t] : impl_->carried)
+        if (!names.count(n)) tensors.emplace_back(n, t);
+    return tensors;
+  };
   nlohmann::json state = state_;
   state["format"] = "moekit-trainer-state";
   state["version"] = 1;
@@ -480,6 +599,27 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
   state_ = state;
   auto files = extra_files;
   files.emplace_back("trainer_state.json", state.dump(2) + "\n");
+  const std::map<std::string, std::string> opt_meta = {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}};
+  if (ep) {
+    // Expert parallel: the first expert group (DP replica 0) writes, each rank its own experts (weights as
+    // float32 masters under mixed precision, and their Adam moments), rank 0 also the replicated tensors;
+    // the other replicas hold the same copies and only take part in the collectives.
+    const int rank = comm_->rank();
+    const bool writer = rank < comm_->ep_size();
+    auto weights = model::named_weights(model_);
+    model::NamedTensors mine;
+    for (size_t i = 0; i < weights.size() && writer; ++i)
+      if (rank == 0 || is_expert_name(weights[i].first))
+        mine.emplace_back(weights[i].first, impl_->master.empty() ? weights[i].second : impl_->master[i]);
+    model::ModelConfig mc = model_->config();
+    const at::ScalarType wt = impl_->master.empty() ? model_->embed_weight.scalar_type() : at::kFloat;
+    mc.torch_dtype = wt == at::kBFloat16 ? "bfloat16" : wt == at::kHalf ? "float16" : "float32";
+    save_sharded(*comm_, dir, mc, std::move(mine),
+                 adam_tensors([&](size_t i) { return writer && (impl_->expert[i] || rank == 0); }, rank == 0), opt_meta,
+                 files, before_swap, max_shard_bytes);
+    return;
+  }
+  model::NamedTensors tensors = adam_tensors([](size_t) { return true; }, true);
   // Mixed precision: the checkpoint holds the float32 masters; the compute copies come back afterwards.
   std::vector<at::Tensor> compute;
   auto weights = model::named_weights(model_);
@@ -491,35 +631,14 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
     }
   };
   swap_in(true);
-  // Expert parallel: rank 0's weights with the other ranks' experts of each MoE layer after its own.
-  std::vector<std::pair<std::string, at::Tensor>> full;
-  if (ep) {
-    std::map<std::string, std::vector<std::pair<std::string, at::Tensor>>> others;  // by "model.layers.L.mlp.experts."
-    std::set<std::string> own;
-    for (auto& [n, t] : weights) own.insert(n);
-    for (auto& [n, t] : gathered_w) {
-      std::smatch mm;
-      if (!own.count(n) && std::regex_match(n, mm, expert_name_re())) others[mm[1]].emplace_back(n, t);
-    }
-    for (size_t k = 0; k < weights.size(); ++k) {
-      full.push_back(weights[k]);
-      std::smatch a, b;
-      const std::string& n = weights[k].first;
-      if (!std::regex_match(n, a, expert_name_re())) continue;
-      const bool last = k + 1 == weights.size() || !std::regex_match(weights[k + 1].first, b, expert_name_re()) || b[1] != a[1];
-      if (last) for (auto& e : others[a[1]]) full.push_back(e);
-    }
-  }
   try {
     model::save_model(
         model_, dir, files,
         [&](const std::string& staged) {
-          model::write_safetensors(staged + "/optimizer.safetensors", tensors,
-                                   {{"format", "pt"}, {"optimizer", "adamw"}, {"producer", "moe-train-step"}},
-                                   /*staged=*/true);
+          model::write_safetensors(staged + "/optimizer.safetensors", tensors, opt_meta, /*staged=*/true);
           if (before_swap) before_swap();
         },
-        max_shard_bytes, full);
+        max_shard_bytes);
   } catch (...) {
     swap_in(false);
     throw;

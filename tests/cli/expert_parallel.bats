@@ -3,6 +3,8 @@
 # give the gradients (all-reduced, every expert gathered) and the updated weights of one process on the
 # same data, for router modes free, replay-rollout, copy-old-logits and freeze, and for a model with a dense
 # layer; an EP checkpoint is an ordinary one (EP 2 -> EP 1 -> EP 4 steps equal three 1-process steps);
+# each rank writes its own experts' shards (model- and optimizer-0000i-of-0000n.safetensors + one index each,
+# transformers' layout) and a rank failing or dying while it writes leaves the old checkpoint byte for byte;
 # a reference model (--ref) sharded as the policy; --routing-out under data and expert parallel writes one
 # process's stream; --dtype bf16 equals one process to bf16's rounding.
 # moe-rollout --expert-parallel N (and plain data parallel), sampling and --score: one process's streams.
@@ -46,6 +48,55 @@ ep_run() {
   for r in "${pids[@]}"; do wait "$r"; done
 }
 
+# st FILE DIR STEM: DIR/STEM.safetensors when it exists, else DIR/STEM.safetensors.index.json (moe_tensor_diff
+# reads the shards an index names).
+st() {
+  if [ -e "$1/$2.safetensors" ]; then echo "$1/$2.safetensors"; else echo "$1/$2.safetensors.index.json"; fi
+}
+
+# hf_shards DIR STEM REF: DIR holds STEM's tensors as transformers lays out a sharded checkpoint: no
+# STEM.safetensors, STEM.safetensors.index.json whose weight_map names every tensor once, shard files named
+# STEM-0000i-of-0000n.safetensors (i = 1..n, n of them, each named by the index and none other in DIR), each
+# holding exactly the tensors the index maps to it, metadata.total_size their data bytes; the tensor names and
+# shapes are those of the single file REF. Prints the shard count.
+hf_shards() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, os, re, struct, sys
+d, stem, ref = sys.argv[1:]
+def header(p):
+    with open(p, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        h = json.loads(f.read(n))
+        size = os.path.getsize(p) - 8 - n
+    h.pop("__metadata__", None)
+    for k, e in h.items():
+        assert 0 <= e["data_offsets"][0] <= e["data_offsets"][1] <= size, (p, k)
+    return h
+assert not os.path.exists(f"{d}/{stem}.safetensors"), "a single file beside the shards"
+idx = json.load(open(f"{d}/{stem}.safetensors.index.json"))
+wm = idx["weight_map"]
+files = sorted(set(wm.values()))
+on_disk = sorted(f for f in os.listdir(d) if re.fullmatch(re.escape(stem) + r"-\d{5}-of-\d{5}\.safetensors", f))
+assert files == on_disk, (files, on_disk)
+n = len(files)
+assert files == [f"{stem}-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)], files
+seen, total = {}, 0
+for f in files:
+    h = header(f"{d}/{f}")
+    assert sorted(h) == sorted(k for k, v in wm.items() if v == f), f
+    for k, e in h.items():
+        assert k not in seen, k
+        seen[k] = e["shape"]
+        total += e["data_offsets"][1] - e["data_offsets"][0]
+assert idx["metadata"]["total_size"] == total, (idx["metadata"], total)
+r = header(ref)
+assert sorted(seen) == sorted(r), (sorted(set(seen) ^ set(r)))
+for k in r:
+    assert seen[k] == r[k]["shape"], k
+print(n)
+PY
+}
+
 # ep_same BASE ROLLOUTS ARGS...: 1 process, EP 2 (world 2), EP 2 x DP 2 and EP 4 (world 4) give the same
 # gradient at every update (relative $GRAD_TOL, default 5e-6, of the largest entry, as data parallel; EP 2
 # measured 5e-7 to 1e-6 in router mode free), the same grad_norm (relative $NORM_TOL, default 1e-5) and the
@@ -67,11 +118,11 @@ ep_same() {
     paste <(jq -r 'select(.kind == "update") | .grad_norm' "$TMP/g1.jsonl") \
           <(jq -r 'select(.kind == "update") | .grad_norm' "$TMP/g$cfg.jsonl") |
       awk -v c="$cfg" -v t="${NORM_TOL:-1e-5}" '{ d = $1 - $2; if (d < 0) d = -d; print "world:EP " c ": grad_norm " $1 " vs " $2; if ($2 == "null" || d > t * $1) bad = 1 } END { exit bad }'
-    d=$(moe_tensor_diff "$TMP/e1/model.safetensors" "$TMP/e$cfg/model.safetensors")
+    d=$(moe_tensor_diff "$TMP/e1/model.safetensors" "$(st "$TMP/e$cfg" model)")
     echo "world $n, EP $ep: updated weights max abs diff $d"
     awk -v d="$d" -v t="${WEIGHT_TOL:-1e-5}" 'BEGIN { exit !(d < t) }'
-    # the optimizer state has the same tensors (every expert's moments, written by rank 0)
-    d=$(moe_tensor_diff "$TMP/e1/optimizer.safetensors" "$TMP/e$cfg/optimizer.safetensors")
+    # the optimizer state has the same tensors (every expert's moments, each written by its owner)
+    d=$(moe_tensor_diff "$TMP/e1/optimizer.safetensors" "$(st "$TMP/e$cfg" optimizer)")
     echo "world $n, EP $ep: Adam moments max abs diff $d"
     awk -v d="$d" -v t="${ADAM_TOL:-1e-5}" 'BEGIN { exit !(d < t) }'
   done
@@ -108,7 +159,7 @@ ep_same() {
   # copy-old-logits: plain data parallel (EP 1, world 2 and 4) differs from one process by up to 5.8e-6 on
   # update 3 here as well (measured; lm_head's gradient), so this mode gets 1e-5.
   GRAD_TOL=1e-5 ep_same "$W/m0" "$W/rew.zst" --algo grpo --router copy-old-logits
-  d=$(moe_tensor_diff --match mlp.gate.weight "$TMP/e4:2/model.safetensors" "$W/m0/model.safetensors")
+  d=$(moe_tensor_diff --match mlp.gate.weight "$(st "$TMP/e4:2" model)" "$W/m0/model.safetensors")
   [ "$d" = 0 ]
   ep_same "$W/m0" "$W/rew.zst" --algo gspo --router freeze
 }
@@ -148,39 +199,130 @@ ep_same() {
 
 @test "expert parallel checkpoints are ordinary: EP 2 -> EP 1 -> EP 4 steps equal three 1-process steps" {
   rm -rf "$TMP/a" "$TMP/b"; cp -r "$W/m0" "$TMP/a"; cp -r "$W/m0" "$TMP/b"
+  echo "a README kept" > "$TMP/b/README.md"
   for s in 1 2 3; do ep_run 1 1 "$TMP/a" "$TMP/ga$s" "$W/rew.zst" --seed "$s" --threads 1; done
   ep_run 2 2 "$TMP/b" "$TMP/gb1" "$W/rew.zst" --seed 1 --threads 1
-  # one model.safetensors with every expert, loadable without expert parallel
+  # each rank wrote its shards: transformers' sharded layout, model and optimizer alike, and the same tensors as
+  # one process writes (the tiny model fits one 5 GB shard: 2 shards = one per rank)
+  [ "$(hf_shards "$TMP/b" model "$TMP/a/model.safetensors")" = 2 ]
+  [ "$(hf_shards "$TMP/b" optimizer "$TMP/a/optimizer.safetensors")" = 2 ]
+  # rank 1's shard holds its experts (4..7) only; rank 0's the rest
+  [ "$(jq -r '.weight_map["model.layers.0.mlp.experts.5.up_proj.weight"]' "$TMP/b/model.safetensors.index.json")" = model-00002-of-00002.safetensors ]
+  [ "$(jq -r '.weight_map["model.layers.0.mlp.experts.3.up_proj.weight"]' "$TMP/b/model.safetensors.index.json")" = model-00001-of-00002.safetensors ]
+  [ "$(jq -r '.weight_map["model.embed_tokens.weight"]' "$TMP/b/model.safetensors.index.json")" = model-00001-of-00002.safetensors ]
+  [ "$(jq -r '.weight_map | to_entries | map(select(.value == "model-00002-of-00002.safetensors") | .key | test("experts\\.[4-7]\\.")) | all' "$TMP/b/model.safetensors.index.json")" = true ]
   [ "$(jq -r '.global_step' "$TMP/b/trainer_state.json")" = 2 ]
+  [ "$(cat "$TMP/b/README.md")" = "a README kept" ]
+  # loadable without expert parallel: one process steps from it (and writes one model.safetensors again, the
+  # shards and indexes gone)
   ep_run 1 1 "$TMP/b" "$TMP/gb2" "$W/rew.zst" --seed 2 --threads 1
+  [ -f "$TMP/b/model.safetensors" ] && [ -f "$TMP/b/optimizer.safetensors" ]
+  [ -z "$(ls "$TMP/b" | grep -e '-of-' -e index)" ]
   ep_run 4 4 "$TMP/b" "$TMP/gb3" "$W/rew.zst" --seed 3 --threads 1
   [ "$(jq -r '.global_step' "$TMP/b/trainer_state.json")" = 6 ]
-  d=$(moe_tensor_diff "$TMP/a/model.safetensors" "$TMP/b/model.safetensors")
+  [ "$(hf_shards "$TMP/b" model "$TMP/a/model.safetensors")" = 4 ]
+  [ "$(hf_shards "$TMP/b" optimizer "$TMP/a/optimizer.safetensors")" = 4 ]
+  [ ! -e "$TMP/b/model.safetensors" ] && [ ! -e "$TMP/b/optimizer.safetensors" ]
+  d=$(moe_tensor_diff "$TMP/a/model.safetensors" "$(st "$TMP/b" model)")
   echo "3 steps: weights max abs diff $d"
   awk -v d="$d" 'BEGIN { exit !(d < 1e-5) }'
-  d=$(moe_tensor_diff "$TMP/a/optimizer.safetensors" "$TMP/b/optimizer.safetensors")
+  d=$(moe_tensor_diff "$TMP/a/optimizer.safetensors" "$(st "$TMP/b" optimizer)")
   echo "3 steps: Adam state max abs diff $d"
   awk -v d="$d" 'BEGIN { exit !(d < 1e-5) }'
-  # and it scores without expert parallel
+  [ "$(cat "$TMP/b/README.md")" = "a README kept" ]
+  # and it scores without expert parallel, and with another size (EP 2 reads EP 4's shards)
   moe-rollout -m "$TMP/b" --score "$W/roll.zst" -q > /dev/null
+  ep_run 2 2 "$TMP/b" "$TMP/gb4" "$W/rew.zst" --seed 4 --threads 1
+  ep_run 1 1 "$TMP/a" "$TMP/ga4" "$W/rew.zst" --seed 4 --threads 1
+  d=$(moe_tensor_diff "$TMP/a/model.safetensors" "$(st "$TMP/b" model)")
+  echo "4 steps: weights max abs diff $d"
+  awk -v d="$d" 'BEGIN { exit !(d < 1e-5) }'
 }
 
-@test "expert parallel: a rank that dies makes the other exit non-zero without writing" {
+@test "expert parallel save: --max-shard-size splits each rank's part into several shards" {
+  cp -r "$W/m0" "$TMP/a"; cp -r "$W/m0" "$TMP/b"
+  ep_run 1 1 "$TMP/a" "$TMP/ga" "$W/rew.zst" --seed 1 --threads 1
+  ep_run 2 2 "$TMP/b" "$TMP/gb" "$W/rew.zst" --seed 1 --threads 1 --max-shard-size 200KB
+  n=$(hf_shards "$TMP/b" model "$TMP/a/model.safetensors")
+  echo "model shards: $n"
+  [ "$n" -gt 4 ]
+  hf_shards "$TMP/b" optimizer "$TMP/a/optimizer.safetensors"
+  # no shard above the limit unless it is one tensor larger than it
+  for f in "$TMP"/b/model-*.safetensors; do
+    python3 -c 'import json,struct,sys; f=open(sys.argv[1],"rb"); h=json.loads(f.read(struct.unpack("<Q",f.read(8))[0])); h.pop("__metadata__",None); s=[e["data_offsets"][1]-e["data_offsets"][0] for e in h.values()]; assert sum(s) <= 200000 or len(s) == 1, (sys.argv[1], sum(s))' "$f"
+  done
+  d=$(moe_tensor_diff "$TMP/a/model.safetensors" "$(st "$TMP/b" model)")
+  awk -v d="$d" 'BEGIN { exit !(d < 1e-5) }'
+}
+
+@test "a sharded optimizer index that lies is an error naming it, the checkpoint untouched" {
   cp -r "$W/m0" "$TMP/m"
-  cp -r "$TMP/m" "$TMP/orig"
-  port=$((20000 + RANDOM % 20000))
-  MOEKIT_TRAIN_FAULT=1:2 moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 1 --world-size 2 --master-port "$port" \
-    --expert-parallel 2 --dist-timeout 30 -q 2> "$TMP/r1.err" &
-  pid=$!
-  run moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 0 --world-size 2 --master-port "$port" --expert-parallel 2 \
-    --dist-timeout 30 -q
-  echo "$output" | head -3
+  ep_run 2 2 "$TMP/m" "$TMP/g0" "$W/rew.zst" --seed 1 --threads 1
+  cp -a "$TMP/m" "$TMP/orig"
+  idx="$TMP/m/optimizer.safetensors.index.json"
+  # a tensor mapped to the shard that does not hold it
+  jq '.weight_map["model.embed_tokens.weight.exp_avg"] = "optimizer-00002-of-00002.safetensors"' "$TMP/orig/optimizer.safetensors.index.json" > "$idx"
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --threads 1 -q
+  echo "$output"
   [ "$status" -eq 1 ]
-  [[ "$output" == *"(a peer died?)"* ]]
-  run wait "$pid"
-  [ "$status" -ne 0 ]
+  [[ "$output" == *"optimizer-00002-of-00002.safetensors: has no tensor model.embed_tokens.weight.exp_avg"* ]]
+  # a file outside the dir
+  jq '.weight_map["model.embed_tokens.weight.exp_avg"] = "../x.safetensors"' "$TMP/orig/optimizer.safetensors.index.json" > "$idx"
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --threads 1 -q
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"is not a file name of this directory"* ]]
+  cp "$TMP/orig/optimizer.safetensors.index.json" "$idx"
   for f in "$TMP/orig"/*; do cmp "$f" "$TMP/m/$(basename "$f")"; done
-  [ "$(ls "$TMP/m")" = "$(ls "$TMP/orig")" ]
+}
+
+# ep_save_fault FAULT RANK WORLD DIR: one step on DIR with WORLD processes, --expert-parallel WORLD, rank RANK
+# given MOEKIT_TRAIN_FAULT=FAULT; every rank must exit non-zero. Leaves rank 0's stderr in $TMP/err.0.
+ep_save_fault() {
+  local fault=$1 bad=$2 n=$3 dir=$4 port r pids=() st=0
+  port=$((20000 + RANDOM % 20000))
+  for r in $(seq 1 $((n - 1))); do
+    env $([ "$r" = "$bad" ] && echo "MOEKIT_TRAIN_FAULT=$fault") moe-train-step -m "$dir" "$W/rew.zst" --rank "$r" --world-size "$n" \
+      --master-port "$port" --expert-parallel "$n" --dist-timeout 30 --threads 1 --metrics "$TMP/m.jsonl" -q 2> "$TMP/err.$r" &
+    pids+=($!)
+  done
+  env $([ "$bad" = 0 ] && echo "MOEKIT_TRAIN_FAULT=$fault") moe-train-step -m "$dir" "$W/rew.zst" --rank 0 --world-size "$n" \
+    --master-port "$port" --expert-parallel "$n" --dist-timeout 30 --threads 1 --metrics "$TMP/m.jsonl" -q 2> "$TMP/err.0" || st=$?
+  echo "rank 0: exit $st: $(head -c 300 "$TMP/err.0")"
+  [ "$st" -ne 0 ]
+  for r in $(seq 1 $((n - 1))); do
+    st=0
+    wait "${pids[$((r - 1))]}" || st=$?
+    echo "rank $r: exit $st: $(head -c 300 "$TMP/err.$r")"
+    [ "$st" -ne 0 ]
+  done
+}
+
+@test "expert parallel save: a rank failing or dying while it writes its shards leaves the old checkpoint byte for byte" {
+  # the old checkpoint itself sharded by an EP 2 step, with a file of the user's beside it
+  cp -r "$W/m0" "$TMP/m"
+  echo "notes" > "$TMP/m/notes.txt"
+  ep_run 2 2 "$TMP/m" "$TMP/g0" "$W/rew.zst" --seed 1 --threads 1
+  cp -a "$TMP/m" "$TMP/orig"
+  for fault in 1:save 0:save 3:save 2:save-exit; do
+    n=2
+    [ "${fault%%:*}" -ge 2 ] && n=4
+    echo "== MOEKIT_TRAIN_FAULT=$fault, EP $n"
+    ep_save_fault "$fault" "${fault%%:*}" "$n" "$TMP/m"
+    [ "$(ls "$TMP/m")" = "$(ls "$TMP/orig")" ]
+    for f in "$TMP/orig"/*; do cmp "$f" "$TMP/m/$(basename "$f")"; done
+    # no staging dir left behind, no metrics line
+    [ -z "$(ls "$TMP" | grep 'm.tmp-')" ]
+    [ ! -s "$TMP/m.jsonl" ]
+  done
+  # the failing rank names its error; the others say which rank failed (or that a peer died)
+  ep_save_fault 1:save 1 2 "$TMP/m"
+  grep -q "MOEKIT_TRAIN_FAULT: rank 1 fails while writing its shards" "$TMP/err.1"
+  grep -q "rank 1 failed to write its part of the checkpoint" "$TMP/err.0"
+  # and a step after them succeeds from the untouched checkpoint
+  ep_run 2 2 "$TMP/m" "$TMP/g1" "$W/rew.zst" --seed 2 --threads 1
+  [ "$(jq -r '.global_step' "$TMP/m/trainer_state.json")" = 4 ]
+  [ "$(cat "$TMP/m/notes.txt")" = notes ]
 }
 
 @test "--routing-out under data and expert parallel: one process's stream, byte for byte" {

@@ -91,9 +91,11 @@ class Trainer {
   void load_state(const std::string& dir);
   // Writes the model, optimizer.safetensors and trainer_state.json into `dir` atomically (staged dir +
   // replace_dir); `extra_files` are copied in (e.g. tokenizer.json); weights above max_shard_bytes are
-  // sharded (model::save_model). Only rank 0 writes; under expert parallel the ranks of the first expert
-  // group send it their experts' weights and Adam moments first (every one of them calls save; they return
-  // after the gather), so the result is one ordinary checkpoint.
+  // sharded (model::save_model). Only rank 0 writes; under expert parallel every rank calls save and the
+  // ranks of the first expert group write their own experts' weights and Adam moments (rank 0 also the
+  // replicated tensors) as model-/optimizer-0000i-of-0000n.safetensors shards into one staging dir that rank 0
+  // indexes and swaps in (a failure on any rank: every rank throws, `dir` untouched). The result is an
+  // ordinary sharded checkpoint that loads with any expert-parallel size or none.
   // `before_swap` (optional) runs with the new checkpoint fully staged, just before it is swapped in: the
   // step prepares its other outputs there, so an error in them leaves the old checkpoint in place.
   void save(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,
