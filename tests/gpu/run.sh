@@ -57,7 +57,7 @@ if [ "$n" -ge 2 ]; then
   pid=$!
   LOCAL_RANK=0 moe-train-step -m "$w/ep" "$w/rew.zst" "${args[@]}" --dist-backend nccl --rank 0 --world-size 2 --master-port "$port" --expert-parallel 2
   wait "$pid"
-  d=$(moe_tensor_diff "$w/one/model.safetensors" "$w/ep/model.safetensors")
+  d=$(moe_tensor_diff "$w/one/model.safetensors" "$w/ep/model.safetensors.index.json")
   echo "gpu: 2-rank NCCL expert parallel (EP 2) vs 1 rank: max weight diff $d"
   awk -v d="$d" 'BEGIN { exit !(d < 1e-4) }' || { echo "gpu: FAIL NCCL expert parallel"; fail=1; }
   # Expert-parallel re-scoring over NCCL: the same log-probs as one rank scoring on cuda:0.
