@@ -23,6 +23,8 @@
 # SFT 400, TEMP 0.7 (greedy 0.166 -> 0.214 +- 0.018, mean@8 0.151 -> 0.207 +- 0.014). On seed 1 it does
 # NOT meet the bar: mean@8 0.185 -> 0.233 +- 0.016 (up), greedy 0.236 -> 0.226 +- 0.019 (flat). No
 # configuration tried raised held-out greedy on seed 1; SFT 200 made RL hurt there. Table: docs/results.md.
+# Re-run end to end in session 5 (new sampler, SFT changed at the rounding level): held-out greedy flat on
+# seed 7 (0.222 -> 0.218) and down on seed 1 (0.260 -> 0.220); held-out mean@8 up on seed 7 only.
 # CPU time (user + sys) of RL and both evaluations: ~134 s; SFT 400 steps ~0.4 s a step when the machine
 # was quiet, so ~5 min in all on an unloaded machine (under the 15-minute budget; not timed unloaded).
 set -euo pipefail
