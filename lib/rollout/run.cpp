@@ -35,6 +35,19 @@ format::RoutingRecord routing_record(uint64_t id, SequenceRouting&& r, bool with
   return rr;
 }
 
+// The routing stream's shape and source for this model (--routing-probs: prob_dtype).
+format::RoutingMeta routing_meta(const RolloutRun& run, const Policy& l) {
+  const auto& cfg = l.model->config();
+  format::RoutingMeta meta;
+  meta.layer_ids = l.model->moe_layer_ids();
+  meta.num_layers = static_cast<int>(meta.layer_ids.size());
+  meta.num_experts = static_cast<int>(cfg.num_experts);
+  meta.top_k = static_cast<int>(cfg.num_experts_per_tok);
+  meta.prob_dtype = run.routing_probs;
+  meta.model_digest = l.digest;
+  return meta;
+}
+
 // The rollout stream and, with --routing-out, the routing stream: flushed together after every batch,
 // finished (trailers written, files renamed into place) only on success.
 struct Outputs {
@@ -48,20 +61,12 @@ struct Outputs {
       : out(run.output), writer(out, h), with_probs(run.routing_probs != "none") {
     if (run.routing_out.empty()) return;
     rout = std::make_unique<io::Output>(run.routing_out);
-    const auto& cfg = l.model->config();
-    format::RoutingMeta meta;
-    meta.layer_ids = l.model->moe_layer_ids();
-    meta.num_layers = static_cast<int>(meta.layer_ids.size());
-    meta.num_experts = static_cast<int>(cfg.num_experts);
-    meta.top_k = static_cast<int>(cfg.num_experts_per_tok);
-    meta.prob_dtype = run.routing_probs;
-    meta.model_digest = l.digest;
     format::Header rh;
     rh.producer = run.producer;
     rh.meta["dtype"] = run.dtype;
     // The rollouts' seed, so moe-train-step can tell a routing stream of other rollouts.
     if (h.meta.is_object() && h.meta.contains("seed")) rh.meta["seed"] = h.meta["seed"];
-    rwriter = std::make_unique<format::RoutingWriter>(*rout, rh, meta);
+    rwriter = std::make_unique<format::RoutingWriter>(*rout, rh, routing_meta(run, l));
   }
   bool routing() const { return rwriter != nullptr; }
   void write(const format::RolloutRecord& rec, SequenceRouting&& r) {
@@ -300,16 +305,7 @@ void run_sample_follow(const RolloutRun& run) {
   const int64_t G = run.samples;
   const int64_t prompts_per_batch = std::max<int64_t>(1, run.batch_size / G);
   const bool with_probs = run.routing_probs != "none";
-  format::RoutingMeta rmeta;
-  if (gen.capture_routing) {
-    const auto& cfg = l.model->config();
-    rmeta.layer_ids = l.model->moe_layer_ids();
-    rmeta.num_layers = static_cast<int>(rmeta.layer_ids.size());
-    rmeta.num_experts = static_cast<int>(cfg.num_experts);
-    rmeta.top_k = static_cast<int>(cfg.num_experts_per_tok);
-    rmeta.prob_dtype = run.routing_probs;
-    rmeta.model_digest = l.digest;
-  }
+  const format::RoutingMeta rmeta = routing_meta(run, l);
 
   io::Input in(run.input);
   io::Output out(run.output);
