@@ -288,12 +288,23 @@ void decode_routing(const std::string& name, const RoutingMeta& m, const Record&
   else std::memcpy(rec.probs.data(), probs->via.bin.ptr, cells * 4);
 }
 
-RoutingReader::RoutingReader(io::Input& in) : r_(in, "routing") {
+RoutingReader::RoutingReader(io::Input& in, bool concatenated) : r_(in, "routing", concatenated) {
   try {
     meta_ = RoutingMeta::from_json(r_.header().meta);
   } catch (const Error& e) {
     r_.fail(0, e.what());
   }
+}
+
+bool RoutingReader::next_stream() {
+  if (!r_.next_stream("routing")) return false;
+  try {
+    meta_ = RoutingMeta::from_json(r_.header().meta);
+  } catch (const Error& e) {
+    r_.fail(0, e.what());
+  }
+  seen_ids_.clear();
+  return true;
 }
 
 const Header& RoutingReader::header() const { return r_.header(); }

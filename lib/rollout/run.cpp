@@ -35,6 +35,19 @@ format::RoutingRecord routing_record(uint64_t id, SequenceRouting&& r, bool with
   return rr;
 }
 
+// The routing stream's shape and source for this model (--routing-probs: prob_dtype).
+format::RoutingMeta routing_meta(const RolloutRun& run, const Policy& l) {
+  const auto& cfg = l.model->config();
+  format::RoutingMeta meta;
+  meta.layer_ids = l.model->moe_layer_ids();
+  meta.num_layers = static_cast<int>(meta.layer_ids.size());
+  meta.num_experts = static_cast<int>(cfg.num_experts);
+  meta.top_k = static_cast<int>(cfg.num_experts_per_tok);
+  meta.prob_dtype = run.routing_probs;
+  meta.model_digest = l.digest;
+  return meta;
+}
+
 // The rollout stream and, with --routing-out, the routing stream: flushed together after every batch,
 // finished (trailers written, files renamed into place) only on success.
 struct Outputs {
@@ -45,21 +58,15 @@ struct Outputs {
   bool with_probs;
 
   Outputs(const RolloutRun& run, const Policy& l, format::Header h)
-      : out(run.output), writer(out, std::move(h)), with_probs(run.routing_probs != "none") {
+      : out(run.output), writer(out, h), with_probs(run.routing_probs != "none") {
     if (run.routing_out.empty()) return;
     rout = std::make_unique<io::Output>(run.routing_out);
-    const auto& cfg = l.model->config();
-    format::RoutingMeta meta;
-    meta.layer_ids = l.model->moe_layer_ids();
-    meta.num_layers = static_cast<int>(meta.layer_ids.size());
-    meta.num_experts = static_cast<int>(cfg.num_experts);
-    meta.top_k = static_cast<int>(cfg.num_experts_per_tok);
-    meta.prob_dtype = run.routing_probs;
-    meta.model_digest = l.digest;
     format::Header rh;
     rh.producer = run.producer;
     rh.meta["dtype"] = run.dtype;
-    rwriter = std::make_unique<format::RoutingWriter>(*rout, rh, meta);
+    // The rollouts' seed, so moe-train-step can tell a routing stream of other rollouts.
+    if (h.meta.is_object() && h.meta.contains("seed")) rh.meta["seed"] = h.meta["seed"];
+    rwriter = std::make_unique<format::RoutingWriter>(*rout, rh, routing_meta(run, l));
   }
   bool routing() const { return rwriter != nullptr; }
   void write(const format::RolloutRecord& rec, SequenceRouting&& r) {
@@ -289,17 +296,26 @@ std::string checkpoint_id(const std::string& model_dir) {
 namespace {
 // --follow: see run.h.
 void run_sample_follow(const RolloutRun& run) {
-  if (!run.routing_out.empty()) throw UsageError("--follow does not take --routing-out");
   std::string loaded = checkpoint_id(run.model_dir);
   Policy l = load_policy(run.model_dir, run.device, run.dtype);
   const PromptFormat fmt = prompt_format(run, l);
   const tokenizer::StopStrings stops(l.tok, run.stop);
   GenerateOptions gen = generate_options(run, l, stops);
+  gen.capture_routing = !run.routing_out.empty();
   const int64_t G = run.samples;
   const int64_t prompts_per_batch = std::max<int64_t>(1, run.batch_size / G);
+  const bool with_probs = run.routing_probs != "none";
+  const format::RoutingMeta rmeta = routing_meta(run, l);
 
   io::Input in(run.input);
   io::Output out(run.output);
+  // --routing-out R: one routing stream per batch, written whole after that batch's rollout stream is whole
+  // on the output, and opened only then (a FIFO's open waits for its reader, which reads R only after the
+  // rollouts). Why the pipeline with moe-train-step --follow --routing R cannot deadlock: step.cpp,
+  // run_train_step. A regular file is written to a temporary and renamed into place at the end, as without
+  // --follow (so it is for later runs, not for a reader running alongside); a FIFO or a device in place.
+  std::unique_ptr<io::Output> rout;
+  std::vector<format::RoutingRecord> routes;  // the batch's routing, held until its rollouts are out
   std::string line;
   bool eof = false;
   for (int64_t n = 0; !eof; ++n) {
@@ -334,7 +350,11 @@ void run_sample_follow(const RolloutRun& run) {
       cli::info(run.model_dir + ": loaded a new checkpoint before batch " + std::to_string(n + 1));
     }
     gen.seed = run.gen.seed + static_cast<uint64_t>(n);
-    format::RolloutWriter writer(out, rollout_header(run, l, gen));
+    // batch (1-based) and seed identify the batch in both headers; moe-train-step checks they agree.
+    format::Header rh = rollout_header(run, l, gen);
+    rh.meta["batch"] = n + 1;
+    format::RolloutWriter writer(out, rh);
+    routes.clear();
     for (size_t first = 0; first < prompts.size(); first += prompts_per_batch) {
       size_t last = std::min(prompts.size(), first + static_cast<size_t>(prompts_per_batch));
       std::vector<Request> reqs;
@@ -346,13 +366,27 @@ void run_sample_follow(const RolloutRun& run) {
         Generation& g = gens[i];
         writer.write(sample_record(pr, first + i / G, static_cast<uint32_t>(i % G), G, g.tokens, std::move(g.logprobs),
                                    std::move(g.finish_reason), l, stops));
+        if (gen.capture_routing) routes.push_back(routing_record(reqs[i].stream, std::move(g.routing), with_probs));
       }
       writer.flush();
     }
     writer.finish();  // trailer, end of frame, flushed: the next stage has the whole stream
+    if (gen.capture_routing) {
+      if (!rout) rout = std::make_unique<io::Output>(run.routing_out);
+      format::Header h;
+      h.producer = run.producer;
+      h.meta["dtype"] = run.dtype;
+      h.meta["batch"] = n + 1;
+      h.meta["seed"] = gen.seed;
+      format::RoutingWriter rw(*rout, h, rmeta);
+      for (const format::RoutingRecord& rr : routes) rw.write(rr);
+      rw.finish();  // trailer, end of frame, flushed
+      routes.clear();
+    }
     cli::info("batch " + std::to_string(n + 1) + ": wrote " + std::to_string(writer.count()) + " rollouts (" +
               std::to_string(prompts.size()) + " prompts x " + std::to_string(G) + ")");
   }
+  if (rout) rout->close();
   out.close();
 }
 }  // namespace

@@ -189,6 +189,61 @@ void fault_hook(int rank, int64_t update) {
   }
 }
 
+// Joins the current stream of `rr` to the rollouts `out` (read from a stream whose header meta is
+// `rollout_meta`) by id: every rollout gets its routing at positions 0 .. P+R-2, or moe::Error naming the
+// routing stream. Headers that both carry `seed` or `batch` (moe-rollout writes them) must agree: a routing
+// stream of another batch whose ids and lengths happen to fit is an error, not a silent mismatch.
+void join_routing(format::RoutingReader& rr, const nlohmann::json& rollout_meta, const model::ModelConfig& mc,
+                  std::vector<Sequence>& out) {
+  const int64_t L = mc.num_moe_layers(), K = mc.num_experts_per_tok, E = mc.num_experts;
+  const std::string digest = model::config_digest(mc);
+  const std::string rname = rr.name();
+  const auto& m = rr.meta();
+  std::vector<int> ids = mc.moe_layer_ids();
+  if (m.num_layers != L || m.top_k != K || m.num_experts != E || m.layer_ids != ids)
+    throw Error(rname + ": routing stream shape (" + std::to_string(m.num_layers) + " MoE layers, top-" + std::to_string(m.top_k) +
+                " of " + std::to_string(m.num_experts) + " experts) does not match the model (" + std::to_string(L) +
+                " MoE layers, top-" + std::to_string(K) + " of " + std::to_string(E) + ")");
+  if (!m.model_digest.empty() && m.model_digest != digest)
+    throw Error(rname + ": routing stream comes from another model (model_digest " + m.model_digest + ", this model " + digest + ")");
+  const nlohmann::json& rmeta = rr.header().meta;
+  for (const char* key : {"batch", "seed"}) {
+    if (!rollout_meta.is_object() || !rmeta.is_object() || !rollout_meta.contains(key) || !rmeta.contains(key)) continue;
+    const nlohmann::json &a = rollout_meta[key], &b = rmeta[key];
+    if (a.is_number() && b.is_number() && a != b)
+      throw Error(rname + ": the routing stream belongs to another batch than the rollouts (routing header " + key + " " +
+                  b.dump() + ", rollout header " + key + " " + a.dump() + ")");
+  }
+  // Each routing record is checked against its rollout as it arrives and only the positions training needs
+  // are kept, so the memory is bounded by the rollouts, whatever the routing stream declares.
+  std::map<uint64_t, size_t> index;  // rollout id -> sequence
+  for (size_t i = 0; i < out.size(); ++i) index.emplace(out[i].id, i);
+  std::vector<bool> routed(out.size(), false);
+  rr.set_max_positions(mc.max_position_embeddings);
+  format::RoutingRecord rec;
+  while (rr.next(rec)) {
+    auto it = index.find(rec.id);
+    if (it == index.end()) continue;  // routing of a rollout not trained on (e.g. dropped by moe-reward)
+    Sequence& s = out[it->second];
+    if (routed[it->second])
+      throw Error(where(rname, rr.offset()) + "duplicate routing record id " + std::to_string(rec.id));
+    const int64_t need = static_cast<int64_t>(s.prompt.size() + s.response.size()) - 1;
+    const int64_t first = rec.first_pos, n = rec.n_pos;
+    if (first > 0 || first + n < need)
+      throw Error(where(rname, rr.offset()) + "routing record " + std::to_string(s.id) + " covers positions " +
+                  std::to_string(first) + ".." + std::to_string(first + n - 1) + ", training needs 0.." +
+                  std::to_string(need - 1));
+    at::Tensor t = at::empty({need, L, K}, at::kLong);
+    int64_t* p = t.data_ptr<int64_t>();
+    const uint16_t* src = rec.experts.data() + static_cast<size_t>(-first) * L * K;
+    for (int64_t i = 0; i < need * L * K; ++i) p[i] = src[i];
+    s.rollout_routing = t;
+    routed[it->second] = true;
+  }
+  for (size_t i = 0; i < out.size(); ++i)
+    if (!routed[i]) throw Error(rname + ": no routing record for rollout id " + std::to_string(out[i].id));
+}
+
 }  // namespace
 
 double read_rollouts(const std::string& path, const std::string& routing_path, const model::ModelConfig& mc,
@@ -200,7 +255,6 @@ double read_rollouts(const std::string& path, const std::string& routing_path, c
 
 double read_rollouts(format::RolloutReader& r, const std::string& routing_path, const model::ModelConfig& mc,
                      bool need_advantage, std::vector<Sequence>& out, nlohmann::json* meta_out) {
-  const int64_t L = mc.num_moe_layers(), K = mc.num_experts_per_tok, E = mc.num_experts;
   const std::string digest = model::config_digest(mc);
   const auto& meta = r.header().meta;
   if (meta_out) *meta_out = meta;
@@ -248,48 +302,9 @@ double read_rollouts(format::RolloutReader& r, const std::string& routing_path, 
   // `moe-rollout --routing-out R | moe-reward | moe-train-step --routing R`, R is complete (renamed into
   // place) before moe-rollout closes its stdout.
   if (routing_path.empty()) return temperature;
-  // Each routing record is checked against its rollout as it arrives and only the positions training needs
-  // are kept, so the memory is bounded by the rollouts, whatever the routing stream declares.
-  std::map<uint64_t, size_t> index;  // rollout id -> sequence
-  for (size_t i = 0; i < out.size(); ++i) index.emplace(out[i].id, i);
-  std::vector<bool> routed(out.size(), false);
-  std::string rname;
-  {
-    io::Input rin(routing_path);
-    format::RoutingReader rr(rin);
-    rr.set_max_positions(mc.max_position_embeddings);
-    rname = rr.name();
-    const auto& m = rr.meta();
-    std::vector<int> ids = mc.moe_layer_ids();
-    if (m.num_layers != L || m.top_k != K || m.num_experts != E || m.layer_ids != ids)
-      throw Error(rname + ": routing stream shape (" + std::to_string(m.num_layers) + " MoE layers, top-" + std::to_string(m.top_k) +
-                  " of " + std::to_string(m.num_experts) + " experts) does not match the model (" + std::to_string(L) +
-                  " MoE layers, top-" + std::to_string(K) + " of " + std::to_string(E) + ")");
-    if (!m.model_digest.empty() && m.model_digest != digest)
-      throw Error(rname + ": routing stream comes from another model (model_digest " + m.model_digest + ", this model " + digest + ")");
-    format::RoutingRecord rec;
-    while (rr.next(rec)) {
-      auto it = index.find(rec.id);
-      if (it == index.end()) continue;  // routing of a rollout not trained on (e.g. dropped by moe-reward)
-      Sequence& s = out[it->second];
-      if (routed[it->second])
-        throw Error(where(rname, rr.offset()) + "duplicate routing record id " + std::to_string(rec.id));
-      const int64_t need = static_cast<int64_t>(s.prompt.size() + s.response.size()) - 1;
-      const int64_t first = rec.first_pos, n = rec.n_pos;
-      if (first > 0 || first + n < need)
-        throw Error(where(rname, rr.offset()) + "routing record " + std::to_string(s.id) + " covers positions " +
-                    std::to_string(first) + ".." + std::to_string(first + n - 1) + ", training needs 0.." +
-                    std::to_string(need - 1));
-      at::Tensor t = at::empty({need, L, K}, at::kLong);
-      int64_t* p = t.data_ptr<int64_t>();
-      const uint16_t* src = rec.experts.data() + static_cast<size_t>(-first) * L * K;
-      for (int64_t i = 0; i < need * L * K; ++i) p[i] = src[i];
-      s.rollout_routing = t;
-      routed[it->second] = true;
-    }
-  }
-  for (size_t i = 0; i < out.size(); ++i)
-    if (!routed[i]) throw Error(rname + ": no routing record for rollout id " + std::to_string(out[i].id));
+  io::Input rin(routing_path);
+  format::RoutingReader rr(rin);
+  join_routing(rr, meta, mc, out);
   return temperature;
 }
 
@@ -311,10 +326,9 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   if (!(tc.optim.lr > 0)) throw UsageError("--lr must be > 0");
   if (cfg.follow) {
     if (cfg.dist.world_size > 1) throw UsageError("--follow runs in one process (no data parallel)");
-    if (!cfg.routing.empty())
-      throw UsageError("--follow does not take --routing (a routing stream per rollout stream is not supported yet)");
     if (!cfg.routing_out.empty()) throw UsageError("--follow does not take --routing-out");
   }
+  if (tc.sft && !cfg.routing.empty()) throw UsageError("--routing applies to RL algorithms");
   const bool loss_scale_given = tc.loss.loss_scale > 0;
   const std::string out_dir = cfg.output_dir.empty() ? cfg.model_dir : cfg.output_dir;
   io::check_not_staging(cfg.model_dir);
@@ -360,8 +374,28 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     }
   };
   // --follow: concatenated rollout streams, one step each; errors name the stream (1-based).
-  std::unique_ptr<io::Input> follow_in;
+  // With --routing R: R holds concatenated routing streams, the k-th for the k-th rollout stream (moe-rollout
+  // --follow --routing-out R writes one per batch; moe-reward --follow keeps the order).
+  //
+  // Why `moe-rollout --follow --routing-out R | moe-reward --follow | moe-train-step --follow --routing R`
+  // cannot deadlock with R a FIFO, whatever the sizes: moe-rollout writes batch k's rollout stream whole
+  // (trailer, flush) to stdout and only then batch k's routing stream to R; this loop reads rollout stream k
+  // to its trailer and only then routing stream k from R, to its trailer, before it trains. Each side waits
+  // for the other only in that order, so no wait closes a cycle:
+  // - moe-rollout blocked on stdout (rollouts k) waits for moe-reward, which waits for this process to read
+  //   its stdin; this process reads it unless it is reading routing k-1 (all of it already written to R, so
+  //   that ends) or training step k-1 (which ends);
+  // - moe-rollout blocked on R (routing k, more than a pipe buffer) waits for this process, which reads R as
+  //   soon as rollout stream k, complete in the pipes before routing k was begun, has been read;
+  // - R is opened on both sides only after the first rollout stream is complete (moe-rollout) or read (here):
+  //   opening a FIFO blocks until the other end opens it, so an early open on either side would wait for a
+  //   peer that waits on the pipeline. Both ends stay open until the end: R is one byte stream, and
+  //   StreamReader reads nothing past a trailer until the next stream is asked for.
+  // The reverse order on either side (routing first, or routing records interleaved with rollouts as the
+  // one-shot moe-rollout writes them) deadlocks once a routing stream exceeds the pipe buffer (64 KiB).
+  std::unique_ptr<io::Input> follow_in, follow_rin;
   std::unique_ptr<format::RolloutReader> follow;
+  std::unique_ptr<format::RoutingReader> follow_routing;
   int64_t stream_no = 1;
   auto in_stream = [&](const std::exception& e) { return Error("stream " + std::to_string(stream_no) + ": " + e.what()); };
   auto read_next = [&] {
@@ -369,6 +403,15 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     const double T = read_rollouts(*follow, "", mc, !tc.sft, seqs, &meta);
     take_stream_settings(follow->name(), T, meta);
     if (seqs.empty()) throw Error(follow->name() + ": no records to train on");
+    if (cfg.routing.empty()) return;
+    if (!follow_routing) {
+      follow_rin = std::make_unique<io::Input>(cfg.routing);
+      follow_routing = std::make_unique<format::RoutingReader>(*follow_rin, true);
+    } else if (!follow_routing->next_stream()) {
+      throw Error(follow_routing->name() + ": ended after " + std::to_string(stream_no - 1) +
+                  " routing streams: none for this rollout stream");
+    }
+    join_routing(*follow_routing, meta, mc, seqs);
   };
   if (cfg.follow) {
     try {
@@ -381,7 +424,6 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   } else {
     Spooled sp;
     if (tc.sft) detect(cfg.input, sp);
-    if (tc.sft && !cfg.routing.empty()) throw UsageError("--routing applies to RL algorithms");
     if (tc.sft && sp.kind == InputKind::jsonl) {
       auto tok = tokenizer::Tokenizer::load_dir(cfg.model_dir);
       if (tok.eos_id() < 0) throw Error(cfg.model_dir + ": the tokenizer has no eos token to end SFT responses with");
@@ -723,7 +765,13 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       t_start = now_s();
       seqs.clear();
       try {
-        if (!follow->next_stream()) break;
+        if (!follow->next_stream()) {
+          // Every routing stream belongs to a rollout stream: one more means the two inputs were not made together.
+          if (follow_routing && follow_routing->next_stream())
+            throw Error(follow_routing->name() + ": holds more routing streams than the input holds rollout streams (" +
+                        std::to_string(stream_no - 1) + ")");
+          break;
+        }
         read_next();
       } catch (const Error& e) {
         throw in_stream(e);

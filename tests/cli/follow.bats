@@ -99,11 +99,12 @@ digests() { (cd "$1" && sha256sum -- *); }
 
 @test "--follow: usage errors" {
   fresh "$TMP/fol"
-  run moe-train-step --follow -m "$TMP/fol" --routing "$W/r.zst" "$W/rew.zst"
-  [ "$status" -eq 2 ]
-  [[ "$output" == *"--follow does not take --routing"* ]]
   run moe-train-step --follow -m "$TMP/fol" --routing-out "$TMP/x.zst" "$W/rew.zst"
   [ "$status" -eq 2 ]
+  [[ "$output" == *"--follow does not take --routing-out"* ]]
+  run moe-train-step --follow -m "$TMP/fol" --algo sft --routing "$W/r.zst" "$W/rew.zst"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"--routing applies to RL algorithms"* ]]
 }
 
 @test "moe-reward --follow: one rewarded stream per input stream, as separate runs give" {

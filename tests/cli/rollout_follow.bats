@@ -49,7 +49,7 @@ fresh() { rm -rf "$1"; cp -r "$W/m0" "$1"; }
   ! diff -q <(moe-route-dump show --jsonl "$TMP/second.zst") <(moe-route-dump show --jsonl "$TMP/old2.zst") >/dev/null
 }
 
-@test "moe-rollout --follow: blank lines split batches; --score and --routing-out are refused" {
+@test "moe-rollout --follow: blank lines split batches; --score is refused" {
   fresh "$TMP/m"
   { echo; cat "$W/p.jsonl"; echo; echo; cat "$W/p2.jsonl"; echo; } \
     | moe-rollout --follow -q -m "$TMP/m" -G 1 --max-new-tokens 4 --seed 1 - \
@@ -62,7 +62,124 @@ fresh() { rm -rf "$1"; cp -r "$W/m0" "$1"; }
   [ "$(tail -c +$((n + 1)) "$TMP/two.zst" | moe-route-dump show --jsonl - | wc -l)" -eq 3 ]
   run moe-rollout --follow --score -m "$TMP/m" "$W/roll.zst"
   [ "$status" -eq 2 ]
-  run moe-rollout --follow -m "$TMP/m" --routing-out "$TMP/r.zst" "$W/p.jsonl"
-  [ "$status" -eq 2 ]
-  [[ "$output" == *"--follow does not take --routing-out"* ]]
+}
+
+# The R3 loop: rollouts with their routing, rewards, and a replay-rollout step per batch, in three processes
+# for the whole run. The options make each batch's routing stream larger than a pipe buffer (checked on the
+# separate runs' files), so a wrong order of writes or reads on either side of the FIFO would deadlock.
+R3_ROLL=(-G 8 --max-new-tokens 32 --routing-probs f32 -q)
+R3_REWARD=(--task countdown --overlong 32,28 -q)  # rewards by length: a random model's countdown rewards are all 0
+R3_TRAIN=(--algo grpo --router replay-rollout --seed 3 -q)
+
+@test "moe-rollout --follow --routing-out FIFO | moe-reward --follow | moe-train-step --follow --routing FIFO: 3 batches equal 3 separate R3 steps" {
+  for b in 1 2 3; do moe-data countdown -n 24 --seed $((20 + b)) > "$TMP/p$b.jsonl"; done
+  # Separate processes with regular routing files: batch b from the checkpoint of step b - 1, seed 5 + b - 1.
+  fresh "$TMP/sep"
+  for b in 1 2 3; do
+    moe-rollout -m "$TMP/sep" "${R3_ROLL[@]}" --seed $((4 + b)) --routing-out "$TMP/r$b.zst" "$TMP/p$b.jsonl" \
+      | moe-reward "${R3_REWARD[@]}" \
+      | moe-train-step -m "$TMP/sep" "${R3_TRAIN[@]}" --routing "$TMP/r$b.zst" -
+    echo "routing stream of batch $b: $(stat -c %s "$TMP/r$b.zst") bytes"
+    [ "$(stat -c %s "$TMP/r$b.zst")" -gt 65536 ]
+  done
+  # One process each, R a FIFO. Batch b + 1 is written once checkpoint b is in place (2 updates per step),
+  # so moe-rollout samples it from that checkpoint, as the separate runs do.
+  fresh "$TMP/fol"
+  mkfifo "$TMP/R" "$TMP/prompts"
+  timeout 300 moe-rollout --follow -m "$TMP/fol" "${R3_ROLL[@]}" --seed 5 --routing-out "$TMP/R" - < "$TMP/prompts" 2> "$TMP/err1" \
+    | timeout 300 moe-reward --follow "${R3_REWARD[@]}" 2> "$TMP/err2" \
+    | timeout 300 moe-train-step --follow -m "$TMP/fol" "${R3_TRAIN[@]}" --routing "$TMP/R" - 2> "$TMP/err3" &
+  pid=$!
+  exec 8> "$TMP/prompts"
+  for b in 1 2 3; do
+    { cat "$TMP/p$b.jsonl"; echo; } >&8
+    for i in $(seq 1 1200); do
+      grep -qs "\"global_step\": $((2 * b))," "$TMP/fol/trainer_state.json" && break
+      sleep 0.1
+    done
+  done
+  exec 8>&-
+  wait "$pid"
+  cat "$TMP/err1" "$TMP/err2" "$TMP/err3"
+  grep -q '"train_steps": 3' "$TMP/fol/trainer_state.json"
+  [ -p "$TMP/R" ]  # still a FIFO: never renamed over or truncated
+  cmp "$TMP/sep/model.safetensors" "$TMP/fol/model.safetensors"
+  cmp "$TMP/sep/optimizer.safetensors" "$TMP/fol/optimizer.safetensors"
+  # Not a no-op: the steps moved the weights.
+  ! cmp -s "$W/m0/model.safetensors" "$TMP/fol/model.safetensors"
+  [ -c /dev/null ]
+}
+
+# Two batches sampled from m0 by one moe-rollout --follow: their routing streams r1 and r2 (r12 = both), the
+# rewarded rollout streams rew12 (both) and rew1 (batch 1 alone, the same bytes as rew12's first stream).
+TWO_REWARD=(--task countdown --overlong 6,4 -q)
+make_two_batches() {
+  # The same argv both times (the headers record it): one dir each, the same relative --routing-out.
+  mkdir "$TMP/a" "$TMP/b"
+  (cd "$TMP/a" && { cat "$W/p.jsonl"; echo; } \
+    | moe-rollout --follow -m "$W/m0" -G 2 --max-new-tokens 6 --seed 1 --routing-out r.zst -q - \
+    | moe-reward --follow "${TWO_REWARD[@]}" > rew.zst)
+  (cd "$TMP/b" && { cat "$W/p.jsonl"; echo; cat "$W/p2.jsonl"; } \
+    | moe-rollout --follow -m "$W/m0" -G 2 --max-new-tokens 6 --seed 1 --routing-out r.zst -q - \
+    | moe-reward --follow "${TWO_REWARD[@]}" > rew.zst)
+  mv "$TMP/a/r.zst" "$TMP/r1.zst"; mv "$TMP/a/rew.zst" "$TMP/rew1.zst"
+  mv "$TMP/b/r.zst" "$TMP/r12.zst"; mv "$TMP/b/rew.zst" "$TMP/rew12.zst"
+  n=$(stat -c %s "$TMP/r1.zst")
+  cmp <(head -c "$n" "$TMP/r12.zst") "$TMP/r1.zst"
+  cmp <(head -c "$(stat -c %s "$TMP/rew1.zst")" "$TMP/rew12.zst") "$TMP/rew1.zst"
+  tail -c +$((n + 1)) "$TMP/r12.zst" > "$TMP/r2.zst"
+  [ "$(moe-route-dump show --jsonl "$TMP/r2.zst" | wc -l)" -eq 6 ]
+}
+
+@test "moe-train-step --follow --routing: a routing stream of another batch, missing, truncated or extra is an error naming the stream" {
+  make_two_batches
+  train() { moe-train-step --follow -m "$TMP/fol" --router replay-rollout --seed 3 -q --routing "$1" - < "$TMP/rew12.zst"; }
+  # The right pairing trains both streams.
+  fresh "$TMP/fol"
+  run train "$TMP/r12.zst"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  grep -q '"train_steps": 2' "$TMP/fol/trainer_state.json"
+  cp -r "$TMP/fol" "$TMP/two"
+  # Batch 2's routing first: stream 1 is refused, the checkpoint untouched.
+  fresh "$TMP/fol"
+  cat "$TMP/r2.zst" "$TMP/r1.zst" > "$TMP/swapped.zst"
+  run train "$TMP/swapped.zst"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"error: stream 1: $TMP/swapped.zst: the routing stream belongs to another batch than the rollouts (routing header batch 2, rollout header batch 1)"* ]]
+  diff <(cd "$W/m0" && sha256sum -- *) <(cd "$TMP/fol" && sha256sum -- *)
+  # Batch 1's routing twice: stream 2 is refused, the first step's checkpoint kept.
+  fresh "$TMP/one"
+  moe-train-step --follow -m "$TMP/one" --router replay-rollout --seed 3 -q --routing "$TMP/r1.zst" - < "$TMP/rew1.zst"
+  fresh "$TMP/fol"
+  cat "$TMP/r1.zst" "$TMP/r1.zst" > "$TMP/twice.zst"
+  run train "$TMP/twice.zst"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"error: stream 2: $TMP/twice.zst: the routing stream belongs to another batch than the rollouts (routing header batch 1, rollout header batch 2)"* ]]
+  cmp "$TMP/one/model.safetensors" "$TMP/fol/model.safetensors"
+  # Missing: one routing stream for two rollout streams.
+  fresh "$TMP/fol"
+  run train "$TMP/r1.zst"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"error: stream 2: $TMP/r1.zst: ended after 1 routing streams: none for this rollout stream"* ]]
+  cmp "$TMP/one/model.safetensors" "$TMP/fol/model.safetensors"
+  # Truncated second routing stream.
+  fresh "$TMP/fol"
+  { cat "$TMP/r1.zst"; head -c $(($(stat -c %s "$TMP/r2.zst") - 5)) "$TMP/r2.zst"; } > "$TMP/cut.zst"
+  run train "$TMP/cut.zst"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"error: stream 2: $TMP/cut.zst"*"truncated"* ]]
+  cmp "$TMP/one/model.safetensors" "$TMP/fol/model.safetensors"
+  # One routing stream more than rollout streams: both steps are written, then the error.
+  fresh "$TMP/fol"
+  cat "$TMP/r12.zst" "$TMP/r1.zst" > "$TMP/extra.zst"
+  run train "$TMP/extra.zst"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"error: stream 3: $TMP/extra.zst: holds more routing streams than the input holds rollout streams (2)"* ]]
+  cmp "$TMP/two/model.safetensors" "$TMP/fol/model.safetensors"
 }

@@ -146,12 +146,18 @@ same_dir() {
   echo "$output"
   [ "$status" -eq 1 ]
   [[ "$output" == *"does not match the model"* ]]
-  # a routing stream missing ids (routing of other rollouts)
-  moe-data countdown -n 1 --seed 9 | moe-rollout -m "$TMP/m" -G 1 --max-new-tokens 4 --routing-out "$TMP/few.zst" -q > /dev/null
+  # a routing stream missing ids (routing of other rollouts, sampled with the same --seed as rew.zst's)
+  moe-data countdown -n 1 --seed 9 | moe-rollout -m "$TMP/m" -G 1 --max-new-tokens 4 --seed 1 --routing-out "$TMP/few.zst" -q > /dev/null
   run moe-train-step -m "$TMP/m" "$W/rew.zst" --routing "$TMP/few.zst" --router replay-rollout
   echo "$output"
   [ "$status" -eq 1 ]
   [[ "$output" == *"no routing record"* || "$output" == *"covers positions"* ]]
+  # ... and with another seed: refused by the headers before any record
+  moe-data countdown -n 1 --seed 9 | moe-rollout -m "$TMP/m" -G 1 --max-new-tokens 4 --seed 2 --routing-out "$TMP/few2.zst" -q > /dev/null
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --routing "$TMP/few2.zst" --router replay-rollout
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"few2.zst: the routing stream belongs to another batch than the rollouts (routing header seed 2, rollout header seed 1)"* ]]
   run moe-train-step -m "$TMP/m" "$SRC/tests/data/bad/not_zstd.txt"
   [ "$status" -eq 1 ]
   same_dir "$TMP/m" "$TMP/orig"

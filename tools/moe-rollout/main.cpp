@@ -51,7 +51,8 @@ int main(int argc, char** argv) {
         sample_only.push_back(app.add_flag(
             "--follow", run.follow,
             "read prompt batches ended by blank lines as they arrive; write one rollout stream per batch, reloading "
-            "the model dir's weights first when its checkpoint changed"));
+            "the model dir's weights first when its checkpoint changed; with --routing-out, one routing stream per "
+            "batch, written after that batch's rollout stream"));
         app.add_flag("--score", score, "re-score the rollout stream on input by teacher forcing");
         moe::cli::add_dist(app, dist);
         moe::cli::add_quiet_verbose(app, common);

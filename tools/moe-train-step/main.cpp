@@ -73,7 +73,8 @@ int main(int argc, char** argv) {
         app.add_option("--metrics", cfg.metrics_path, "append one JSON line per update and a summary line to FILE");
         app.add_flag("--follow", cfg.follow,
                      "the input holds rollout streams one after another (e.g. a pipe): one step and one checkpoint "
-                     "per stream, without reloading the model or rebuilding the optimizer");
+                     "per stream, without reloading the model or rebuilding the optimizer; --routing then holds one "
+                     "routing stream per rollout stream, read after it");
         app.add_flag("--wait", cfg.wait_lock, "wait for another moe-train-step holding the model dir's lock (default: fail at once)");
         // Loss options (algorithms.md; man/moe-train-step.1).
         app.add_option("--clip-low,--eps-low", eps_low, "lower clip range (default per --algo)");

@@ -50,8 +50,12 @@ class RoutingWriter {
 
 class RoutingReader {
  public:
-  explicit RoutingReader(io::Input& in);  // rejects other kinds
+  // Rejects other kinds. `concatenated`: see StreamReader (next_stream() goes on to the next stream).
+  explicit RoutingReader(io::Input& in, bool concatenated = false);
   const Header& header() const;
+  // After next() returned false on a concatenated input: true when another routing stream follows (its
+  // header and meta read and checked; record ids may repeat those of the previous stream).
+  bool next_stream();
   const RoutingMeta& meta() const { return meta_; }
   // Next record; false at the verified end. Payload length not matching the declared shape, an expert
   // index >= num_experts, duplicate experts within a (position, layer): moe::Error with offset.

@@ -43,7 +43,11 @@ void run_sample(const RolloutRun& run);
 // Before each batch the model dir's checkpoint is checked (checkpoint_id) and, when it changed, its weights
 // are reloaded into the model in place: batch n is sampled from the checkpoint in place when it starts, with
 // seed + n, record ids from 0: as a fresh `moe-rollout --seed SEED+n` on that checkpoint and batch would.
-// A checkpoint of another shape is an error. Not with --routing-out.
+// A checkpoint of another shape is an error. With routing_out, batch n's routing stream is written there
+// after its rollout stream is complete on the output (R gets one routing stream per batch; both headers carry
+// "batch" n + 1 and "seed"); R is opened after the first batch's rollouts. See step.cpp for why
+// `moe-rollout --follow --routing-out R | moe-reward --follow | moe-train-step --follow --routing R` with R a
+// FIFO does not deadlock.
 
 // What identifies the checkpoint in a model dir: the dir's and the weight file's inode, the weight file's
 // size and mtime, trainer_state.json's contents. Changes whenever moe-train-step (or moe-init --force)
