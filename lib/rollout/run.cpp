@@ -48,6 +48,16 @@ format::RoutingMeta routing_meta(const RolloutRun& run, const Policy& l) {
   return meta;
 }
 
+// The routing stream's header: producer, dtype, and the seed of its rollouts (null: none), so that
+// moe-train-step can tell a routing stream of other rollouts.
+format::Header routing_header(const RolloutRun& run, const nlohmann::json& seed) {
+  format::Header h;
+  h.producer = run.producer;
+  h.meta["dtype"] = run.dtype;
+  if (!seed.is_null()) h.meta["seed"] = seed;
+  return h;
+}
+
 // The rollout stream and, with --routing-out, the routing stream: flushed together after every batch,
 // finished (trailers written, files renamed into place) only on success.
 struct Outputs {
@@ -61,12 +71,8 @@ struct Outputs {
       : out(run.output), writer(out, h), with_probs(run.routing_probs != "none") {
     if (run.routing_out.empty()) return;
     rout = std::make_unique<io::Output>(run.routing_out);
-    format::Header rh;
-    rh.producer = run.producer;
-    rh.meta["dtype"] = run.dtype;
-    // The rollouts' seed, so moe-train-step can tell a routing stream of other rollouts.
-    if (h.meta.is_object() && h.meta.contains("seed")) rh.meta["seed"] = h.meta["seed"];
-    rwriter = std::make_unique<format::RoutingWriter>(*rout, rh, routing_meta(run, l));
+    const nlohmann::json seed = h.meta.is_object() && h.meta.contains("seed") ? h.meta["seed"] : nlohmann::json();
+    rwriter = std::make_unique<format::RoutingWriter>(*rout, routing_header(run, seed), routing_meta(run, l));
   }
   bool routing() const { return rwriter != nullptr; }
   void write(const format::RolloutRecord& rec, SequenceRouting&& r) {
@@ -373,11 +379,8 @@ void run_sample_follow(const RolloutRun& run) {
     writer.finish();  // trailer, end of frame, flushed: the next stage has the whole stream
     if (gen.capture_routing) {
       if (!rout) rout = std::make_unique<io::Output>(run.routing_out);
-      format::Header h;
-      h.producer = run.producer;
-      h.meta["dtype"] = run.dtype;
+      format::Header h = routing_header(run, gen.seed);
       h.meta["batch"] = n + 1;
-      h.meta["seed"] = gen.seed;
       format::RoutingWriter rw(*rout, h, rmeta);
       for (const format::RoutingRecord& rr : routes) rw.write(rr);
       rw.finish();  // trailer, end of frame, flushed
