@@ -105,33 +105,43 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   out->close();
 }
 
-Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
-  auto exists = [](const std::string& p) {
-    struct stat st;
-    return ::stat(p.c_str(), &st) == 0;
-  };
-  std::string single = dir + "/model.safetensors";
-  std::string index = dir + "/model.safetensors.index.json";
-  if (exists(single)) {
+namespace {
+bool path_exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+}  // namespace
+
+bool Checkpoint::exists(const std::string& dir, const std::string& stem) {
+  return path_exists(dir + "/" + stem + ".safetensors") || path_exists(dir + "/" + stem + ".safetensors.index.json");
+}
+
+Checkpoint::Checkpoint(const std::string& dir, const std::string& stem) : dir_(dir) {
+  const std::string single = dir + "/" + stem + ".safetensors", index = single + ".index.json";
+  if (path_exists(single)) {
+    source_ = single;
     files_.push_back(std::make_unique<SafetensorsFile>(single));
     for (const auto& n : files_[0]->names()) where_[n] = 0;
     return;
   }
-  if (!exists(index)) throw Error(dir + ": no model.safetensors or model.safetensors.index.json");
+  if (!path_exists(index)) throw Error(dir + ": no " + stem + ".safetensors or " + stem + ".safetensors.index.json");
+  source_ = index;
   json j = io::read_json_file(index);
   if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
     throw Error(index + ": missing object 'weight_map'");
   std::map<std::string, size_t> shard_ix;
   for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-    if (!it.value().is_string()) throw Error(index + ": weight_map value for '" + it.key() + "' is not a file name");
-    std::string shard = it.value().get<std::string>();
-    if (shard.find('/') != std::string::npos) throw Error(index + ": shard name '" + shard + "' must be a plain file name");
+    if (!it.value().is_string() || it.value().get<std::string>().empty() ||
+        it.value().get<std::string>().find('/') != std::string::npos)
+      throw Error(index + ": weight_map[\"" + it.key() + "\"] is not a file name of this directory");
+    const std::string shard = it.value().get<std::string>();
     auto s = shard_ix.find(shard);
     if (s == shard_ix.end()) {
       files_.push_back(std::make_unique<SafetensorsFile>(dir + "/" + shard));
       s = shard_ix.emplace(shard, files_.size() - 1).first;
     }
-    if (!files_[s->second]->has(it.key())) throw Error(index + ": tensor '" + it.key() + "' is not in shard " + shard);
+    if (!files_[s->second]->has(it.key()))
+      throw Error(files_[s->second]->path() + ": has no tensor " + it.key() + " (named by " + index + ")");
     where_[it.key()] = s->second;
   }
 }

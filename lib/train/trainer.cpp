@@ -502,46 +502,23 @@ void Trainer::load_state(const std::string& dir) {
     global_step_ = state_["global_step"].get<int64_t>();
   }
   // optimizer.safetensors, or the shards named by optimizer.safetensors.index.json (written under expert
-  // parallel, one or more per rank): tensor name -> the file holding it.
-  const std::string opt_path = dir + "/optimizer.safetensors", index_path = dir + "/optimizer.safetensors.index.json";
-  std::map<std::string, std::unique_ptr<model::SafetensorsFile>> files;
-  std::map<std::string, const model::SafetensorsFile*> where;
-  std::string shown = opt_path;  // the file errors name
-  if (file_exists(opt_path)) {
-    auto& f = files[opt_path] = std::make_unique<model::SafetensorsFile>(opt_path);
-    for (const auto& n : f->names()) where[n] = f.get();
-  } else if (file_exists(index_path)) {
-    shown = index_path;
-    const nlohmann::json j = io::read_json_file(index_path);
-    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-      throw Error(index_path + ": no \"weight_map\" object");
-    for (const auto& [n, v] : j["weight_map"].items()) {
-      if (!v.is_string() || v.get<std::string>().empty() || v.get<std::string>().find('/') != std::string::npos)
-        throw Error(index_path + ": weight_map[\"" + n + "\"] is not a file name of this directory");
-      const std::string path = dir + "/" + v.get<std::string>();
-      auto& f = files[path];
-      if (!f) f = std::make_unique<model::SafetensorsFile>(path);
-      if (!f->has(n)) throw Error(path + ": has no tensor " + n + " (named by " + index_path + ")");
-      where[n] = f.get();
-    }
-  } else {
-    return;
-  }
-  auto has = [&](const std::string& n) { return where.count(n) != 0; };
-  auto get = [&](const std::string& n, c10::optional<c10::ScalarType> t = c10::nullopt) { return where.at(n)->get(n, t); };
+  // parallel, one or more per rank).
+  if (!model::Checkpoint::exists(dir, "optimizer")) return;
+  const model::Checkpoint f(dir, "optimizer");
+  const std::string& shown = f.source();  // the file errors name
   std::set<std::string> used;
   auto& st = impl_->opt->state();
   for (size_t i = 0; i < trained_.size(); ++i) {
     const std::string& name = trained_[i].first;
     const at::Tensor& p = impl_->opt_param(trained_, i);
     const std::string a = name + ".exp_avg", s = name + ".exp_avg_sq", k = name + ".step";
-    if (!has(a) && !has(s)) continue;
-    if (!has(a) || !has(s) || !has(k)) throw Error(shown + ": incomplete AdamW state of " + name);
+    if (!f.has(a) && !f.has(s)) continue;
+    if (!f.has(a) || !f.has(s) || !f.has(k)) throw Error(shown + ": incomplete AdamW state of " + name);
     auto ps = std::make_unique<torch::optim::AdamWParamState>();
-    at::Tensor ea = get(a, p.scalar_type()), es = get(s, p.scalar_type());
+    at::Tensor ea = f.get(a, p.scalar_type()), es = f.get(s, p.scalar_type());
     if (ea.sizes() != p.sizes() || es.sizes() != p.sizes())
       throw Error(shown + ": AdamW state of " + name + " has another shape than the parameter");
-    at::Tensor step = get(k);
+    at::Tensor step = f.get(k);
     if (step.numel() != 1) throw Error(shown + ": " + k + " must hold one integer");
     ps->step(step.to(at::kLong).item<int64_t>());
     ps->exp_avg(ea.to(p.device()));
@@ -551,9 +528,9 @@ void Trainer::load_state(const std::string& dir) {
     used.insert(s);
     used.insert(k);
   }
-  for (const auto& [n, f] : where)
+  for (const auto& n : f.names())
     if (!used.count(n) && !(impl_->ep && is_expert_name(n)))  // another rank's experts: carried by their owner
-      impl_->carried[n] = f->get(n);  // e.g. moments of a router frozen in this step
+      impl_->carried[n] = f.get(n);  // e.g. moments of a router frozen in this step
 }
 
 void Trainer::save(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& extra_files,

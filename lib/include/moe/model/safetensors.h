@@ -32,11 +32,17 @@ class SafetensorsFile : public SafetensorsView {
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {{"format", "pt"}}, bool staged = false);
 
-// The weights of a model dir: model.safetensors, or the shards listed by model.safetensors.index.json
-// (`weight_map`: tensor name -> shard file). Throws moe::Error if neither exists or a shard is missing.
+// The tensors of a checkpoint dir under one stem ("model": the weights; "optimizer": moe-train-step's AdamW
+// state): <stem>.safetensors, or the shards listed by <stem>.safetensors.index.json (`weight_map`: tensor name
+// -> shard file of the dir). Throws moe::Error if neither exists, a shard is missing or does not hold what
+// the index maps to it.
 class Checkpoint {
  public:
-  explicit Checkpoint(const std::string& dir);
+  explicit Checkpoint(const std::string& dir, const std::string& stem = "model");
+  // Whether dir holds <stem>.safetensors or <stem>.safetensors.index.json.
+  static bool exists(const std::string& dir, const std::string& stem = "model");
+  // The file errors about the whole set name: the single file, or the index.
+  const std::string& source() const { return source_; }
   bool has(const std::string& name) const { return where_.count(name) != 0; }
   const TensorEntry& entry(const std::string& name) const;
   std::string file_of(const std::string& name) const;  // the shard path holding name
@@ -44,7 +50,7 @@ class Checkpoint {
   std::vector<std::string> names() const;
 
  private:
-  std::string dir_;
+  std::string dir_, source_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, size_t> where_;  // name -> index into files_
 };
