@@ -46,6 +46,10 @@ void remove_staging_dir(const std::string& staged) noexcept {
   ::rmdir(staged.c_str());
 }
 
+std::string torch_dtype_name(at::ScalarType t) {
+  return t == at::kBFloat16 ? "bfloat16" : t == at::kHalf ? "float16" : "float32";
+}
+
 int64_t data_bytes(const NamedTensors& tensors) {
   int64_t total = 0;
   for (const auto& nt : tensors) total += static_cast<int64_t>(nt.second.numel() * nt.second.element_size());

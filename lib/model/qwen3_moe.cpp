@@ -748,9 +748,7 @@ void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair
   const std::string staged = make_staging_dir(d);
   try {
     ModelConfig cfg = m->config();
-    cfg.torch_dtype = m->embed_weight.scalar_type() == at::kBFloat16 ? "bfloat16"
-                      : m->embed_weight.scalar_type() == at::kHalf   ? "float16"
-                                                                    : "float32";
+    cfg.torch_dtype = torch_dtype_name(m->embed_weight.scalar_type());
     io::write_new_file(staged + "/config.json", config_to_json(cfg).dump(2) + "\n");
     write_weights(staged, weights.empty() ? named_weights(m) : weights, max_shard_bytes);
     for (const auto& [name, contents] : extra_files) {

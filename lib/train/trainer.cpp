@@ -589,8 +589,7 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
       if (rank == 0 || is_expert_name(weights[i].first))
         mine.emplace_back(weights[i].first, impl_->master.empty() ? weights[i].second : impl_->master[i]);
     model::ModelConfig mc = model_->config();
-    const at::ScalarType wt = impl_->master.empty() ? model_->embed_weight.scalar_type() : at::kFloat;
-    mc.torch_dtype = wt == at::kBFloat16 ? "bfloat16" : wt == at::kHalf ? "float16" : "float32";
+    mc.torch_dtype = model::torch_dtype_name(impl_->master.empty() ? model_->embed_weight.scalar_type() : at::kFloat);
     save_sharded(*comm_, dir, mc, std::move(mine),
                  adam_tensors([&](size_t i) { return writer && (impl_->expert[i] || rank == 0); }, rank == 0), opt_meta,
                  files, before_swap, max_shard_bytes);

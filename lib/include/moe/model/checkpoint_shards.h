@@ -26,6 +26,8 @@ void remove_staging_dir(const std::string& staged) noexcept;
 std::vector<NamedTensors> plan_shards(NamedTensors tensors, int64_t max_shard_bytes);
 // "<stem>-0000i-of-0000n.safetensors" (i from 1), transformers' shard name.
 std::string shard_file_name(const std::string& stem, int i, int n);
+// config.json's torch_dtype for weights of type t: "bfloat16", "float16", else "float32".
+std::string torch_dtype_name(at::ScalarType t);
 // Bytes of tensor data in `tensors` (the index's metadata.total_size adds these up).
 int64_t data_bytes(const NamedTensors& tensors);
 // Writes `shards[k]` as dir/shard_file_name(stem, first + k, total) (new files, fsynced: dir is a staging dir)
