@@ -5,6 +5,7 @@
 #include "moe/dist/communicator.h"
 
 #include <ATen/ATen.h>
+#include <c10/util/Logging.h>
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/version.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -42,6 +43,16 @@ struct Communicator::Impl {
 
 namespace {
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// The message of an error from c10d or Gloo: libtorch's c10::Error carries a C++ backtrace after it, which
+// means nothing to a user; keep the message's first line.
+std::string reason(const std::exception& e) {
+  const auto* ce = dynamic_cast<const c10::Error*>(&e);
+  std::string s = ce ? ce->what_without_backtrace() : e.what();
+  const auto nl = s.find('\n');
+  if (nl != std::string::npos) s.resize(nl);
+  return s;
+}
 }  // namespace
 
 DistConfig dist_from_env(std::optional<int> rank, std::optional<int> world, const std::string& addr, std::optional<int> port) {
@@ -83,6 +94,11 @@ std::unique_ptr<Communicator> open_group(const DistConfig& cfg, c10::Device& dev
     throw UsageError("--expert-parallel " + std::to_string(cfg.expert_parallel) + " does not divide the world size " +
                      std::to_string(cfg.world_size));
   if (cfg.world_size == 1) return nullptr;
+  // c10d and Gloo log through glog to stderr (warnings on every failed bind attempt, an "E" line before
+  // the exception that says the same): what went wrong reaches the user as this program's one-line error.
+  // TORCH_CPP_LOG_LEVEL (INFO, WARNING, ERROR, FATAL) turns them back on, as it does for torch.
+  if (!std::getenv("TORCH_CPP_LOG_LEVEL")) setenv("TORCH_CPP_LOG_LEVEL", "FATAL", 0);
+  c10::initLogging();
   const double t0 = now();
   auto comm = std::make_unique<Communicator>(cfg, device);
   cli::debug("rank " + std::to_string(cfg.rank) + " of " + std::to_string(cfg.world_size) + ": process group formed in " +
@@ -144,7 +160,7 @@ Communicator::Communicator(const DistConfig& cfg, const c10::Device& device)
   } catch (const std::exception& e) {
     throw Error("data parallel: rank " + std::to_string(cfg.rank) + " of " + std::to_string(cfg.world_size) +
                 ": cannot form the process group (" + (cfg.init_file.empty() ? cfg.master_addr + ":" + std::to_string(cfg.master_port) : cfg.init_file) +
-                "): " + e.what());
+                "): " + reason(e));
   }
 }
 
@@ -160,7 +176,7 @@ void Communicator::split_expert_parallel(int n) {
     impl_->ep = impl_->make("moekit-ep" + std::to_string(group), pos, n);
     if (world_ / n > 1) impl_->replicas = impl_->make("moekit-rep" + std::to_string(pos), group, world_ / n);
   } catch (const std::exception& e) {
-    throw Error("expert parallel: rank " + std::to_string(rank_) + ": cannot form the expert groups: " + e.what());
+    throw Error("expert parallel: rank " + std::to_string(rank_) + ": cannot form the expert groups: " + reason(e));
   }
 }
 
@@ -214,7 +230,7 @@ at::Tensor Communicator::all_to_all(const at::Tensor& x, const std::vector<int64
   try {
     impl_->ep->alltoall_base(out, in, recv1, send1)->wait();
   } catch (const std::exception& e) {
-    throw Error("expert parallel: rank " + std::to_string(rank_) + ": all-to-all failed (a peer died?): " + e.what());
+    throw Error("expert parallel: rank " + std::to_string(rank_) + ": all-to-all failed (a peer died?): " + reason(e));
   }
   std::vector<at::Tensor> parts;
   int64_t off = 0;
@@ -241,7 +257,7 @@ void Communicator::all_reduce_sum(std::vector<at::Tensor>& tensors, Scope scope)
       off += n;
     }
   } catch (const std::exception& e) {
-    throw Error("data parallel: rank " + std::to_string(rank_) + ": all-reduce failed (a peer died?): " + e.what());
+    throw Error("data parallel: rank " + std::to_string(rank_) + ": all-reduce failed (a peer died?): " + reason(e));
   }
 }
 
@@ -254,7 +270,7 @@ double Communicator::sum(double v) {
   try {
     impl_->pg->allreduce(t)->wait();
   } catch (const std::exception& e) {
-    throw Error("data parallel: rank " + std::to_string(rank_) + ": all-reduce failed (a peer died?): " + e.what());
+    throw Error("data parallel: rank " + std::to_string(rank_) + ": all-reduce failed (a peer died?): " + reason(e));
   }
   return t[0].item<double>();
 }
@@ -269,7 +285,7 @@ std::vector<double> Communicator::max(std::vector<double> v) {
   try {
     impl_->pg->allreduce(t, o)->wait();
   } catch (const std::exception& e) {
-    throw Error("data parallel: rank " + std::to_string(rank_) + ": all-reduce failed (a peer died?): " + e.what());
+    throw Error("data parallel: rank " + std::to_string(rank_) + ": all-reduce failed (a peer died?): " + reason(e));
   }
   at::Tensor r = t[0].to(at::kCPU).contiguous();
   return std::vector<double>(r.data_ptr<double>(), r.data_ptr<double>() + r.numel());
@@ -281,7 +297,7 @@ bool Communicator::any_in_expert_group(bool mine) {
   try {
     impl_->ep->allreduce(t)->wait();
   } catch (const std::exception& e) {
-    throw Error("expert parallel: rank " + std::to_string(rank_) + ": all-reduce failed (a peer died?): " + e.what());
+    throw Error("expert parallel: rank " + std::to_string(rank_) + ": all-reduce failed (a peer died?): " + reason(e));
   }
   return t[0].item<double>() > 0;
 }
@@ -294,7 +310,7 @@ at::Tensor Communicator::all_gather(const at::Tensor& x) {
   try {
     impl_->pg->allgather(out, in)->wait();
   } catch (const std::exception& e) {
-    throw Error("data parallel: rank " + std::to_string(rank_) + ": all-gather failed (a peer died?): " + e.what());
+    throw Error("data parallel: rank " + std::to_string(rank_) + ": all-gather failed (a peer died?): " + reason(e));
   }
   return at::stack(out[0]).to(x.device());
 }
@@ -326,7 +342,7 @@ void Communicator::barrier() {
   try {
     impl_->pg->barrier()->wait();
   } catch (const std::exception& e) {
-    throw Error("data parallel: rank " + std::to_string(rank_) + ": barrier failed (a peer died?): " + e.what());
+    throw Error("data parallel: rank " + std::to_string(rank_) + ": barrier failed (a peer died?): " + reason(e));
   }
 }
 

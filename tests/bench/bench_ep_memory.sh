@@ -25,9 +25,9 @@ print(f"bench_ep_memory.sh: {len(moe)} MoE layers x {c['num_experts']} experts: 
 PY
 for n in $eps; do
   rm -rf "$w/m"; cp -r "$w/m0" "$w/m"
-  port=$((20000 + RANDOM % 20000))
+  rdv=$(mktemp -u "$w/rendezvous.XXXXXX")
   args=(-m "$w/m" "$w/rew.zst" --threads 1 -q)
-  [ "$n" -gt 1 ] && args+=(--world-size "$n" --expert-parallel "$n" --master-port "$port")
+  [ "$n" -gt 1 ] && args+=(--world-size "$n" --expert-parallel "$n" --dist-init-file "$rdv")
   for r in $(seq 0 $((n - 1))); do
     extra=()
     [ "$n" -gt 1 ] && extra=(--rank "$r")

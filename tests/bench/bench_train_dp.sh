@@ -20,10 +20,10 @@ for threads in 1 2; do
   t1=$(t moe-train-step -m "$w/one" "$w/rew.zst" --threads "$threads" -q)
   rm -rf "$w/one"
   cp -r "$w/m0" "$w/two"
-  port=$((20000 + RANDOM % 20000))
+  rdv=$(mktemp -u "$w/rendezvous.XXXXXX")
   s=$(date +%s.%N)
-  moe-train-step -m "$w/two" "$w/rew.zst" --threads "$threads" -q --rank 1 --world-size 2 --master-port "$port" &
-  moe-train-step -m "$w/two" "$w/rew.zst" --threads "$threads" -q --rank 0 --world-size 2 --master-port "$port"
+  moe-train-step -m "$w/two" "$w/rew.zst" --threads "$threads" -q --rank 1 --world-size 2 --dist-init-file "$rdv" &
+  moe-train-step -m "$w/two" "$w/rew.zst" --threads "$threads" -q --rank 0 --world-size 2 --dist-init-file "$rdv"
   wait
   e=$(date +%s.%N)
   rm -rf "$w/two"

@@ -18,3 +18,29 @@ setup_train_fixture() {
   moe-rollout -m "$W/m0" -G 2 --max-new-tokens 6 --seed 1 --routing-out "$W/r.zst" -q "$W/p.jsonl" > "$W/roll.zst"
   moe_fake_reward "$W/roll.zst" | moe-reward --task keep -q > "$W/rew.zst"
 }
+
+# rendezvous: a --dist-init-file path no launch has used (c10d's FileStore; the ranks remove it when they
+# all finish). Tests launch their ranks through a file, not a TCP port: a random port can be taken by another
+# test's listener or connection, and then rank 0 cannot bind it.
+rendezvous() { mktemp -u "$BATS_TEST_TMPDIR/rendezvous.XXXXXX"; }
+
+# free_port: a TCP port no one listens on now, below Linux's ephemeral range (where the kernel picks the ports
+# of outgoing connections and of Gloo's own sockets), for the tests of the TCPStore rendezvous itself.
+free_port() {
+  python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    p = random.randrange(10000, 32768)
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break
+else:
+    raise SystemExit("free_port: no free port found")
+PY
+}

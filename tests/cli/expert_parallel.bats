@@ -29,22 +29,22 @@ setup() {
 # ep_run WORLD EP DIR PREFIX ARGS...: one train step on DIR with WORLD processes and --expert-parallel EP;
 # every rank gets MOEKIT_TRAIN_GRAD_DUMP (under EP the gradient dump gathers every expert on rank 0).
 ep_run() {
-  local n=$1 ep=$2 dir=$3 prefix=$4 port r
+  local n=$1 ep=$2 dir=$3 prefix=$4 rdv r
   shift 4
   rm -f "$prefix".*
   if [ "$n" -eq 1 ]; then
     MOEKIT_TRAIN_GRAD_DUMP="$prefix" moe-train-step -m "$dir" "$@" --metrics "$prefix.jsonl" -q
     return
   fi
-  port=$((20000 + RANDOM % 20000))
+  rdv=$(rendezvous)
   local pids=()
   for r in $(seq 1 $((n - 1))); do
-    MOEKIT_TRAIN_GRAD_DUMP="$prefix" moe-train-step -m "$dir" "$@" --rank "$r" --world-size "$n" --master-port "$port" \
+    MOEKIT_TRAIN_GRAD_DUMP="$prefix" moe-train-step -m "$dir" "$@" --rank "$r" --world-size "$n" --dist-init-file "$rdv" \
       --expert-parallel "$ep" --dist-timeout 60 -q &
     pids+=($!)
   done
   MOEKIT_TRAIN_GRAD_DUMP="$prefix" moe-train-step -m "$dir" "$@" --metrics "$prefix.jsonl" \
-    --rank 0 --world-size "$n" --master-port "$port" --expert-parallel "$ep" --dist-timeout 60 -q
+    --rank 0 --world-size "$n" --dist-init-file "$rdv" --expert-parallel "$ep" --dist-timeout 60 -q
   for r in "${pids[@]}"; do wait "$r"; done
 }
 
@@ -133,12 +133,12 @@ ep_same() {
   run moe-train-step -m "$TMP/m" "$W/rew.zst" --expert-parallel 2 -q
   [ "$status" -eq 2 ]
   [[ "$output" == *"--expert-parallel 2 does not divide the world size 1"* ]]
-  port=$((20000 + RANDOM % 20000))
-  moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 1 --world-size 3 --master-port "$port" --expert-parallel 3 --dist-timeout 20 -q 2>/dev/null &
+  rdv=$(rendezvous)
+  moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 1 --world-size 3 --dist-init-file "$rdv" --expert-parallel 3 --dist-timeout 20 -q 2>/dev/null &
   p1=$!
-  moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 2 --world-size 3 --master-port "$port" --expert-parallel 3 --dist-timeout 20 -q 2>/dev/null &
+  moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 2 --world-size 3 --dist-init-file "$rdv" --expert-parallel 3 --dist-timeout 20 -q 2>/dev/null &
   p2=$!
-  run moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 0 --world-size 3 --master-port "$port" --expert-parallel 3 --dist-timeout 20 -q
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 0 --world-size 3 --dist-init-file "$rdv" --expert-parallel 3 --dist-timeout 20 -q
   echo "$output"
   [ "$status" -eq 2 ]
   [[ "$output" == *"8 experts cannot be split over 3 ranks"* ]]
@@ -279,15 +279,15 @@ ep_same() {
 # ep_save_fault FAULT RANK WORLD DIR: one step on DIR with WORLD processes, --expert-parallel WORLD, rank RANK
 # given MOEKIT_TRAIN_FAULT=FAULT; every rank must exit non-zero. Leaves rank 0's stderr in $TMP/err.0.
 ep_save_fault() {
-  local fault=$1 bad=$2 n=$3 dir=$4 port r pids=() st=0
-  port=$((20000 + RANDOM % 20000))
+  local fault=$1 bad=$2 n=$3 dir=$4 rdv r pids=() st=0
+  rdv=$(rendezvous)
   for r in $(seq 1 $((n - 1))); do
     env $([ "$r" = "$bad" ] && echo "MOEKIT_TRAIN_FAULT=$fault") moe-train-step -m "$dir" "$W/rew.zst" --rank "$r" --world-size "$n" \
-      --master-port "$port" --expert-parallel "$n" --dist-timeout 30 --threads 1 --metrics "$TMP/m.jsonl" -q 2> "$TMP/err.$r" &
+      --dist-init-file "$rdv" --expert-parallel "$n" --dist-timeout 30 --threads 1 --metrics "$TMP/m.jsonl" -q 2> "$TMP/err.$r" &
     pids+=($!)
   done
   env $([ "$bad" = 0 ] && echo "MOEKIT_TRAIN_FAULT=$fault") moe-train-step -m "$dir" "$W/rew.zst" --rank 0 --world-size "$n" \
-    --master-port "$port" --expert-parallel "$n" --dist-timeout 30 --threads 1 --metrics "$TMP/m.jsonl" -q 2> "$TMP/err.0" || st=$?
+    --dist-init-file "$rdv" --expert-parallel "$n" --dist-timeout 30 --threads 1 --metrics "$TMP/m.jsonl" -q 2> "$TMP/err.0" || st=$?
   echo "rank 0: exit $st: $(head -c 300 "$TMP/err.0")"
   [ "$st" -ne 0 ]
   for r in $(seq 1 $((n - 1))); do
@@ -362,19 +362,19 @@ ep_save_fault() {
 # ep_rollout WORLD EP OUT ARGS...: moe-rollout ARGS with WORLD processes and --expert-parallel EP (1 process:
 # none); rank 0 writes OUT (and what ARGS name, e.g. --routing-out).
 ep_rollout() {
-  local n=$1 ep=$2 out=$3 port r
+  local n=$1 ep=$2 out=$3 rdv r
   shift 3
   if [ "$n" -eq 1 ]; then
     moe-rollout "$@" -o "$out" -q
     return
   fi
-  port=$((20000 + RANDOM % 20000))
+  rdv=$(rendezvous)
   local pids=()
   for r in $(seq 1 $((n - 1))); do
-    moe-rollout "$@" --rank "$r" --world-size "$n" --master-port "$port" --expert-parallel "$ep" --dist-timeout 60 -o "$out" -q &
+    moe-rollout "$@" --rank "$r" --world-size "$n" --dist-init-file "$rdv" --expert-parallel "$ep" --dist-timeout 60 -o "$out" -q &
     pids+=($!)
   done
-  moe-rollout "$@" --rank 0 --world-size "$n" --master-port "$port" --expert-parallel "$ep" --dist-timeout 60 -o "$out" -q
+  moe-rollout "$@" --rank 0 --world-size "$n" --dist-init-file "$rdv" --expert-parallel "$ep" --dist-timeout 60 -o "$out" -q
   for r in "${pids[@]}"; do wait "$r"; done
 }
 
@@ -432,18 +432,18 @@ same_rollouts() {
   run moe-rollout -m "$W/m0" "$W/p.jsonl" --expert-parallel 2 -q
   [ "$status" -eq 2 ]
   [[ "$output" == *"--expert-parallel 2 does not divide the world size 1"* ]]
-  port=$((20000 + RANDOM % 20000))
-  moe-rollout -m "$W/m0" --rank 1 --world-size 2 --master-port "$port" --dist-timeout 20 -q - < "$W/p.jsonl" > /dev/null 2>&1 &
+  rdv=$(rendezvous)
+  moe-rollout -m "$W/m0" --rank 1 --world-size 2 --dist-init-file "$rdv" --dist-timeout 20 -q - < "$W/p.jsonl" > /dev/null 2>&1 &
   p1=$!
-  run moe-rollout -m "$W/m0" --rank 0 --world-size 2 --master-port "$port" --dist-timeout 20 -q - < "$W/p.jsonl"
+  run moe-rollout -m "$W/m0" --rank 0 --world-size 2 --dist-init-file "$rdv" --dist-timeout 20 -q - < "$W/p.jsonl"
   [ "$status" -eq 2 ]
   [[ "$output" == *"every rank reads the input: give a file, not stdin"* ]]
   wait "$p1" || true
   # rank 1 cannot read its model: rank 0 exits non-zero and writes nothing
-  port=$((20000 + RANDOM % 20000))
-  moe-rollout -m "$TMP/nowhere" "$W/p.jsonl" --rank 1 --world-size 2 --master-port "$port" --expert-parallel 2 --dist-timeout 10 -q 2>/dev/null &
+  rdv=$(rendezvous)
+  moe-rollout -m "$TMP/nowhere" "$W/p.jsonl" --rank 1 --world-size 2 --dist-init-file "$rdv" --expert-parallel 2 --dist-timeout 10 -q 2>/dev/null &
   p1=$!
-  run moe-rollout -m "$W/m0" "$W/p.jsonl" --rank 0 --world-size 2 --master-port "$port" --expert-parallel 2 --dist-timeout 10 \
+  run moe-rollout -m "$W/m0" "$W/p.jsonl" --rank 0 --world-size 2 --dist-init-file "$rdv" --expert-parallel 2 --dist-timeout 10 \
     -o "$TMP/out.zst" -q
   echo "$output" | head -3
   [ "$status" -eq 1 ]

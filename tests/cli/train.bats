@@ -232,7 +232,7 @@ dp_run() {
     MOEKIT_TRAIN_GRAD_DUMP="$prefix" moe-train-step -m "$dir" "$@" --metrics "$prefix.jsonl" -q
     return
   fi
-  port=$((20000 + RANDOM % 20000))
+  port=$(free_port)
   local pids=()
   for r in $(seq 1 $((n - 1))); do
     moe-train-step -m "$dir" "$@" --rank "$r" --world-size "$n" --master-port "$port" -q &
@@ -294,16 +294,40 @@ dp_same() {
 @test "data parallel: a rank that dies makes the other exit non-zero without writing" {
   fresh "$TMP/m"
   cp -r "$TMP/m" "$TMP/orig"
-  port=$((20000 + RANDOM % 20000))
-  MOEKIT_TRAIN_FAULT=1:2 moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 1 --world-size 2 --master-port "$port" \
+  rdv=$(rendezvous)
+  MOEKIT_TRAIN_FAULT=1:2 moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 1 --world-size 2 --dist-init-file "$rdv" \
     --dist-timeout 30 -q 2> "$TMP/r1.err" &
   pid=$!
-  run moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 0 --world-size 2 --master-port "$port" --dist-timeout 30 -q
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 0 --world-size 2 --dist-init-file "$rdv" --dist-timeout 30 -q
   echo "$output"
   [ "$status" -eq 1 ]
   [[ "$output" == *"data parallel"* ]]
   run wait "$pid"
   [ "$status" -ne 0 ]
+  same_dir "$TMP/m" "$TMP/orig"
+}
+
+@test "data parallel: a rendezvous that fails is a one-line error (a taken port, a peer that never comes)" {
+  fresh "$TMP/m"
+  cp -r "$TMP/m" "$TMP/orig"
+  port=$(free_port)
+  python3 -c 'import socket, sys, time
+s = socket.socket(); s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(); print("up", flush=True); time.sleep(60)' "$port" > "$TMP/holder" &
+  holder=$!
+  for _ in $(seq 100); do [ -s "$TMP/holder" ] && break; sleep 0.1; done
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 0 --world-size 2 --master-port "$port" --dist-timeout 5 -q
+  kill "$holder"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == "moe-train-step: error: data parallel: rank 0 of 2: cannot form the process group (127.0.0.1:$port): "* ]]
+  [[ "$output" == *"$port"*"in use"* ]]
+  [ "${#lines[@]}" -eq 1 ]
+  rdv=$(rendezvous)
+  run moe-train-step -m "$TMP/m" "$W/rew.zst" --rank 1 --world-size 2 --dist-init-file "$rdv" --dist-timeout 2 -q
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == "moe-train-step: error: data parallel: rank 1 of 2: cannot form the process group ($rdv): "*"Timeout"* ]]
+  [ "${#lines[@]}" -eq 1 ]
   same_dir "$TMP/m" "$TMP/orig"
 }
 

@@ -42,30 +42,30 @@ if [ "$n" -ge 2 ]; then
   cp -r "$w/m0" "$w/one"
   cp -r "$w/m0" "$w/two"
   LOCAL_RANK=0 moe-train-step -m "$w/one" "$w/rew.zst" "${args[@]}"
-  port=$((20000 + RANDOM % 20000))
-  LOCAL_RANK=1 moe-train-step -m "$w/two" "$w/rew.zst" "${args[@]}" --dist-backend nccl --rank 1 --world-size 2 --master-port "$port" &
+  rdv=$(mktemp -u "$w/rendezvous.XXXXXX")
+  LOCAL_RANK=1 moe-train-step -m "$w/two" "$w/rew.zst" "${args[@]}" --dist-backend nccl --rank 1 --world-size 2 --dist-init-file "$rdv" &
   pid=$!
-  LOCAL_RANK=0 moe-train-step -m "$w/two" "$w/rew.zst" "${args[@]}" --dist-backend nccl --rank 0 --world-size 2 --master-port "$port"
+  LOCAL_RANK=0 moe-train-step -m "$w/two" "$w/rew.zst" "${args[@]}" --dist-backend nccl --rank 0 --world-size 2 --dist-init-file "$rdv"
   wait "$pid"
   d=$(moe_tensor_diff "$w/one/model.safetensors" "$w/two/model.safetensors")
   echo "gpu: 2-rank NCCL vs 1 rank: max weight diff $d"
   awk -v d="$d" 'BEGIN { exit !(d < 1e-4) }' || { echo "gpu: FAIL NCCL data parallel"; fail=1; }
   # Expert parallel over NCCL: EP 2 (each GPU owns 4 of the 8 experts) == 1 rank.
   cp -r "$w/m0" "$w/ep"
-  port=$((20000 + RANDOM % 20000))
-  LOCAL_RANK=1 moe-train-step -m "$w/ep" "$w/rew.zst" "${args[@]}" --dist-backend nccl --rank 1 --world-size 2 --master-port "$port" --expert-parallel 2 &
+  rdv=$(mktemp -u "$w/rendezvous.XXXXXX")
+  LOCAL_RANK=1 moe-train-step -m "$w/ep" "$w/rew.zst" "${args[@]}" --dist-backend nccl --rank 1 --world-size 2 --dist-init-file "$rdv" --expert-parallel 2 &
   pid=$!
-  LOCAL_RANK=0 moe-train-step -m "$w/ep" "$w/rew.zst" "${args[@]}" --dist-backend nccl --rank 0 --world-size 2 --master-port "$port" --expert-parallel 2
+  LOCAL_RANK=0 moe-train-step -m "$w/ep" "$w/rew.zst" "${args[@]}" --dist-backend nccl --rank 0 --world-size 2 --dist-init-file "$rdv" --expert-parallel 2
   wait "$pid"
   d=$(moe_tensor_diff "$w/one/model.safetensors" "$w/ep/model.safetensors.index.json")
   echo "gpu: 2-rank NCCL expert parallel (EP 2) vs 1 rank: max weight diff $d"
   awk -v d="$d" 'BEGIN { exit !(d < 1e-4) }' || { echo "gpu: FAIL NCCL expert parallel"; fail=1; }
   # Expert-parallel re-scoring over NCCL: the same log-probs as one rank scoring on cuda:0.
   LOCAL_RANK=0 moe-rollout -m "$w/m0" --score "$w/roll.zst" --device cuda -q -o "$w/score1.zst"
-  port=$((20000 + RANDOM % 20000))
-  LOCAL_RANK=1 moe-rollout -m "$w/m0" --score "$w/roll.zst" --device cuda -q -o "$w/score2.zst" --dist-backend nccl --rank 1 --world-size 2 --master-port "$port" --expert-parallel 2 &
+  rdv=$(mktemp -u "$w/rendezvous.XXXXXX")
+  LOCAL_RANK=1 moe-rollout -m "$w/m0" --score "$w/roll.zst" --device cuda -q -o "$w/score2.zst" --dist-backend nccl --rank 1 --world-size 2 --dist-init-file "$rdv" --expert-parallel 2 &
   pid=$!
-  LOCAL_RANK=0 moe-rollout -m "$w/m0" --score "$w/roll.zst" --device cuda -q -o "$w/score2.zst" --dist-backend nccl --rank 0 --world-size 2 --master-port "$port" --expert-parallel 2
+  LOCAL_RANK=0 moe-rollout -m "$w/m0" --score "$w/roll.zst" --device cuda -q -o "$w/score2.zst" --dist-backend nccl --rank 0 --world-size 2 --dist-init-file "$rdv" --expert-parallel 2
   wait "$pid"
   d=$(python3 - <(moe-route-dump show --jsonl "$w/score1.zst") <(moe-route-dump show --jsonl "$w/score2.zst") <<'PY'
 import json, sys
