@@ -47,7 +47,8 @@ enum class InputKind { stream, jsonl };
 struct Spooled {
   std::string path;  // a path io::Input can open (a memfd for stdin)
   InputKind kind = InputKind::stream;
-  std::string text;  // JSONL contents when read from stdin
+  std::string text;  // JSONL contents when read from stdin or another input that is not a regular file
+  std::string name;  // that input's name in messages ("<stdin>", the path)
   int fd = -1;
   ~Spooled() {
     if (fd >= 0) ::close(fd);
@@ -63,33 +64,40 @@ InputKind kind_of(const unsigned char* p, size_t n, const std::string& name) {
   throw Error(name + ": neither a rollout stream (zstd) nor prompt+solution JSONL");
 }
 
+// SFT input: JSONL or a rollout stream, told apart by the first bytes. A regular file is sniffed and opened
+// again; anything else (stdin, a FIFO, a process substitution, a device) can be read once only, so it is
+// read whole here: JSONL stays in memory, a stream goes to a memfd the stream reader opens.
 void detect(const std::string& path, Spooled& s) {
-  if (path.empty() || path == "-") {
-    io::Input in("-");
-    std::string all;
-    char buf[1 << 16];
-    for (size_t n; (n = in.read(buf, sizeof buf)) > 0;) all.append(buf, n);
-    s.kind = kind_of(reinterpret_cast<const unsigned char*>(all.data()), all.size(), "<stdin>");
-    if (s.kind == InputKind::jsonl) {
-      s.text = std::move(all);
-      return;
-    }
-    s.fd = ::memfd_create("moe-train-step-stdin", 0);
-    if (s.fd < 0) throw Error(std::string("<stdin>: cannot spool: ") + std::strerror(errno));
-    for (size_t off = 0; off < all.size();) {
-      ssize_t w = ::write(s.fd, all.data() + off, all.size() - off);
-      if (w <= 0) throw Error(std::string("<stdin>: cannot spool: ") + std::strerror(errno));
-      off += static_cast<size_t>(w);
-    }
-    s.path = "/proc/self/fd/" + std::to_string(s.fd);
+  const bool std_in = path.empty() || path == "-";
+  struct stat st{};
+  if (!std_in && ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+    io::Input in(path);
+    unsigned char head[256];
+    size_t n = 0;
+    for (size_t r; n < sizeof head && (r = in.read(head + n, sizeof head - n)) > 0;) n += r;
+    s.kind = kind_of(head, n, in.name());
+    s.path = path;
     return;
   }
-  io::Input in(path);
-  unsigned char head[256];
-  size_t n = 0;
-  for (size_t r; n < sizeof head && (r = in.read(head + n, sizeof head - n)) > 0;) n += r;
-  s.kind = kind_of(head, n, in.name());
-  s.path = path;
+  io::Input in(std_in ? "-" : path);
+  const std::string name = in.name();
+  std::string all;
+  char buf[1 << 16];
+  for (size_t n; (n = in.read(buf, sizeof buf)) > 0;) all.append(buf, n);
+  s.kind = kind_of(reinterpret_cast<const unsigned char*>(all.data()), all.size(), name);
+  s.name = name;
+  if (s.kind == InputKind::jsonl) {
+    s.text = std::move(all);
+    return;
+  }
+  s.fd = ::memfd_create("moe-train-step-input", 0);
+  if (s.fd < 0) throw Error(name + ": cannot spool: " + std::strerror(errno));
+  for (size_t off = 0; off < all.size();) {
+    ssize_t w = ::write(s.fd, all.data() + off, all.size() - off);
+    if (w <= 0) throw Error(name + ": cannot spool: " + std::strerror(errno));
+    off += static_cast<size_t>(w);
+  }
+  s.path = "/proc/self/fd/" + std::to_string(s.fd);
 }
 
 // prompt+solution JSONL -> sequences (response = solution tokens + eos).
@@ -428,7 +436,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       auto tok = tokenizer::Tokenizer::load_dir(cfg.model_dir);
       if (tok.eos_id() < 0) throw Error(cfg.model_dir + ": the tokenizer has no eos token to end SFT responses with");
       std::string text = sp.text;
-      std::string name = "<stdin>";
+      std::string name = sp.name;
       if (!sp.path.empty()) {
         text = io::read_file(sp.path);
         name = sp.path;

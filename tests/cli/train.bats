@@ -213,6 +213,27 @@ same_dir() {
   [[ "$output" == *"bad.jsonl:1:"* ]]
 }
 
+@test "sft: input that is not a regular file (process substitution, FIFO) trains as the same file does" {
+  moe-data countdown -n 8 --seed 4 --solutions > "$TMP/s.jsonl"
+  fresh "$TMP/a"; fresh "$TMP/b"; fresh "$TMP/c"; fresh "$TMP/d"
+  moe-train-step -m "$TMP/a" --algo sft --seed 3 "$TMP/s.jsonl" -q
+  moe-train-step -m "$TMP/b" --algo sft --seed 3 <(cat "$TMP/s.jsonl") -q
+  cmp "$TMP/a/model.safetensors" "$TMP/b/model.safetensors"
+  # a rollout stream through a FIFO
+  moe-train-step -m "$TMP/c" --algo sft --seed 3 "$W/roll.zst" -q
+  mkfifo "$TMP/fifo"
+  cat "$W/roll.zst" > "$TMP/fifo" &
+  moe-train-step -m "$TMP/d" --algo sft --seed 3 "$TMP/fifo" -q
+  wait
+  cmp "$TMP/c/model.safetensors" "$TMP/d/model.safetensors"
+  [ -p "$TMP/fifo" ]
+  # an error names the input and its line
+  run moe-train-step -m "$TMP/a" --algo sft <(printf '{"prompt":"1 2=3|","solution":"1+2"}\n{"prompt":"x"}\n') -q
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"/dev/fd/"*":2: no string \"solution\""* ]]
+}
+
 @test "--routing-out writes the training forward's routing; moe-route-dump diffs it against the rollout's" {
   fresh "$TMP/m"
   moe-train-step -m "$TMP/m" "$W/rew.zst" --routing-out "$TMP/train-routes.zst" -q
