@@ -25,6 +25,7 @@
 #include "moe/model/checkpoint_shards.h"
 #include "moe/model/safetensors.h"
 #include "model/checkpoint.h"
+#include "moe/model/few_rows.h"
 
 // at::scaled_dot_product_attention (libtorch >= 2.1, with its scale argument) and at::_grouped_mm
 // (>= 2.9); Debian's libtorch 1.13 has neither.
@@ -86,19 +87,7 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) {
   weight = register_parameter("weight", at::empty({out, in}));
   if (with_bias) bias = register_parameter("bias", at::zeros({out}));
 }
-at::Tensor LinearImpl::forward(const at::Tensor& x) {
-  // One row (decode at batch 1): a matrix-vector product reads the weight once, where a
-  // matrix product would first repack all of it.
-  // (With or without gradients, so that a no-grad pass and a training forward compute alike.)
-  if (x.dim() >= 1 && x.numel() == x.size(-1) && x.numel() > 0) {
-    at::Tensor y = at::mv(weight, x.reshape({-1}));
-    if (bias.defined()) y = y + bias;
-    std::vector<int64_t> sz = x.sizes().vec();
-    sz.back() = weight.size(0);
-    return y.view(sz);
-  }
-  return at::linear(x, weight, bias);
-}
+at::Tensor LinearImpl::forward(const at::Tensor& x) { return linear_rows(x, weight, bias); }
 
 MlpImpl::MlpImpl(int64_t hidden, int64_t inner) {
   gate_proj = register_module("gate_proj", Linear(hidden, inner, false));
@@ -579,7 +568,7 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
   if (opt.last_logits_only) h = h.slice(1, T - 1);
   ForwardOutput out;
   if (opt.hidden_only) out.hidden = h;
-  else out.logits = at::linear(h, lm_head_weight());
+  else out.logits = linear_rows(h, lm_head_weight());
   // Per-layer [N, x] results -> [B, T, L, x]; a model without MoE layers gives empty L axes.
   auto stack = [&](const std::vector<at::Tensor>& v, int64_t last, c10::ScalarType st) {
     return v.empty() ? at::empty({B, T, 0, last}, at::TensorOptions().dtype(st).device(dev)) : at::stack(v, 1).view({B, T, L, last});

@@ -10,7 +10,13 @@
 //       the `small` preset cut to LAYERS layers (hidden 1024, 64 experts top-8), random weights: greedy KV-cached
 //       decode steps at each batch; bytes of the weights a step touches (attention, routers, the distinct
 //       experts chosen in each layer, lm_head rows) / step time, against this machine's copy bandwidth
-//       measured in the same run (a 1 GiB memcpy, read + write bytes).
+//       measured in the same run (a 1 GiB memcpy, read + write bytes). Each batch runs with linear_rows' few-rows
+//       kernel and without it ("none": at::linear, at::mv for one row).
+//   bench_decode few-rows THREADS
+//       one linear layer's product for 1-4 rows at the `small` preset's shapes (attention q/o 1024x1024, k/v
+//       256x1024, an expert's gate/up 256x1024 and down 1024x256): model::linear_rows (the decode path)
+//       against at::linear (a matrix product, which repacks the weight) and at::mv per row, interleaved,
+//       over 64 distinct weights so that every call reads its weight from memory; GB/s of weight read.
 //   bench_decode save MODEL_DIR PRESET   writes a randomly initialised model (for the Python side).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -30,6 +36,7 @@
 
 #include "bench_util.h"
 #include "moe/model/config.h"
+#include "moe/model/few_rows.h"
 #include "moe/model/qwen3_moe.h"
 #include "moe/rollout/generate.h"
 
@@ -159,7 +166,14 @@ int bandwidth(int argc, char** argv) {
               (long long)H, (long long)layers, (long long)E, (long long)cfg.num_experts_per_tok, (long long)I, params / 1e6);
   std::printf("  memory bandwidth (memcpy, read + write): %.1f GB/s\n", bw / 1e9);
   torch::NoGradGuard ng;
-  for (int64_t B : batches) {
+  // Each batch with linear_rows' kernel (the CPU's best instruction set) and without it (at::linear, at::mv
+  // for one row: the path before the kernel), one after the other.
+  const std::string best = model::linear_rows_isa();
+  std::vector<std::string> isas{best};
+  if (best != "none") isas.push_back("none");
+  for (int64_t B : batches)
+  for (const std::string& isa : isas) {
+    model::set_linear_rows_isa(isa);
     model::KVCache cache;
     cache.reserve = 64;
     model::ForwardOptions fo;
@@ -188,9 +202,53 @@ int bandwidth(int argc, char** argv) {
       }
     }
     std::sort(times.begin(), times.end());
-    std::printf("  batch %lld: %.2f ms/step (median %.2f), %.0f MB touched/step, %.1f GB/s = %.0f%% of the bandwidth bound\n",
-                (long long)B, 1e3 * t / times.size(), 1e3 * times[times.size() / 2], bytes / times.size() / 1e6, bytes / t / 1e9,
+    std::printf("  batch %lld, few-rows kernel %s: %.2f ms/step (median %.2f), %.0f MB touched/step, %.1f GB/s = %.0f%% of the bandwidth bound\n",
+                (long long)B, isa.c_str(), 1e3 * t / times.size(), 1e3 * times[times.size() / 2], bytes / times.size() / 1e6, bytes / t / 1e9,
                 100.0 * (bytes / t) / bw);
+  }
+  return 0;
+}
+
+int few_rows(int argc, char** argv) {
+  if (argc < 3) return 2;
+  banner(std::stoi(argv[2]));
+  at::NoGradGuard ng;
+  const std::string best = model::linear_rows_isa();
+  std::printf("linear_rows kernel on this CPU: %s\n", best.c_str());
+  std::vector<std::string> isas;
+  if (best == "avx512") isas.push_back("avx512");
+  if (best != "none") isas.push_back("avx2");
+  const std::pair<int64_t, int64_t> shapes[] = {{1024, 1024}, {256, 1024}, {1024, 256}};
+  for (auto [O, H] : shapes) {
+    std::vector<at::Tensor> ws;
+    for (int i = 0; i < 64; ++i) ws.push_back(at::randn({O, H}));
+    const double gb = 4.0 * O * H * ws.size() / 1e9;
+    for (int64_t n = 1; n <= 4; ++n) {
+      at::Tensor x = at::randn({n, 1, H});
+      std::vector<double> t_isa(isas.size(), 1e9);
+      double t_lin = 1e9, t_mv = 1e9, diff = 0;
+      for (int rep = 0; rep < 7; ++rep) {
+        for (size_t i = 0; i < isas.size(); ++i) {
+          model::set_linear_rows_isa(isas[i]);
+          double t0 = now();
+          for (auto& w : ws) model::linear_rows(x, w);
+          t_isa[i] = std::min(t_isa[i], now() - t0);
+        }
+        double t0 = now();
+        for (auto& w : ws) at::linear(x, w);
+        t_lin = std::min(t_lin, now() - t0);
+        t0 = now();
+        for (auto& w : ws)
+          for (int64_t r = 0; r < n; ++r) at::mv(w, x[r][0]);
+        t_mv = std::min(t_mv, now() - t0);
+      }
+      model::set_linear_rows_isa(best);
+      for (auto& w : ws) diff = std::max(diff, (model::linear_rows(x, w) - at::linear(x, w)).abs().max().item<double>());
+      std::printf("  W %lldx%lld, %lld row(s):", (long long)O, (long long)H, (long long)n);
+      for (size_t i = 0; i < isas.size(); ++i)
+        std::printf(" linear_rows/%s %.1f GB/s (%.2fx at::linear),", isas[i].c_str(), gb / t_isa[i], t_lin / t_isa[i]);
+      std::printf(" at::linear %.1f GB/s, at::mv per row %.1f GB/s; max diff %.1e\n", gb / t_lin, gb / t_mv, diff);
+    }
   }
   return 0;
 }
@@ -212,6 +270,7 @@ int main(int argc, char** argv) {
   else if (what == "experts") rc = experts(argc, argv);
   else if (what == "save") rc = save(argc, argv);
   else if (what == "bandwidth") rc = bandwidth(argc, argv);
+  else if (what == "few-rows") rc = few_rows(argc, argv);
   if (rc == 2) std::fprintf(stderr, "usage: see the comment at the top of tests/bench/bench_decode.cpp\n");
   return rc;
 }

@@ -564,9 +564,11 @@ TEST_CASE("expert kernels agree: loop with and without gradients, padded, groupe
   moe->experts[4]->up_proj->weight.mul_(2.0);
   moe->experts[0]->down_proj->weight.add_(0.25);
   at::Tensor grad_path = moe->forward(x.clone().requires_grad_(true), RouterMode::native, {}, {}, {}, {}, false, false).hidden;
+  // Relative to the largest output (~34 here, after the updates): float32 sums in another order.
+  const double scale = grad_path.abs().max().item<double>();
   for (ExpertKernel k : {ExpertKernel::loop, ExpertKernel::padded}) {
     moe->kernel = k;
-    CHECK(max_diff(moe->forward(x, RouterMode::native, {}, {}, {}, {}, false, false).hidden, grad_path) < 1e-5);
+    CHECK(max_diff(moe->forward(x, RouterMode::native, {}, {}, {}, {}, false, false).hidden, grad_path) < 1e-6 * scale);
   }
   moe->to(at::kDouble);
   moe->experts[1]->gate_proj->weight.mul_(-1.0);

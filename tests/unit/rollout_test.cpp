@@ -274,8 +274,11 @@ TEST_CASE("teacher-forced scoring reproduces the sampler's log-probs and routing
     for (size_t t = 0; t < gen[i].logprobs.size(); ++t) CHECK(sc[i].logprobs[t] == Approx(gen[i].logprobs[t]).margin(1e-4));
     CHECK(sc[i].routing.n_pos == gen[i].routing.n_pos);
     CHECK(sc[i].routing.experts == gen[i].routing.experts);
+    // Decode runs its linear layers on 3 rows (model::linear_rows' kernel), scoring on whole sequences (a
+    // matrix product): float32 sums in other orders. Measured largest routing-prob difference: 8.8e-5 with
+    // matrix products on both sides, 1.1e-4 with the kernel (AVX-512); log-probs 7e-6 and 3.9e-5.
     for (size_t j = 0; j < gen[i].routing.probs.size(); ++j)
-      REQUIRE(sc[i].routing.probs[j] == Approx(gen[i].routing.probs[j]).margin(1e-4));
+      REQUIRE(sc[i].routing.probs[j] == Approx(gen[i].routing.probs[j]).margin(3e-4));
   }
 }
 

@@ -1,0 +1,22 @@
+// A linear layer's product for any number of rows, fastest for the few rows of a decode step.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+namespace moe::model {
+
+// y = x W^T (+ bias), x [..., H], w [O, H]: at::linear's result and gradients (to float rounding). On the
+// CPU in float32, with at most 4 rows (decode at batch 1-4, an expert given 1-4 tokens), it reads W once as
+// it lies, where a matrix product first repacks all of it: 1.2-3.7x faster at the `small` preset's shapes
+// (`bench_decode few-rows 1`). Differentiable (its own backward: two matrix products), so a
+// no-grad pass and a training forward compute alike. A row's result does not depend on the other rows.
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = {});
+
+// The instruction set of linear_rows' few-rows kernel: "avx512", "avx2" (with FMA) or "none" (no kernel:
+// at::linear, at::mv for one row). By default the best the CPU has; set_linear_rows_isa picks a lesser one
+// for tests and benchmarks (not while other threads run linear_rows) and returns false for one the CPU lacks.
+std::string linear_rows_isa();
+bool set_linear_rows_isa(const std::string& isa);
+
+}  // namespace moe::model

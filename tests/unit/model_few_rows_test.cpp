@@ -1,0 +1,114 @@
+// linear_rows (model/few_rows.h), the decode-time linear layer, against at::linear and its autograd.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <vector>
+
+#include "moe/model/few_rows.h"
+
+using moe::model::linear_rows;
+
+namespace {
+// The instruction sets this CPU runs linear_rows with (always "none": at::linear and at::mv).
+std::vector<std::string> isas() {
+  const std::string best = moe::model::linear_rows_isa();
+  std::vector<std::string> r{"none"};
+  if (best == "avx2" || best == "avx512") r.push_back("avx2");
+  if (best == "avx512") r.push_back("avx512");
+  return r;
+}
+
+// Runs the rest of the scope with ISA, back to the CPU's best at its end.
+struct WithIsa {
+  std::string best = moe::model::linear_rows_isa();
+  explicit WithIsa(const std::string& isa) { REQUIRE(moe::model::set_linear_rows_isa(isa)); }
+  ~WithIsa() { moe::model::set_linear_rows_isa(best); }
+};
+
+double max_rel(const at::Tensor& a, const at::Tensor& b) {
+  return ((a.to(at::kDouble) - b.to(at::kDouble)).abs().max() / (b.to(at::kDouble).abs().max() + 1e-12)).item<double>();
+}
+}  // namespace
+
+TEST_CASE("linear_rows equals at::linear for 1-6 rows, any shape (tails of H and O), with a bias", "[model][few_rows]") {
+  at::manual_seed(5);
+  CHECK_FALSE(moe::model::set_linear_rows_isa("sse9"));
+  for (const std::string& isa : isas()) {
+  WithIsa with(isa);
+  INFO("isa " << isa);
+  for (int64_t H : {1, 7, 8, 16, 64, 100, 1024}) {
+    for (int64_t O : {1, 3, 9, 256, 517}) {
+      at::Tensor w = at::randn({O, H});
+      at::Tensor b = at::randn({O});
+      for (int64_t n = 1; n <= 6; ++n) {
+        at::Tensor x = at::randn({n, 1, H});  // decode's [B, 1, H]
+        at::Tensor want = at::linear(x, w);
+        at::Tensor got = linear_rows(x, w);
+        INFO("H " << H << " O " << O << " rows " << n);
+        REQUIRE(got.sizes() == want.sizes());
+        CHECK(max_rel(got, want) < 1e-5);
+        CHECK(max_rel(linear_rows(x, w, b), at::linear(x, w, b)) < 1e-5);
+      }
+    }
+  }
+  }
+  // Another dtype and a strided weight take the matrix product.
+  at::Tensor w = at::randn({12, 16}, at::kDouble);
+  at::Tensor x = at::randn({2, 16}, at::kDouble);
+  CHECK(max_rel(linear_rows(x, w), at::linear(x, w)) < 1e-12);
+  at::Tensor wt = at::randn({16, 12}).t();
+  CHECK(max_rel(linear_rows(x.to(at::kFloat), wt), at::linear(x.to(at::kFloat), wt)) < 1e-5);
+}
+
+TEST_CASE("linear_rows: a row's result depends neither on the rows beside it nor on the threads", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: linear_rows is at::linear here, nothing to check");
+    return;
+  }
+  at::manual_seed(6);
+  for (const std::string& isa : isas()) {
+  if (isa == "none") continue;
+  WithIsa with(isa);
+  INFO("isa " << isa);
+  at::Tensor w = at::randn({1000, 777});
+  at::Tensor x = at::randn({4, 777});
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  at::Tensor four = linear_rows(x, w);
+  at::set_num_threads(2);
+  at::Tensor four2 = linear_rows(x, w);
+  at::set_num_threads(threads);
+  CHECK(at::equal(four, four2));
+  for (int64_t r = 0; r < 4; ++r) {
+    CHECK(at::equal(linear_rows(x.narrow(0, r, 1), w), four.narrow(0, r, 1)));
+    CHECK(at::equal(linear_rows(x.narrow(0, 0, r + 1), w), four.narrow(0, 0, r + 1)));
+  }
+  }
+}
+
+TEST_CASE("linear_rows: gradients in x and w equal at::linear's under autograd", "[model][few_rows]") {
+  at::manual_seed(7);
+  for (const std::string& isa : isas()) {
+  WithIsa with(isa);
+  INFO("isa " << isa);
+  for (int64_t n : {1, 3, 4, 5}) {
+    at::Tensor w0 = at::randn({40, 24}), x0 = at::randn({n, 24}), g = at::randn({n, 40});
+    at::Tensor w1 = w0.clone().requires_grad_(), x1 = x0.clone().requires_grad_();
+    at::Tensor w2 = w0.clone().requires_grad_(), x2 = x0.clone().requires_grad_();
+    (at::linear(x1, w1) * g).sum().backward();
+    at::Tensor y = linear_rows(x2, w2);
+    REQUIRE(y.requires_grad());
+    (y * g).sum().backward();
+    INFO("rows " << n);
+    CHECK(max_rel(x2.grad(), x1.grad()) < 1e-5);
+    CHECK(max_rel(w2.grad(), w1.grad()) < 1e-5);
+    // Only the weight trains (an expert's input detached): no gradient asked of x.
+    at::Tensor w3 = w0.clone().requires_grad_();
+    (linear_rows(x0, w3) * g).sum().backward();
+    CHECK(max_rel(w3.grad(), w1.grad()) < 1e-5);
+  }
+}
+}
