@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "bench_util.h"
+#include "moe/cli/app.h"
 #include "moe/model/config.h"
 #include "moe/model/few_rows.h"
 #include "moe/model/qwen3_moe.h"
@@ -55,7 +56,9 @@ double cpu_now() {
 
 void banner(int threads) {
   at::set_num_threads(threads);
-  std::fprintf(stderr, "bench_decode: libtorch %s, %d thread(s), BLAS %s\n", TORCH_VERSION, threads, blas_in_use().c_str());
+  const bool tuned = cli::tune_malloc();  // as every moe-* program does; MOEKIT_MALLOC=glibc: glibc's defaults
+  std::fprintf(stderr, "bench_decode: libtorch %s, %d thread(s), BLAS %s, malloc %s\n", TORCH_VERSION, threads, blas_in_use().c_str(),
+               tuned ? "tuned (cli::tune_malloc)" : "glibc defaults");
 }
 
 int gen(int argc, char** argv) {

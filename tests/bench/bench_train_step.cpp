@@ -4,7 +4,8 @@
 //
 //   bench_train_step [--threads N] [--seqs N] [--prompt P] [--response R] [--small-layers L] [--algo A]
 //
-// 1 vs 2 processes: tests/bench/bench_train_dp.sh (needs the moe-* binaries).
+// 1 vs 2 processes: tests/bench/bench_train_dp.sh (needs the moe-* binaries). MOEKIT_MALLOC=glibc runs with glibc's
+// allocator defaults instead of the moe-* programs' setting (cli::tune_malloc), for comparison.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
@@ -16,6 +17,7 @@
 #include <random>
 #include <string>
 
+#include "moe/cli/app.h"
 #include "moe/model/config.h"
 #include "moe/model/qwen3_moe.h"
 #include "moe/train/step.h"
@@ -97,7 +99,9 @@ int main(int argc, char** argv) {
     }
   }
   at::set_num_threads(threads);
-  std::printf("bench_train_step: threads %d, algo %s, K=2 mini-batches, E=1, fp32 CPU\n", threads, algo.c_str());
+  const bool tuned = cli::tune_malloc();  // as every moe-* program does
+  std::printf("bench_train_step: threads %d, algo %s, K=2 mini-batches, E=1, fp32 CPU, malloc %s\n", threads, algo.c_str(),
+              tuned ? "tuned as the moe-* programs (cli::tune_malloc)" : "glibc's defaults (MOEKIT_MALLOC=glibc or GLIBC_TUNABLES)");
   bench("tiny", model::preset_config("tiny", 98), seqs, P, R, algo);
   auto small = model::preset_config("small", 98);
   small.num_hidden_layers = small_layers;
