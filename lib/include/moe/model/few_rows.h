@@ -8,7 +8,7 @@ namespace moe::model {
 
 // y = x W^T (+ bias), x [..., H], w [O, H]: at::linear's result and gradients (to float rounding). On the
 // CPU in float32, with at most 4 rows (decode at batch 1-4, an expert given 1-4 tokens), it reads W once as
-// it lies, where a matrix product first repacks all of it: 1.2-3.7x faster at the `small` preset's shapes
+// it lies, where a matrix product first repacks all of it: 1.0-3.7x as fast at the `small` preset's shapes
 // (`bench_decode few-rows 1`). Differentiable (its own backward: two matrix products), so a
 // no-grad pass and a training forward compute alike. A row's result does not depend on the other rows.
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = {});
