@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -55,6 +56,38 @@ void remove_flat_dir(const std::string& dir) {
   }
   ::rmdir(dir.c_str());
 }
+
+// True when the reader of a pipe (FIFO, socket, terminal) that fd writes to has gone away, waiting up to
+// timeout_ms for it (-1: no limit). A regular file or device reports nothing, and an fd that is not open
+// (POLLNVAL) counts as present: there is nothing to watch.
+bool reader_gone(int fd, int timeout_ms) {
+  struct pollfd p = {fd, 0, 0};  // no events asked: POLLERR (a pipe without reader) and POLLHUP always are
+  if (::poll(&p, 1, timeout_ms) <= 0) return false;
+  return (p.revents & (POLLERR | POLLHUP)) != 0;
+}
+
+// Opens FIFO path for writing. A blocking open(2) returns only when a reader opens the FIFO; here an
+// O_NONBLOCK open is retried (ENXIO: no reader yet) every 50 ms while the reader of downstream is there.
+// The fd is made blocking again before it is returned.
+int open_fifo_for_writing(const std::string& path, const std::string& downstream_name, int downstream_fd) {
+  for (;;) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd >= 0) {
+      const int fl = ::fcntl(fd, F_GETFL);
+      if (fl < 0 || ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        const int e = errno;
+        ::close(fd);
+        throw Error(path + ": cannot open for writing: " + std::strerror(e));
+      }
+      return fd;
+    }
+    if (errno == EINTR) continue;
+    if (errno != ENXIO) throw Error(path + ": cannot open for writing: " + errstr());
+    if (reader_gone(downstream_fd, 50))
+      throw Error(path + ": no reader opened the FIFO, and the reader of " + downstream_name +
+                  " has gone away (the pipeline's next stage ended)");
+  }
+}
 }  // namespace
 
 Input::Input(const std::string& path) {
@@ -74,6 +107,30 @@ Input::Input(const std::string& path) {
   owned_ = true;
 }
 
+void Input::watch(const Output& out) {
+  watch_fd_ = out.fd();
+  struct stat st;
+  may_block_ = !(::fstat(fd_, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)));
+}
+
+void Input::wait_readable() {
+  if (watch_fd_ < 0 || !may_block_) return;
+  for (;;) {
+    // Nothing asked of watch_fd_: POLLERR (a pipe without reader) and POLLHUP are reported regardless.
+    struct pollfd p[2] = {{fd_, POLLIN, 0}, {watch_fd_, 0, 0}};
+    if (::poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      throw Error(name_ + ": poll failed: " + errstr());
+    }
+    if (p[1].revents & POLLNVAL) {  // not open (stdout closed): nothing to watch
+      watch_fd_ = -1;
+      return;
+    }
+    if (p[1].revents & (POLLERR | POLLHUP)) throw BrokenPipe();
+    if (p[0].revents) return;  // data, end of file, or an error that read(2) reports
+  }
+}
+
 Input::~Input() {
   if (owned_) ::close(fd_);
 }
@@ -87,6 +144,7 @@ size_t Input::read(void* buf, size_t n) {
     offset_ += k;
     return k;
   }
+  wait_readable();
   for (;;) {
     ssize_t r = ::read(fd_, buf, n);
     if (r >= 0) {
@@ -117,6 +175,7 @@ bool Input::getline(std::string& line, size_t max_bytes) {
       offset_ += len + (nl ? 1 : 0);
       if (nl) return true;
     }
+    wait_readable();
     buf_.resize(1 << 16);
     pos_ = 0;
     ssize_t r;
@@ -132,7 +191,13 @@ bool Input::getline(std::string& line, size_t max_bytes) {
   }
 }
 
-Output::Output(const std::string& path, size_t buffer_bytes) : cap_(buffer_bytes) {
+Output::Output(const std::string& path, size_t buffer_bytes) : cap_(buffer_bytes) { open_path(path, nullptr); }
+
+Output::Output(const std::string& path, const Output& downstream, size_t buffer_bytes) : cap_(buffer_bytes) {
+  open_path(path, &downstream);
+}
+
+void Output::open_path(const std::string& path, const Output* downstream) {
   buf_.reserve(cap_);
   if (path.empty() || path == "-") {
     fd_ = 1;
@@ -148,11 +213,16 @@ Output::Output(const std::string& path, size_t buffer_bytes) : cap_(buffer_bytes
   const bool special_tree = path.rfind("/dev/", 0) == 0 || path.rfind("/proc/", 0) == 0;
   if (exists && S_ISDIR(lst.st_mode)) throw Error(path + ": is a directory");
   if (exists && (special_tree || ::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))) {
-    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) throw Error(path + ": is a directory");
+    const bool target = ::stat(path.c_str(), &st) == 0;
+    if (target && S_ISDIR(st.st_mode)) throw Error(path + ": is a directory");
+    in_place_ = true;
+    if (target && S_ISFIFO(st.st_mode) && downstream && downstream->fd() >= 0) {
+      fd_ = open_fifo_for_writing(path, downstream->name(), downstream->fd());
+      return;
+    }
     // A dangling symlink creates its target (nothing to truncate: it did not exist).
     fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
     if (fd_ < 0) throw Error(path + ": cannot open for writing: " + errstr());
-    in_place_ = true;
     return;
   }
   if (exists && S_ISLNK(lst.st_mode)) {

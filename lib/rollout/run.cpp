@@ -315,11 +315,16 @@ void run_sample_follow(const RolloutRun& run) {
 
   io::Input in(run.input);
   io::Output out(run.output);
+  // Waiting for the next prompt batch ends (quietly, as a broken pipe) when the next stage has ended.
+  in.watch(out);
   // --routing-out R: one routing stream per batch, written whole after that batch's rollout stream is whole
   // on the output, and opened only then (a FIFO's open waits for its reader, which reads R only after the
   // rollouts). Why the pipeline with moe-train-step --follow --routing R cannot deadlock: step.cpp,
   // run_train_step. A regular file is written to a temporary and renamed into place at the end, as without
   // --follow (so it is for later runs, not for a reader running alongside); a FIFO or a device in place.
+  // A FIFO's reader (the trainer, down the pipeline from the output) that exited before it opened R never
+  // comes: the open gives up with an error once the output's reader has gone too (moe-reward --follow ends
+  // when the trainer does), rather than wait for ever.
   std::unique_ptr<io::Output> rout;
   std::vector<format::RoutingRecord> routes;  // the batch's routing, held until its rollouts are out
   std::string line;
@@ -378,7 +383,7 @@ void run_sample_follow(const RolloutRun& run) {
     }
     writer.finish();  // trailer, end of frame, flushed: the next stage has the whole stream
     if (gen.capture_routing) {
-      if (!rout) rout = std::make_unique<io::Output>(run.routing_out);
+      if (!rout) rout = std::make_unique<io::Output>(run.routing_out, out);
       format::Header h = routing_header(run, gen.seed);
       h.meta["batch"] = n + 1;
       format::RoutingWriter rw(*rout, h, rmeta);

@@ -183,3 +183,71 @@ make_two_batches() {
   [[ "$output" == *"error: stream 3: $TMP/extra.zst: holds more routing streams than the input holds rollout streams (2)"* ]]
   cmp "$TMP/two/model.safetensors" "$TMP/fol/model.safetensors"
 }
+
+# The R3 loop of the manual (prompts through a pipe, R a FIFO) on two prompt batches, with moe-reward's extra
+# options in $1 and moe-train-step's in the rest, under timeout, which ends the whole pipeline if it hangs
+# (status 124). Prints the stages' exit statuses; the stages' stderr go to $TMP/err1, err2 and err3.
+r3_fifo_loop() {
+  fresh "$TMP/m"
+  mkfifo "$TMP/R"
+  { cat "$W/p.jsonl"; echo; cat "$W/p2.jsonl"; } > "$TMP/prompts.jsonl"
+  run timeout 60 bash -c 'd=$1 reward=$2; shift 2
+    cat "$d/prompts.jsonl" \
+      | moe-rollout --follow -m "$d/m" -G 2 --max-new-tokens 6 --seed 1 -q --routing-out "$d/R" - 2> "$d/err1" \
+      | moe-reward --follow --task countdown -q $reward 2> "$d/err2" \
+      | moe-train-step --follow -m "$d/m" "$@" --routing "$d/R" - 2> "$d/err3"
+    s=("${PIPESTATUS[@]}"); echo "statuses ${s[*]}"; exit "${s[3]}"' _ "$TMP" "$@"
+  echo "$output"
+  cat "$TMP/err1" "$TMP/err2" "$TMP/err3"
+  [ "$status" -ne 124 ]  # no hang
+  [ -p "$TMP/R" ]  # still a FIFO
+}
+
+@test "R3 FIFO loop: a trainer that exits at once (usage error) ends the pipeline instead of hanging it" {
+  r3_fifo_loop "" --algo nope --router replay-rollout
+  [ "$status" -eq 2 ]
+  grep -q "algo" "$TMP/err3"
+  # moe-reward ends quietly (a broken pipe); moe-rollout too, or with the FIFO error when its first batch was out.
+  [[ "$output" == *"statuses "?" "[01]" 0 2" ]]
+  [ ! -s "$TMP/err2" ]
+}
+
+@test "R3 FIFO loop: a trainer that fails on stream 1 before it opens R ends the pipeline, moe-rollout with an error" {
+  # Every group of a random model's countdown rewards is uniform (all 0): the first rewarded stream is empty, and
+  # the trainer fails on it after moe-reward has written it, while moe-reward waits for stream 2.
+  r3_fifo_loop --drop-uniform-groups --algo grpo --router replay-rollout --seed 3 -q
+  [ "$status" -eq 1 ]
+  grep -q "error: stream 1: <stdin>: no records to train on" "$TMP/err3"
+  [[ "$output" == *"statuses 0 1 0 1" ]]
+  grep -q "moe-rollout: error: $TMP/R: no reader opened the FIFO, and the reader of <stdout> has gone away" "$TMP/err1"
+  [ ! -s "$TMP/err2" ]
+  cmp "$W/m0/model.safetensors" "$TMP/m/model.safetensors"
+}
+
+@test "moe-reward --follow: waiting for the next stream ends quietly once the reader of its output has gone" {
+  moe-reward --follow --task keep -q < "$W/rew.zst" > "$TMP/one.zst"
+  mkfifo "$TMP/in"
+  exec 8<> "$TMP/in"  # a writer that stays: after stream 1 moe-reward waits for more input
+  cat "$W/rew.zst" >&8
+  # The reader takes stream 1 and exits.
+  run timeout 60 bash -c 'moe-reward --follow --task keep -q < "$1/in" 2> "$1/err" | head -c "$2" > "$1/got.zst"
+    echo "statuses ${PIPESTATUS[*]}"' _ "$TMP" "$(stat -c %s "$TMP/one.zst")"
+  exec 8>&-
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [ "$output" = "statuses 0 0" ]
+  [ ! -s "$TMP/err" ]
+  cmp "$TMP/one.zst" "$TMP/got.zst"
+}
+
+@test "moe-rollout --follow: waiting for the next prompt batch ends quietly once the reader of its output has gone" {
+  mkfifo "$TMP/in"
+  exec 8<> "$TMP/in"  # a writer that never writes: moe-rollout waits for its first batch
+  run timeout 60 bash -c 'moe-rollout --follow -m "$2" -G 2 --max-new-tokens 6 -q - < "$1/in" 2> "$1/err" | true
+    echo "statuses ${PIPESTATUS[*]}"' _ "$TMP" "$W/m0"
+  exec 8>&-
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [ "$output" = "statuses 0 0" ]
+  [ ! -s "$TMP/err" ]
+}

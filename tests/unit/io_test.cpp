@@ -1,3 +1,4 @@
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -77,6 +78,84 @@ TEST_CASE("Input reads lines and bytes and names missing files", "[io]") {
   CHECK(line == "three");
   CHECK_FALSE(in.getline(line));
   CHECK_THROWS_WITH(moe::io::Input(dir + "/missing"), Catch::Contains("missing") && Catch::Contains("No such file"));
+}
+
+TEST_CASE("Input::watch: a wait on a pipe ends in BrokenPipe once the watched output's reader is gone", "[io]") {
+  ::alarm(60);  // a wait that never ends kills the test rather than hanging it
+  int in_pipe[2], out_pipe[2];
+  REQUIRE(::pipe(in_pipe) == 0);
+  REQUIRE(::pipe(out_pipe) == 0);
+  {
+    moe::io::Input in("/dev/fd/" + std::to_string(in_pipe[0]));
+    moe::io::Output out("/dev/fd/" + std::to_string(out_pipe[1]));
+    in.watch(out);
+    REQUIRE(::write(in_pipe[1], "a\nbc", 4) == 4);
+    std::string line;
+    REQUIRE(in.getline(line));
+    CHECK(line == "a");
+    ::close(out_pipe[0]);
+    // The input's writer is still there, with nothing more to say: without the watch both calls would wait.
+    CHECK_THROWS_AS(in.getline(line), moe::BrokenPipe);
+    char c;
+    CHECK_THROWS_AS(in.read(&c, 1), moe::BrokenPipe);
+  }
+  ::close(in_pipe[0]);
+  ::close(in_pipe[1]);
+  ::close(out_pipe[1]);
+  ::alarm(0);
+}
+
+TEST_CASE("Input::watch: a regular file is read as without it", "[io]") {
+  std::string dir = scratch_dir();
+  moe::io::write_file_atomic(dir + "/a.txt", "one\ntwo");
+  int out_pipe[2];
+  REQUIRE(::pipe(out_pipe) == 0);
+  ::close(out_pipe[0]);
+  moe::io::Output out("/dev/fd/" + std::to_string(out_pipe[1]));
+  moe::io::Input in(dir + "/a.txt");
+  in.watch(out);
+  std::string line;
+  REQUIRE(in.getline(line));
+  CHECK(line == "one");
+  REQUIRE(in.getline(line));
+  CHECK(line == "two");
+  CHECK_FALSE(in.getline(line));
+  ::close(out_pipe[1]);
+}
+
+TEST_CASE("Output(FIFO, downstream): opened when its reader is there, an error once downstream's reader is gone", "[io]") {
+  ::alarm(60);
+  std::string dir = scratch_dir();
+  const std::string fifo = dir + "/R";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  int down[2];
+  REQUIRE(::pipe(down) == 0);
+  const std::string down_name = "/dev/fd/" + std::to_string(down[1]);
+  {
+    moe::io::Output downstream(down_name);
+    const int r = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+    REQUIRE(r >= 0);
+    {
+      moe::io::Output f(fifo, downstream);
+      CHECK(f.in_place());
+      f.write("x");
+      f.close();
+    }
+    char c = 0;
+    CHECK(::read(r, &c, 1) == 1);
+    CHECK(c == 'x');
+    ::close(r);
+    // No reader of the FIFO, and none of downstream: an error, not a wait for ever.
+    ::close(down[0]);
+    CHECK_THROWS_WITH(moe::io::Output(fifo, downstream),
+                      Catch::Contains(fifo + ": no reader opened the FIFO, and the reader of " + down_name +
+                                      " has gone away"));
+  }
+  struct stat st;
+  REQUIRE(::stat(fifo.c_str(), &st) == 0);
+  CHECK(S_ISFIFO(st.st_mode));  // left as it was
+  ::close(down[1]);
+  ::alarm(0);
 }
 
 TEST_CASE("replace_dir swaps a staged directory in", "[io]") {

@@ -65,10 +65,12 @@ int main(int argc, char** argv) {
         if (!overlong.empty()) parse_overlong(overlong, opts);
 
         moe::io::Input in(input);
-        moe::format::RolloutReader reader(in, follow);
         moe::io::Output out(common.output);
         // --follow: one output stream per input stream, each written whole (trailer and flush) before the
-        // next input stream is read.
+        // next input stream is read; waiting for it ends (quietly, as a broken pipe) when the next stage has
+        // ended, so that the stages before this one end too.
+        if (follow) in.watch(out);
+        moe::format::RolloutReader reader(in, follow);
         for (int64_t stream_no = 1;; ++stream_no) {
           try {
             if (stream_no > 1 && !reader.next_stream()) break;

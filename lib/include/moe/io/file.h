@@ -8,6 +8,8 @@
 
 namespace moe::io {
 
+class Output;
+
 // A readable byte source: a file, or stdin for "-" or "". Throws moe::Error naming the file.
 class Input {
  public:
@@ -22,9 +24,18 @@ class Input {
   bool getline(std::string& line, size_t max_bytes = size_t(256) << 20);
   uint64_t offset() const { return offset_; }  // bytes consumed by read() and getline() so far
   const std::string& name() const { return name_; }  // the path, or "<stdin>"
+  // For a stage whose results go down a pipeline (--follow): while read() or getline() waits on a pipe,
+  // FIFO, terminal or socket, also watch `out` (where this program writes its results, e.g. stdout), and
+  // throw moe::BrokenPipe, as a write there would, once its reader has gone away, instead of waiting for
+  // input whose results nobody would read. No busy waiting: one poll(2) on both fds, without a timeout.
+  // Regular files and block devices never wait and are read as without it. `out` must outlive the reads.
+  void watch(const Output& out);
 
  private:
+  void wait_readable();  // returns when fd_ has data or end of file; BrokenPipe when watch_fd_'s reader is gone
   int fd_ = -1;
+  int watch_fd_ = -1;
+  bool may_block_ = true;  // not a regular file or block device
   bool owned_ = false;
   std::string name_;
   std::string buf_;  // getline's read-ahead
@@ -49,6 +60,12 @@ class Output {
   // removes it.
   struct NewFile {};
   Output(const std::string& path, NewFile, size_t buffer_bytes = 1 << 16);
+  // As Output(path), but opening a FIFO, which waits for its reader, gives up once the reader of
+  // `downstream` has gone away (another output of this program, e.g. stdout to the next stage of the
+  // pipeline, where the FIFO's reader usually is, and which therefore will never come): moe::Error
+  // "<path>: no reader opened the FIFO, and the reader of <downstream> has gone away". The open is retried
+  // without blocking every 50 ms; once open, the FIFO is written (blocking) as by Output(path).
+  Output(const std::string& path, const Output& downstream, size_t buffer_bytes = 1 << 16);
   ~Output();
   Output(const Output&) = delete;
   Output& operator=(const Output&) = delete;
@@ -58,6 +75,7 @@ class Output {
   void close();  // flush, fsync and rename a file; flush stdout. Idempotent.
   const std::string& name() const { return name_; }
   bool is_stdout() const { return fd_ == 1; }
+  int fd() const { return fd_; }  // 1 for stdout; -1 once a file is closed
   bool in_place() const { return in_place_; }  // a device or pipe written in place (no temp, no rename)
   // The temporary written until close() renames it into place ("" for stdout and in-place outputs).
   const std::string& temp_path() const { return tmp_path_; }
@@ -67,6 +85,7 @@ class Output {
   void commit();
 
  private:
+  void open_path(const std::string& path, const Output* downstream);  // the constructors' work
   void write_fd(const char* p, size_t n);  // every byte or an exception
   int fd_ = -1;
   std::string name_, path_, tmp_path_;
