@@ -3,6 +3,8 @@
 // its layer count cut so that weights + Adam state fit a laptop; the per-layer shapes are the real ones).
 //
 //   bench_train_step [--threads N] [--seqs N] [--prompt P] [--response R] [--small-layers L] [--algo A]
+//   (--algo sft: no old pass, the SFT loss; --small-layers 0: the tiny preset only)
+// Against transformers' eager training step on the same work: tests/bench/train_vs_python.sh.
 //
 // 1 vs 2 processes: tests/bench/bench_train_dp.sh (needs the moe-* binaries). MOEKIT_MALLOC=glibc runs with glibc's
 // allocator defaults instead of the moe-* programs' setting (cli::tune_malloc), for comparison.
@@ -48,15 +50,16 @@ void bench(const std::string& label, model::ModelConfig c, int seqs, int P, int 
     data.push_back(s);
   }
   train::TrainConfig tc;
-  tc.loss.algo = algo::parse_algo(algo);
+  tc.sft = algo == "sft";
+  if (!tc.sft) tc.loss.algo = algo::parse_algo(algo);
   train::Trainer t(m, tc);
   const int K = 2;  // mini-batches, as the default step
   double t_old = 0, t_fwd = 0, t_bwd = 0, t_opt = 0, t_total = 0;
   const int reps = 2;  // the first step warms up allocators; report the second
   for (int rep = 0; rep < reps; ++rep) {
     const double s0 = now();
-    std::vector<train::OldPass> old;
-    t.old_pass(data, old);
+    std::vector<train::OldPass> old(data.size());  // SFT: no old pass
+    if (!tc.sft) t.old_pass(data, old);
     const double s1 = now();
     double f = 0, b = 0, o = 0;
     for (int k = 0; k < K; ++k) {
@@ -103,6 +106,7 @@ int main(int argc, char** argv) {
   std::printf("bench_train_step: threads %d, algo %s, K=2 mini-batches, E=1, fp32 CPU, malloc %s\n", threads, algo.c_str(),
               tuned ? "tuned as the moe-* programs (cli::tune_malloc)" : "glibc's defaults (MOEKIT_MALLOC=glibc or GLIBC_TUNABLES)");
   bench("tiny", model::preset_config("tiny", 98), seqs, P, R, algo);
+  if (small_layers <= 0) return 0;
   auto small = model::preset_config("small", 98);
   small.num_hidden_layers = small_layers;
   bench("small/" + std::to_string(small_layers) + "L", small, std::max(4, seqs / 8), P, R, algo);

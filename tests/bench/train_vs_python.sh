@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Train-step tokens/s of moekit (bench_train_step, the tiny preset) against transformers' eager
+# Qwen3MoeForCausalLM step (ref_train.py) on the same work: SEQS sequences of PROMPT + RESPONSE tokens, two
+# mini-batches, AdamW, clipping; sft and grpo. For each algorithm moekit and Python alternate REPS times
+# (separate processes, each timing its second step); medians compared, wall clock and CPU seconds.
+# Prints numbers, never fails on a time.
+#   tests/bench/train_vs_python.sh [threads=1] [seqs=64] [prompt=12] [response=24] [reps=3]
+# Needs build/bench/bench_train_step and bench_decode, and /work/.venv-ref (PYTHON= another interpreter
+# with torch and transformers).
+# moekit's step does more than the reference: its metrics (entropy, clip fractions, mismatch and routing
+# statistics) and, for grpo, the routing it records in the old pass.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+threads=${1:-1} seqs=${2:-64} prompt=${3:-12} response=${4:-24} reps=${5:-3}
+bin=${BENCH_BIN:-$root/build/bench}
+py=${PYTHON:-/work/.venv-ref/bin/python}
+export OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+"$bin/bench_decode" save "$dir/model" tiny  # the weights Python loads (moekit's bench initialises the same way)
+echo "tiny preset, $seqs seqs x ($prompt + $response) tokens, $threads thread(s), median of $reps interleaved runs"
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+for algo in sft grpo; do
+  ours=() theirs=()
+  for ((r = 0; r < reps; r++)); do
+    l=$("$bin/bench_train_step" --threads "$threads" --seqs "$seqs" --prompt "$prompt" --response "$response" \
+          --small-layers 0 --algo "$algo" | awk '$1 == "tiny"')
+    ours+=("$(awk '{for (i = 1; i < NF; i++) if ($i == "step") print $(i + 1)}' <<<"$l")")
+    l=$("$py" "$here/ref_train.py" "$dir/model" "$algo" "$seqs" "$prompt" "$response" "$threads" 2>/dev/null)
+    theirs+=("$(awk '{print $4}' <<<"$l")")
+  done
+  mo=$(printf '%s\n' "${ours[@]}" | median) mp=$(printf '%s\n' "${theirs[@]}" | median)
+  printf '%-5s moekit %.3f s/step  python %.3f s/step  moekit speed x%.2f of python\n' "$algo" "$mo" "$mp" \
+    "$(awk -v a="$mo" -v b="$mp" 'BEGIN {print b / a}')"
+  echo "    runs (s/step): moekit ${ours[*]} | python ${theirs[*]}"
+done
+"$bin/bench_train_step" --threads "$threads" --seqs 2 --small-layers 0 | head -1
+"$py" "$here/ref_train.py" "$dir/model" sft 2 4 4 "$threads" 2>&1 >/dev/null | tail -1
