@@ -5,6 +5,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
 
 #include "model/few_rows_kernel.h"
 
@@ -90,6 +93,65 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   std::vector<int64_t> sz = x.sizes().vec();
   sz.back() = w.size(0);
   return y.view(sz);
+}
+
+at::Tensor attention_rows(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed, int64_t T,
+                          double scale) {
+  if (qg.dim() != 4 || k.dim() != 4 || v.dim() != 4 || allowed.dim() != 4) return {};
+  const int64_t B = qg.size(0), G = qg.size(1), R = qg.size(2), D = qg.size(3), S = k.size(2);
+  const bool grad = at::GradMode::is_enabled() && (qg.requires_grad() || k.requires_grad() || v.requires_grad());
+  if (grad || R > 16 || T < 1 || R % T != 0 || kernel::few_rows_isa() == kernel::Isa::none) return {};
+  for (const at::Tensor* t : {&qg, &k, &v})
+    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat) return {};
+  for (const at::Tensor* t : {&k, &v})
+    if (t->size(0) != B || t->size(1) != G || t->size(2) != S || t->size(3) != D || t->stride(3) != 1 || t->stride(2) != D) return {};
+  if (allowed.size(0) != B || allowed.size(1) != 1 || allowed.size(2) != T || allowed.size(3) != S ||
+      allowed.scalar_type() != at::kBool || !allowed.device().is_cpu())
+    return {};
+  at::Tensor q = qg.contiguous();
+  at::Tensor a = allowed.contiguous();
+  at::Tensor o = at::empty({B, G, R, D}, q.options());
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  const bool* ap = a.data_ptr<bool>();
+  float* op = o.data_ptr<float>();
+  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), vs0 = v.stride(0), vs1 = v.stride(1);
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> p(R * S);
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / G, g = bg % G;
+      const float* qb = qp + bg * R * D;
+      const float* kb = kp + b * ks0 + g * ks1;
+      const float* vb = vp + b * vs0 + g * vs1;
+      for (int64_t r0 = 0; r0 < R; r0 += kernel::kFewRows)
+        kernel::few_rows(qb + r0 * D, kb, p.data() + r0 * S, std::min(kernel::kFewRows, R - r0), D, S, 0, S);
+      float* ob = op + bg * R * D;
+      for (int64_t r = 0; r < R; ++r) {
+        float* pr = p.data() + r * S;
+        const bool* al = ap + (b * T + r % T) * S;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < S; ++j) {
+          pr[j] = al[j] ? pr[j] * sc : -std::numeric_limits<float>::infinity();
+          mx = std::max(mx, pr[j]);
+        }
+        float sum = 0.f;
+        for (int64_t j = 0; j < S; ++j) {
+          pr[j] = std::exp(pr[j] - mx);  // exp(-inf) = 0; a row without an allowed key gives NaN, as softmax
+          sum += pr[j];
+        }
+        float* orow = ob + r * D;
+        std::fill(orow, orow + D, 0.f);
+        for (int64_t j = 0; j < S; ++j) {
+          const float w = pr[j] / sum;
+          const float* vr = vb + j * D;
+          for (int64_t d = 0; d < D; ++d) orow[d] += w * vr[d];
+        }
+      }
+    }
+  });
+  return o;
 }
 
 }  // namespace moe::model

@@ -315,10 +315,13 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
     o = at::scaled_dot_product_attention(qg, k, v, m, 0.0, false, 1.0 / std::sqrt(static_cast<double>(head_dim)));
   }
 #else
-  at::Tensor scores = at::matmul(qg, k.transpose(2, 3)).mul_(1.0 / std::sqrt(static_cast<double>(head_dim)));
-  scores.view({B, kv_heads, rep, T, S}).masked_fill_(allowed.logical_not().unsqueeze(2), -std::numeric_limits<double>::infinity());
-  at::Tensor attn = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-  o = at::matmul(attn, v);  // [B, kvH, rep * T, D]
+  o = attention_rows(qg, k, v, allowed, T, 1.0 / std::sqrt(static_cast<double>(head_dim)));  // decode on the CPU
+  if (!o.defined()) {
+    at::Tensor scores = at::matmul(qg, k.transpose(2, 3)).mul_(1.0 / std::sqrt(static_cast<double>(head_dim)));
+    scores.view({B, kv_heads, rep, T, S}).masked_fill_(allowed.logical_not().unsqueeze(2), -std::numeric_limits<double>::infinity());
+    at::Tensor attn = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+    o = at::matmul(attn, v);  // [B, kvH, rep * T, D]
+  }
 #endif
   o = o.reshape({B, heads, T, head_dim}).transpose(1, 2).reshape({B, T, heads * head_dim});
   return o_proj(o);

@@ -4,6 +4,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -111,4 +113,60 @@ TEST_CASE("linear_rows: gradients in x and w equal at::linear's under autograd",
     CHECK(max_rel(w3.grad(), w1.grad()) < 1e-5);
   }
 }
+}
+
+namespace {
+// The matrix-product attention attention_rows replaces (AttentionImpl's path without SDPA).
+at::Tensor attention_ref(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed, int64_t T,
+                         double scale) {
+  const int64_t B = qg.size(0), G = qg.size(1), R = qg.size(2), S = k.size(2);
+  at::Tensor scores = at::matmul(qg, k.transpose(2, 3)).mul_(scale);
+  scores.view({B, G, R / T, T, S}).masked_fill_(allowed.logical_not().unsqueeze(2), -std::numeric_limits<double>::infinity());
+  return at::matmul(at::softmax(scores, -1, at::kFloat), v);
+}
+}  // namespace
+
+TEST_CASE("attention_rows equals the matrix-product attention on a KV cache's views", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: attention_rows does not apply, nothing to check");
+    return;
+  }
+  at::manual_seed(8);
+  at::NoGradGuard ng;
+  for (const std::string& isa : isas()) {
+    if (isa == "none") continue;
+    WithIsa with(isa);
+    for (int64_t D : {7, 24, 64}) {
+      for (int64_t rep : {1, 2, 4, 8}) {
+        for (int64_t T : {1, 2}) {
+          const int64_t B = 3, G = 2, S = 11, cap = 16;
+          at::Tensor qg = at::randn({B, G, rep * T, D});
+          at::Tensor ck = at::randn({B, G, cap, D}), cv = at::randn({B, G, cap, D});
+          at::Tensor k = ck.narrow(2, 0, S), v = cv.narrow(2, 0, S);  // as the cache: rows dense, blocks strided
+          at::Tensor allowed = at::rand({B, 1, T, S}).gt(0.3);
+          allowed.select(3, S - 1).fill_(true);  // every row sees at least its own position
+          const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+          at::Tensor got = moe::model::attention_rows(qg, k, v, allowed, T, scale);
+          INFO("isa " << isa << " D " << D << " rep " << rep << " T " << T);
+          REQUIRE(got.defined());
+          CHECK(max_rel(got, attention_ref(qg, k, v, allowed, T, scale)) < 1e-5);
+          // A (b, g) block's result does not depend on the other blocks.
+          at::Tensor one = moe::model::attention_rows(qg.narrow(0, 1, 1), k.narrow(0, 1, 1), v.narrow(0, 1, 1),
+                                                      allowed.narrow(0, 1, 1), T, scale);
+          CHECK(at::equal(one, got.narrow(0, 1, 1)));
+        }
+      }
+    }
+  }
+  // More than 16 rows per block, gradients wanted, or another dtype: not applicable (the caller takes the
+  // matrix products).
+  {
+    at::Tensor q = at::randn({1, 1, 18, 8}), k = at::randn({1, 1, 3, 8}), a = at::ones({1, 1, 2, 3}, at::kBool);
+    CHECK_FALSE(moe::model::attention_rows(q, k, k, a, 2, 1.0).defined());
+  }
+  at::Tensor q = at::randn({1, 1, 2, 8}), k = at::randn({1, 1, 3, 8}), a = at::ones({1, 1, 1, 3}, at::kBool);
+  CHECK_FALSE(moe::model::attention_rows(q.to(at::kDouble), k.to(at::kDouble), k.to(at::kDouble), a, 1, 1.0).defined());
+  at::GradMode::set_enabled(true);
+  CHECK_FALSE(moe::model::attention_rows(q.clone().requires_grad_(), k, k, a, 1, 1.0).defined());
+  at::GradMode::set_enabled(false);
 }
