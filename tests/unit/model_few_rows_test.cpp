@@ -1,6 +1,7 @@
 // linear_rows (model/few_rows.h), the decode-time linear layer, against at::linear and its autograd.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <catch2/catch.hpp>
 
