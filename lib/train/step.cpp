@@ -362,6 +362,10 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
 
   model::Qwen3Moe model = model::load_model(cfg.model_dir, device, at::kFloat, shard);
   const model::ModelConfig& mc = model->config();
+  // The router-shift ratio (rspo, --router-shift) compares each token's routing before and after: a model
+  // without MoE layers has none, and its factors would be an empty product.
+  if (!tc.sft && algo::with_defaults(tc.loss).router_shift && mc.moe_layer_ids().empty())
+    throw UsageError(cfg.model_dir + ": the router-shift ratio (--algo rspo, --router-shift) needs MoE layers, and the model has none");
   // Every file of the model dir that is not ours (tokenizer files, generation_config.json, README, ...) goes
   // into the output dir unchanged.
   std::vector<std::pair<std::string, std::string>> extra = model::companion_files(cfg.model_dir);

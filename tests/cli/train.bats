@@ -352,6 +352,24 @@ s = socket.socket(); s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(); print("u
   same_dir "$TMP/m" "$TMP/orig"
 }
 
+@test "a model without MoE layers: the router-shift ratio is a usage error, grpo trains" {
+  jq '.mlp_only_layers = [0, 1, 2]' "$W/m0/config.json" > "$TMP/dense.json"
+  moe-init --config "$TMP/dense.json" -o "$TMP/m" --seed 2 -q
+  moe-rollout -m "$TMP/m" -G 2 --max-new-tokens 6 --seed 1 -q "$W/p.jsonl" > "$TMP/roll.zst"
+  moe_fake_reward "$TMP/roll.zst" | moe-reward --task keep -q > "$TMP/rew.zst"
+  cp -r "$TMP/m" "$TMP/orig"
+  for args in "--algo rspo" "--algo grpo --router-shift"; do
+    run moe-train-step -m "$TMP/m" "$TMP/rew.zst" $args -q
+    echo "$output"
+    [ "$status" -eq 2 ]
+    [[ "$output" == *"the router-shift ratio (--algo rspo, --router-shift) needs MoE layers, and the model has none"* ]]
+  done
+  same_dir "$TMP/m" "$TMP/orig"
+  moe-train-step -m "$TMP/m" "$TMP/rew.zst" --algo grpo -q
+  run cmp -s "$TMP/m/model.safetensors" "$TMP/orig/model.safetensors"
+  [ "$status" -eq 1 ]  # the weights changed
+}
+
 @test "shell_examples/rl_loop.sh runs 2 steps of the pipeline" {
   fresh "$TMP/m"
   run bash "$SRC/shell_examples/rl_loop.sh" "$TMP/m" 2 2
