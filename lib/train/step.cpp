@@ -79,11 +79,8 @@ void detect(const std::string& path, Spooled& s) {
     s.path = path;
     return;
   }
-  io::Input in(std_in ? "-" : path);
-  const std::string name = in.name();
-  std::string all;
-  char buf[1 << 16];
-  for (size_t n; (n = in.read(buf, sizeof buf)) > 0;) all.append(buf, n);
+  const std::string name = std_in ? "<stdin>" : path;
+  std::string all = io::read_file(std_in ? "-" : path);
   s.kind = kind_of(reinterpret_cast<const unsigned char*>(all.data()), all.size(), name);
   s.name = name;
   if (s.kind == InputKind::jsonl) {
