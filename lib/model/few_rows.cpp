@@ -75,25 +75,22 @@ bool set_linear_rows_isa(const std::string& isa) {
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   const int64_t H = x.dim() >= 1 ? x.size(-1) : 0;
   const int64_t rows = H > 0 ? x.numel() / H : 0;
+  // y [rows, O] (or [O]) -> x's shape with O in place of H, plus the bias.
+  auto shaped = [&](at::Tensor y) {
+    if (bias.defined()) y = y + bias;
+    std::vector<int64_t> sz = x.sizes().vec();
+    sz.back() = w.size(0);
+    return y.view(sz);
+  };
   if (!takes_kernel(x, w, rows)) {
     // One row elsewhere (another device or dtype, a CPU without AVX2): a matrix-vector product also reads the
     // weight once.
-    if (rows == 1 && x.dim() >= 1 && w.dim() == 2) {
-      at::Tensor y = at::mv(w, x.reshape({-1}));
-      if (bias.defined()) y = y + bias;
-      std::vector<int64_t> sz = x.sizes().vec();
-      sz.back() = w.size(0);
-      return y.view(sz);
-    }
+    if (rows == 1 && x.dim() >= 1 && w.dim() == 2) return shaped(at::mv(w, x.reshape({-1})));
     return at::linear(x, w, bias);
   }
   at::Tensor x2 = x.reshape({rows, H}).contiguous();
   const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad());
-  at::Tensor y = grad ? FewRowsLinear::apply(x2, w) : few_rows_forward(x2, w);
-  if (bias.defined()) y = y + bias;
-  std::vector<int64_t> sz = x.sizes().vec();
-  sz.back() = w.size(0);
-  return y.view(sz);
+  return shaped(grad ? FewRowsLinear::apply(x2, w) : few_rows_forward(x2, w));
 }
 
 at::Tensor attention_rows(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed, int64_t T,
