@@ -10,6 +10,7 @@
 #
 # The grid file (default shell_examples/grids/study.grid): '#' comments, one line "seeds S1 S2 ..." and one
 # line per configuration, "NAME moe-train-step options...", e.g. "rspo-pre --algo rspo --rs-apply pre-clip".
+# A configuration that gives its own --mini-batches or --lr overrides the global one (grids/regime.grid).
 # --seeds and --runs narrow or replace the grid's seeds and configurations.
 # Defaults (the study): 60 steps of 16 prompts x 8 samples, 2 mini-batches, lr 1e-4, T 1.0, held-out eval of
 # 200 test prompts (greedy + 8 samples) every 10 steps, SFT checkpoint per seed: moe-init --preset tiny
@@ -127,6 +128,10 @@ run() {
           "val/mean_at_k_se": .overall["mean@k_se"]}' \
       >> "$m"
   }
+  # --mini-batches and --lr: the configuration's own when its line gives them (a sweep), else the global ones
+  local defaults=()
+  case " $* " in *" --mini-batches "*) ;; *) defaults+=(--mini-batches "$mb") ;; esac
+  case " $* " in *" --lr "*) ;; *) defaults+=(--lr "$lr") ;; esac
   touch "$m"
   val "$sft_step"
   local i lines step reward
@@ -138,7 +143,7 @@ run() {
           --seed $((seed * 100000 + i)) --threads 1 --routing-out "$dir/routes.zst" \
       | moe-reward -q --task countdown \
       | tee "$dir/rewarded.zst" \
-      | moe-train-step -q -m "$dir/model" "$@" --routing "$dir/routes.zst" --mini-batches "$mb" --lr "$lr" \
+      | moe-train-step -q -m "$dir/model" "$@" --routing "$dir/routes.zst" "${defaults[@]}" \
           --seed $((seed * 100000 + i)) --threads 1 --metrics "$m"
     reward=$(moe-route-dump show --jsonl "$dir/rewarded.zst" | jq -s 'map(.reward) | add / length')
     step=$(tail -n +$((lines + 1)) "$m" | jq -s 'map(select(.kind == "summary")) | last | .step')
