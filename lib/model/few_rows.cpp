@@ -93,62 +93,161 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return shaped(grad ? FewRowsLinear::apply(x2, w) : few_rows_forward(x2, w));
 }
 
-at::Tensor attention_rows(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed, int64_t T,
-                          double scale) {
-  if (qg.dim() != 4 || k.dim() != 4 || v.dim() != 4 || allowed.dim() != 4) return {};
-  const int64_t B = qg.size(0), G = qg.size(1), R = qg.size(2), D = qg.size(3), S = k.size(2);
-  const bool grad = at::GradMode::is_enabled() && (qg.requires_grad() || k.requires_grad() || v.requires_grad());
-  if (grad || R > 16 || T < 1 || R % T != 0 || kernel::few_rows_isa() == kernel::Isa::none) return {};
-  for (const at::Tensor* t : {&qg, &k, &v})
-    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat) return {};
-  for (const at::Tensor* t : {&k, &v})
-    if (t->size(0) != B || t->size(1) != G || t->size(2) != S || t->size(3) != D || t->stride(3) != 1 || t->stride(2) != D) return {};
-  if (allowed.size(0) != B || allowed.size(1) != 1 || allowed.size(2) != T || allowed.size(3) != S ||
-      allowed.scalar_type() != at::kBool || !allowed.device().is_cpu())
-    return {};
-  at::Tensor q = qg.contiguous();
-  at::Tensor a = allowed.contiguous();
-  at::Tensor o = at::empty({B, G, R, D}, q.options());
+namespace {
+
+// Keys per block above which the matrix products win (a long context): the blocks' loops read k and v once
+// per 4 query rows, where a matrix product tiles them.
+constexpr int64_t kMaxKeys = 512;
+
+// out [cols, rows] = in [rows, cols] transposed (rows of in dense, row stride `ld`).
+void transpose(const float* in, int64_t rows, int64_t cols, int64_t ld, float* out) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = in[r * ld + c];
+}
+
+float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float s = 0.f;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// One (b, g) block's forward. q [R, D], k and v [S, D] (rows dense), allowed [T, S] of this b (query row r is
+// position r % T). p [R, S] gets the probabilities, o [R, D] the output; kt [D, S] is scratch. Row r's
+// scores are q[r] combined with k^T's rows (vector lanes over keys: no horizontal sums), its output p[r]
+// combined with v's rows.
+void block_forward(const float* q, const float* k, const float* v, const bool* allowed, int64_t R, int64_t T, int64_t S,
+                   int64_t D, float scale, float* p, float* o, float* kt) {
+  transpose(k, S, D, D, kt);
+  for (int64_t r = 0; r < R; ++r) {
+    float* pr = p + r * S;
+    const bool* al = allowed + (r % T) * S;
+    int64_t n = S;  // keys [0, n) hold every allowed one: causal rows need only a prefix
+    while (n > 0 && !al[n - 1]) --n;
+    std::fill(pr + n, pr + S, 0.f);
+    if (n == 0) {  // no allowed key: NaN, as softmax
+      std::fill(o + r * D, o + (r + 1) * D, std::numeric_limits<float>::quiet_NaN());
+      continue;
+    }
+    kernel::combine_rows(q + r * D, kt, D, n, S, pr);
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < n; ++j)
+      if (al[j]) mx = std::max(mx, pr[j] * scale);
+    const float sum = kernel::softmax_weights(pr, al, scale, mx, n, pr);
+    const float inv = 1.f / sum;
+    for (int64_t j = 0; j < n; ++j) pr[j] *= inv;
+    kernel::combine_rows(pr, v, n, D, D, o + r * D);
+  }
+}
+
+// One block's backward, from the saved probabilities p and output o and the output's gradient go [R, D]:
+//   ds = p * (go v^T - rowsum(go * o)) * scale;  dq = ds k;  dk = ds^T q;  dv = p^T go.
+// Scratch: ds [R, S], vt [D, S], ct [S, R]. dq, dk and dv are written whole.
+void block_backward(const float* q, const float* k, const float* v, const float* p, const float* o, const float* go, int64_t R,
+                    int64_t S, int64_t D, float scale, float* ds, float* vt, float* ct, float* dq, float* dk, float* dv) {
+  transpose(v, S, D, D, vt);
+  for (int64_t r = 0; r < R; ++r) {
+    const float* gr = go + r * D;
+    const float* orow = o + r * D;
+    const float delta = dot(gr, orow, D);
+    const float* pr = p + r * S;
+    float* dsr = ds + r * S;
+    int64_t n = S;  // keys past the last with a weight have none: their ds is 0
+    while (n > 0 && pr[n - 1] == 0.f) --n;
+    std::fill(dsr + n, dsr + S, 0.f);
+    kernel::combine_rows(gr, vt, D, n, S, dsr);
+    for (int64_t j = 0; j < n; ++j) dsr[j] = pr[j] * (dsr[j] - delta) * scale;
+    kernel::combine_rows(dsr, k, n, D, D, dq + r * D);
+  }
+  transpose(ds, R, S, S, ct);
+  for (int64_t j = 0; j < S; ++j) kernel::combine_rows(ct + j * R, q, R, D, D, dk + j * D);
+  transpose(p, R, S, S, ct);
+  for (int64_t j = 0; j < S; ++j) kernel::combine_rows(ct + j * R, go, R, D, D, dv + j * D);
+}
+
+struct Shape {
+  int64_t B, G, R, D, S, T;
+};
+
+// Every block's forward, over the threads; p is [B, G, R, S] or, when null, one block's scratch per task.
+void forward_all(const Shape& z, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a, float scale,
+                 float* pall, at::Tensor& o) {
   const float* qp = q.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   const bool* ap = a.data_ptr<bool>();
   float* op = o.data_ptr<float>();
   const int64_t ks0 = k.stride(0), ks1 = k.stride(1), vs0 = v.stride(0), vs1 = v.stride(1);
-  const float sc = static_cast<float>(scale);
-  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> p(R * S);
+  at::parallel_for(0, z.B * z.G, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch((pall ? 0 : z.R * z.S) + z.D * z.S);
+    float* kt = scratch.data() + (pall ? 0 : z.R * z.S);
     for (int64_t bg = begin; bg < end; ++bg) {
-      const int64_t b = bg / G, g = bg % G;
-      const float* qb = qp + bg * R * D;
-      const float* kb = kp + b * ks0 + g * ks1;
-      const float* vb = vp + b * vs0 + g * vs1;
-      for (int64_t r0 = 0; r0 < R; r0 += kernel::kFewRows)
-        kernel::few_rows(qb + r0 * D, kb, p.data() + r0 * S, std::min(kernel::kFewRows, R - r0), D, S, 0, S);
-      float* ob = op + bg * R * D;
-      for (int64_t r = 0; r < R; ++r) {
-        float* pr = p.data() + r * S;
-        const bool* al = ap + (b * T + r % T) * S;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < S; ++j) {
-          pr[j] = al[j] ? pr[j] * sc : -std::numeric_limits<float>::infinity();
-          mx = std::max(mx, pr[j]);
-        }
-        float sum = 0.f;
-        for (int64_t j = 0; j < S; ++j) {
-          pr[j] = std::exp(pr[j] - mx);  // exp(-inf) = 0; a row without an allowed key gives NaN, as softmax
-          sum += pr[j];
-        }
-        float* orow = ob + r * D;
-        std::fill(orow, orow + D, 0.f);
-        for (int64_t j = 0; j < S; ++j) {
-          const float w = pr[j] / sum;
-          const float* vr = vb + j * D;
-          for (int64_t d = 0; d < D; ++d) orow[d] += w * vr[d];
-        }
-      }
+      const int64_t b = bg / z.G, g = bg % z.G;
+      float* p = pall ? pall + bg * z.R * z.S : scratch.data();
+      block_forward(qp + bg * z.R * z.D, kp + b * ks0 + g * ks1, vp + b * vs0 + g * vs1, ap + b * z.T * z.S, z.R, z.T, z.S,
+                    z.D, scale, p, op + bg * z.R * z.D, kt);
     }
   });
+}
+
+// The differentiable form: q, k, v contiguous [B, G, *, D]. Saves the probabilities [B, G, R, S] (the matrix
+// products' path saved as much) and the output.
+struct BlockAttention : public torch::autograd::Function<BlockAttention> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& allowed, int64_t T, double scale) {
+    const Shape z{q.size(0), q.size(1), q.size(2), q.size(3), k.size(2), T};
+    at::Tensor p = at::empty({z.B, z.G, z.R, z.S}, q.options());
+    at::Tensor o = at::empty({z.B, z.G, z.R, z.D}, q.options());
+    forward_all(z, q, k, v, allowed, static_cast<float>(scale), p.data_ptr<float>(), o);
+    ctx->save_for_backward({q, k, v, p, o});
+    ctx->saved_data["scale"] = scale;
+    return o;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &p = saved[3], &o = saved[4];
+    const at::Tensor go = grads[0].contiguous();
+    const float scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
+    const int64_t B = q.size(0), G = q.size(1), R = q.size(2), D = q.size(3), S = k.size(2);
+    at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+    const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+    const float *pp = p.data_ptr<float>(), *opp = o.data_ptr<float>(), *gp = go.data_ptr<float>();
+    float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
+    at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch(2 * R * S + D * S);
+      float *ds = scratch.data(), *ct = ds + R * S, *vt = ct + R * S;
+      for (int64_t bg = begin; bg < end; ++bg)
+        block_backward(qp + bg * R * D, kp + bg * S * D, vp + bg * S * D, pp + bg * R * S, opp + bg * R * D, gp + bg * R * D, R, S,
+                       D, scale, ds, vt, ct, dqp + bg * R * D, dkp + bg * S * D, dvp + bg * S * D);
+    });
+    return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+bool dense_rows(const at::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3); }
+
+}  // namespace
+
+at::Tensor attention_blocks(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed, int64_t T,
+                            double scale) {
+  if (qg.dim() != 4 || k.dim() != 4 || v.dim() != 4 || allowed.dim() != 4) return {};
+  const int64_t B = qg.size(0), G = qg.size(1), R = qg.size(2), D = qg.size(3), S = k.size(2);
+  if (T < 1 || R % T != 0 || S > kMaxKeys || kernel::few_rows_isa() == kernel::Isa::none) return {};
+  for (const at::Tensor* t : {&qg, &k, &v})
+    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat) return {};
+  for (const at::Tensor* t : {&k, &v})
+    if (t->size(0) != B || t->size(1) != G || t->size(2) != S || t->size(3) != D) return {};
+  if (allowed.size(0) != B || allowed.size(1) != 1 || allowed.size(2) != T || allowed.size(3) != S ||
+      allowed.scalar_type() != at::kBool || !allowed.device().is_cpu())
+    return {};
+  const bool grad = at::GradMode::is_enabled() && (qg.requires_grad() || k.requires_grad() || v.requires_grad());
+  at::Tensor a = allowed.contiguous();
+  if (grad) return BlockAttention::apply(qg.contiguous(), k.contiguous(), v.contiguous(), a, T, scale);
+  // Without gradients: the same forward, probabilities in per-task scratch; k and v as they lie when their
+  // rows are dense (a KV cache's view), so a decode step copies nothing.
+  at::Tensor q = qg.contiguous();
+  at::Tensor kk = dense_rows(k) ? k : k.contiguous(), vv = dense_rows(v) ? v : v.contiguous();
+  at::Tensor o = at::empty({B, G, R, D}, q.options());
+  forward_all(Shape{B, G, R, D, S, T}, q, kk, vv, a, static_cast<float>(scale), nullptr, o);
   return o;
 }
 

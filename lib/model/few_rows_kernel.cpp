@@ -151,12 +151,92 @@ void few_rows(const float* x, const float* w, float* y, int64_t n, int64_t H, in
     default: throw std::invalid_argument("few_rows: n outside [1, kFewRows]");
   }
 }
+
+namespace {
+// Lanes [0, m) of a row's last, partial vector of 8.
+__attribute__((target("avx2,fma"))) inline __m256i tail_mask(int64_t m) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(m)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Four vectors of y at a time: four independent FMA chains, so their latency overlaps (one chain waits on its
+// previous FMA). Each element's sum is still in j order.
+__attribute__((target("avx2,fma"))) void combine_rows_avx2(const float* a, const float* X, int64_t n, int64_t D, int64_t ldx, float* y) {
+  for (int64_t d = 0; d < D; d += 32) {
+    __m256i m[4];
+    __m256 acc[4];
+    MOE_UNROLL
+    for (int c = 0; c < 4; ++c) {
+      m[c] = tail_mask(D - d - 8 * c);  // all lanes, some or none in the last vectors
+      acc[c] = _mm256_setzero_ps();
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      if (a[j] == 0.f) continue;
+      const __m256 aj = _mm256_set1_ps(a[j]);
+      const float* xr = X + j * ldx + d;
+      MOE_UNROLL
+      for (int c = 0; c < 4; ++c) acc[c] = _mm256_fmadd_ps(aj, _mm256_maskload_ps(xr + 8 * c, m[c]), acc[c]);
+    }
+    MOE_UNROLL
+    for (int c = 0; c < 4; ++c) _mm256_maskstore_ps(y + d + 8 * c, m[c], acc[c]);
+  }
+}
+
+// exp(x) for x <= 0 (softmax's shifted scores): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes' expf
+// polynomial, times 2^n. Within 2 ulp of expf; below -87.3 (exp < 1.2e-38, no weight beside the row's
+// maximum's 1) it gives exp(-87.3).
+__attribute__((target("avx2,fma"))) inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+__attribute__((target("avx2,fma"))) float softmax_weights_avx2(const float* s, const bool* allowed, float scale, float mx, int64_t n,
+                                                               float* p) {
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256i m = tail_mask(n - j);
+    alignas(32) int32_t keep[8];
+    for (int l = 0; l < 8; ++l) keep[l] = j + l < n && allowed[j + l] ? -1 : 0;
+    const __m256 x = _mm256_fmsub_ps(_mm256_maskload_ps(s + j, m), _mm256_set1_ps(scale), _mm256_set1_ps(mx));
+    const __m256 w = _mm256_and_ps(exp_nonpositive(x), _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(keep))));
+    sum = _mm256_add_ps(sum, w);
+    _mm256_maskstore_ps(p + j, m, w);
+  }
+  return lanes_sum(sum);
+}
+}  // namespace
+
+void combine_rows(const float* a, const float* X, int64_t n, int64_t D, int64_t ldx, float* y) {
+  if (g_isa == Isa::none) throw std::logic_error("combine_rows: no kernel selected");
+  combine_rows_avx2(a, X, n, D, ldx, y);
+}
+
+float softmax_weights(const float* s, const bool* allowed, float scale, float mx, int64_t n, float* p) {
+  if (g_isa == Isa::none) throw std::logic_error("softmax_weights: no kernel selected");
+  return softmax_weights_avx2(s, allowed, scale, mx, n, p);
+}
 #else
 // Other architectures: callers take the matrix product.
 Isa few_rows_isa() { return Isa::none; }
 bool set_few_rows_isa(Isa isa) { return isa == Isa::none; }
 void few_rows(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t) {
   throw std::logic_error("few_rows: no kernel for this architecture");
+}
+void combine_rows(const float*, const float*, int64_t, int64_t, int64_t, float*) {
+  throw std::logic_error("combine_rows: no kernel for this architecture");
+}
+float softmax_weights(const float*, const bool*, float, float, int64_t, float*) {
+  throw std::logic_error("softmax_weights: no kernel for this architecture");
 }
 #endif
 

@@ -22,4 +22,14 @@ bool set_few_rows_isa(Isa isa);
 // depend on the rows beside it.
 void few_rows(const float* x, const float* w, float* y, int64_t n, int64_t H, int64_t O, int64_t o0, int64_t o1);
 
+// Two row operations of attention (model/few_rows.cpp), AVX2 with FMA; few_rows_isa() != none.
+// y[d] = sum over j < n with a[j] != 0 of a[j] * X[j * ldx + d], for d < D (X's rows: D dense floats, ldx
+// apart); y is overwritten (zeros when no a[j] != 0). Each y[d] sums its terms in j order, one fused
+// multiply-add per term.
+void combine_rows(const float* a, const float* X, int64_t n, int64_t D, int64_t ldx, float* y);
+// Softmax's unnormalised weights of one row: p[j] = allowed[j] ? exp(s[j] * scale - mx) : 0 for j < n (mx at
+// least every allowed s[j] * scale, so each exponent is <= 0); returns their sum, in a fixed order. The
+// exponential is a polynomial within 2 ulp of expf.
+float softmax_weights(const float* s, const bool* allowed, float scale, float mx, int64_t n, float* p);
+
 }  // namespace moe::model::kernel

@@ -315,7 +315,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
     o = at::scaled_dot_product_attention(qg, k, v, m, 0.0, false, 1.0 / std::sqrt(static_cast<double>(head_dim)));
   }
 #else
-  o = attention_rows(qg, k, v, allowed, T, 1.0 / std::sqrt(static_cast<double>(head_dim)));  // decode on the CPU
+  o = attention_blocks(qg, k, v, allowed, T, 1.0 / std::sqrt(static_cast<double>(head_dim)));  // the CPU, float32
   if (!o.defined()) {
     at::Tensor scores = at::matmul(qg, k.transpose(2, 3)).mul_(1.0 / std::sqrt(static_cast<double>(head_dim)));
     scores.view({B, kv_heads, rep, T, S}).masked_fill_(allowed.logical_not().unsqueeze(2), -std::numeric_limits<double>::infinity());

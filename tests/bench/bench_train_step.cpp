@@ -2,8 +2,9 @@
 // backward / optimizer, and peak RSS, on the tiny preset and a small-real-MoE-shaped preset ("small", with
 // its layer count cut so that weights + Adam state fit a laptop; the per-layer shapes are the real ones).
 //
-//   bench_train_step [--threads N] [--seqs N] [--prompt P] [--response R] [--small-layers L] [--algo A]
-//   (--algo sft: no old pass, the SFT loss; --small-layers 0: the tiny preset only)
+//   bench_train_step [--threads N] [--seqs N] [--prompt P] [--response R] [--small-layers L] [--algo A] [--isa I]
+//   (--algo sft: no old pass, the SFT loss; --small-layers 0: the tiny preset only; --isa none: without the
+//   few-rows kernels, so attention takes libtorch's matrix products, for a side-by-side comparison)
 // Against transformers' eager training step on the same work: tests/bench/train_vs_python.sh.
 //
 // 1 vs 2 processes: tests/bench/bench_train_dp.sh (needs the moe-* binaries). MOEKIT_MALLOC=glibc runs with glibc's
@@ -21,6 +22,7 @@
 
 #include "moe/cli/app.h"
 #include "moe/model/config.h"
+#include "moe/model/few_rows.h"
 #include "moe/model/qwen3_moe.h"
 #include "moe/train/step.h"
 
@@ -96,15 +98,20 @@ int main(int argc, char** argv) {
     else if (a == "--response") R = v;
     else if (a == "--small-layers") small_layers = v;
     else if (a == "--algo") algo = argv[i + 1];
-    else {
+    else if (a == "--isa") {
+      if (!model::set_linear_rows_isa(argv[i + 1])) {
+        std::fprintf(stderr, "--isa %s: not an instruction set this CPU has\n", argv[i + 1]);
+        return 2;
+      }
+    } else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
     }
   }
   at::set_num_threads(threads);
   const bool tuned = cli::tune_malloc();  // as every moe-* program does
-  std::printf("bench_train_step: threads %d, algo %s, K=2 mini-batches, E=1, fp32 CPU, malloc %s\n", threads, algo.c_str(),
-              tuned ? "tuned as the moe-* programs (cli::tune_malloc)" : "glibc's defaults (MOEKIT_MALLOC=glibc or GLIBC_TUNABLES)");
+  std::printf("bench_train_step: threads %d, algo %s, kernels %s, K=2 mini-batches, E=1, fp32 CPU, malloc %s\n", threads, algo.c_str(),
+              model::linear_rows_isa().c_str(), tuned ? "tuned as the moe-* programs (cli::tune_malloc)" : "glibc's defaults (MOEKIT_MALLOC=glibc or GLIBC_TUNABLES)");
   bench("tiny", model::preset_config("tiny", 98), seqs, P, R, algo);
   if (small_layers <= 0) return 0;
   auto small = model::preset_config("small", 98);

@@ -117,7 +117,7 @@ TEST_CASE("linear_rows: gradients in x and w equal at::linear's under autograd",
 }
 
 namespace {
-// The matrix-product attention attention_rows replaces (AttentionImpl's path without SDPA).
+// The matrix-product attention attention_blocks replaces (AttentionImpl's path without SDPA).
 at::Tensor attention_ref(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed, int64_t T,
                          double scale) {
   const int64_t B = qg.size(0), G = qg.size(1), R = qg.size(2), S = k.size(2);
@@ -127,9 +127,9 @@ at::Tensor attention_ref(const at::Tensor& qg, const at::Tensor& k, const at::Te
 }
 }  // namespace
 
-TEST_CASE("attention_rows equals the matrix-product attention on a KV cache's views", "[model][few_rows]") {
+TEST_CASE("attention_blocks equals the matrix-product attention on a KV cache's views", "[model][few_rows]") {
   if (isas().size() == 1) {
-    WARN("no AVX2/FMA on this CPU: attention_rows does not apply, nothing to check");
+    WARN("no AVX2/FMA on this CPU: attention_blocks does not apply, nothing to check");
     return;
   }
   at::manual_seed(8);
@@ -147,27 +147,69 @@ TEST_CASE("attention_rows equals the matrix-product attention on a KV cache's vi
           at::Tensor allowed = at::rand({B, 1, T, S}).gt(0.3);
           allowed.select(3, S - 1).fill_(true);  // every row sees at least its own position
           const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-          at::Tensor got = moe::model::attention_rows(qg, k, v, allowed, T, scale);
+          at::Tensor got = moe::model::attention_blocks(qg, k, v, allowed, T, scale);
           INFO("isa " << isa << " D " << D << " rep " << rep << " T " << T);
           REQUIRE(got.defined());
           CHECK(max_rel(got, attention_ref(qg, k, v, allowed, T, scale)) < 1e-5);
           // A (b, g) block's result does not depend on the other blocks.
-          at::Tensor one = moe::model::attention_rows(qg.narrow(0, 1, 1), k.narrow(0, 1, 1), v.narrow(0, 1, 1),
+          at::Tensor one = moe::model::attention_blocks(qg.narrow(0, 1, 1), k.narrow(0, 1, 1), v.narrow(0, 1, 1),
                                                       allowed.narrow(0, 1, 1), T, scale);
           CHECK(at::equal(one, got.narrow(0, 1, 1)));
         }
       }
     }
   }
-  // More than 16 rows per block, gradients wanted, or another dtype: not applicable (the caller takes the
-  // matrix products).
+  // More than 512 keys or another dtype: not applicable (the caller takes the matrix products).
   {
-    at::Tensor q = at::randn({1, 1, 18, 8}), k = at::randn({1, 1, 3, 8}), a = at::ones({1, 1, 2, 3}, at::kBool);
-    CHECK_FALSE(moe::model::attention_rows(q, k, k, a, 2, 1.0).defined());
+    at::Tensor q = at::randn({1, 1, 2, 8}), k = at::randn({1, 1, 513, 8}), a = at::ones({1, 1, 2, 513}, at::kBool);
+    CHECK_FALSE(moe::model::attention_blocks(q, k, k, a, 2, 1.0).defined());
   }
   at::Tensor q = at::randn({1, 1, 2, 8}), k = at::randn({1, 1, 3, 8}), a = at::ones({1, 1, 1, 3}, at::kBool);
-  CHECK_FALSE(moe::model::attention_rows(q.to(at::kDouble), k.to(at::kDouble), k.to(at::kDouble), a, 1, 1.0).defined());
-  at::GradMode::set_enabled(true);
-  CHECK_FALSE(moe::model::attention_rows(q.clone().requires_grad_(), k, k, a, 1, 1.0).defined());
-  at::GradMode::set_enabled(false);
+  CHECK_FALSE(moe::model::attention_blocks(q.to(at::kDouble), k.to(at::kDouble), k.to(at::kDouble), a, 1, 1.0).defined());
+}
+
+TEST_CASE("attention_blocks trains as the matrix-product attention: outputs and gradients", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: attention_blocks does not apply, nothing to check");
+    return;
+  }
+  at::manual_seed(9);
+  for (int64_t D : {7, 24}) {
+    for (int64_t rep : {1, 2}) {
+      // A training batch: T positions of B sequences, causal, the first `pad` positions of sequence 1 masked
+      // as left padding (each still sees itself, as the model's mask). q, k and v as the model makes them:
+      // transposed views of [B, T, heads, D].
+      const int64_t B = 2, G = 2, T = 13;
+      at::Tensor q0 = at::randn({B, T, G * rep, D}), k0 = at::randn({B, T, G, D}), v0 = at::randn({B, T, G, D});
+      at::Tensor go = at::randn({B, G, rep * T, D});
+      at::Tensor i = at::arange(T);
+      at::Tensor allowed = i.unsqueeze(1).ge(i.unsqueeze(0)).unsqueeze(0).repeat({B, 1, 1});
+      allowed.select(0, 1).narrow(1, 0, 4).fill_(false);
+      allowed = (allowed | at::eye(T, at::kBool).unsqueeze(0)).unsqueeze(1);  // [B, 1, T, T]
+      const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+      auto run = [&](bool ours, std::vector<at::Tensor>& grads) {
+        at::Tensor q = q0.clone().requires_grad_(), k = k0.clone().requires_grad_(), v = v0.clone().requires_grad_();
+        at::Tensor qg = q.transpose(1, 2).reshape({B, G, rep * T, D});
+        at::Tensor kt = k.transpose(1, 2), vt = v.transpose(1, 2);
+        at::Tensor o = ours ? moe::model::attention_blocks(qg, kt, vt, allowed, T, scale) : attention_ref(qg, kt, vt, allowed, T, scale);
+        REQUIRE(o.defined());
+        REQUIRE(o.requires_grad());
+        (o * go).sum().backward();
+        grads = {q.grad(), k.grad(), v.grad()};
+        return o.detach();
+      };
+      std::vector<at::Tensor> g_ours, g_ref;
+      at::Tensor o_ours = run(true, g_ours), o_ref = run(false, g_ref);
+      INFO("D " << D << " rep " << rep);
+      CHECK(max_rel(o_ours, o_ref) < 1e-5);
+      CHECK(max_rel(g_ours[0], g_ref[0]) < 1e-5);
+      CHECK(max_rel(g_ours[1], g_ref[1]) < 1e-5);
+      CHECK(max_rel(g_ours[2], g_ref[2]) < 1e-5);
+      // The no-grad forward (an old-policy pass) equals the training forward bit for bit.
+      at::NoGradGuard ng;
+      at::Tensor o_nograd = moe::model::attention_blocks(q0.transpose(1, 2).reshape({B, G, rep * T, D}), k0.transpose(1, 2),
+                                                         v0.transpose(1, 2), allowed, T, scale);
+      CHECK(at::equal(o_nograd, o_ours));
+    }
+  }
 }

@@ -13,17 +13,19 @@ namespace moe::model {
 // no-grad pass and a training forward compute alike. A row's result does not depend on the other rows.
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = {});
 
-// Attention of a decode step without matrix products: o [B, G, R, D] = softmax(scale q k^T, where allowed) v,
-// for qg [B, G, R, D] (R = rep * T rows: query head g * rep + i at position t is row i * T + t), k and v
-// [B, G, S, D] (the KV cache's view, rows of D contiguous), allowed [B, 1, T, S] bool. Libtorch 1.13's CPU
-// bmm runs one matrix product per (b, g) block, each through the dispatcher (select, select, mm): at decode,
-// blocks of 1-8 rows, that dispatch was most of the attention's time. Here each block is one task: its
-// scores by the few-rows kernel, a float32 softmax, then the weighted sum of v rows (s ascending). A block's
+// Grouped-query attention by (b, g) blocks, without matrix products: o [B, G, R, D] = softmax(scale q k^T,
+// where allowed) v, for qg [B, G, R, D] (R = rep * T rows: query head g * rep + i at position t is row
+// i * T + t), k and v [B, G, S, D], allowed [B, 1, T, S] bool. Libtorch 1.13's CPU bmm runs one matrix
+// product per block, each through the dispatcher (select, select, mm), and its backward twice more: with
+// blocks of a few dozen rows (decode; training on short sequences) that dispatch was most of the attention's
+// time. Here each block is one task: its scores by the few-rows kernel, a float32 softmax, then the weighted
+// sum of v rows (s ascending). Differentiable, with its own backward by blocks (it saves the probabilities,
+// as the matrix products did); with and without gradients the forward computes alike, bit for bit. A block's
 // result depends neither on the other blocks nor on the threads. Returns an undefined tensor when it does not
-// apply: not the CPU or float32, gradients wanted, more than 16 rows per block, no few-rows kernel on this
-// CPU, or k/v rows not dense; the caller then takes the matrix products.
-at::Tensor attention_rows(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed, int64_t T,
-                          double scale);
+// apply: not the CPU or float32, more than 512 keys (the matrix products then win), or no few-rows kernel on
+// this CPU; the caller then takes the matrix products.
+at::Tensor attention_blocks(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed, int64_t T,
+                            double scale);
 
 // The instruction set of linear_rows' few-rows kernel: "avx512", "avx2" (with FMA) or "none" (no kernel:
 // at::linear, at::mv for one row). By default the best the CPU has; set_linear_rows_isa picks a lesser one
