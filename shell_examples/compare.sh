@@ -12,13 +12,14 @@
 # line per configuration, "NAME moe-train-step options...", e.g. "rspo-pre --algo rspo --rs-apply pre-clip".
 # A configuration that gives its own --mini-batches or --lr overrides the global one (grids/regime.grid).
 # --seeds and --runs narrow or replace the grid's seeds and configurations.
-# Defaults (the study): 60 steps of 16 prompts x 8 samples, 2 mini-batches, lr 1e-4, T 1.0, held-out eval of
-# 200 test prompts (greedy + 8 samples) every 10 steps, SFT checkpoint per seed: moe-init --preset tiny
-# and 1200 SFT steps (batch 128) unless --model gives one checkpoint for all seeds; 1 job at a time,
-# OUT = compare-out. Every program runs with --threads 1.
-# Size of the default study: 13 configurations x 3 seeds = 39 runs of 60 steps. Estimated (from the 12-run
-# study of docs/results.md: 115-230 s of one core per 60-step run at load 1-8), about 40-80 min of wall clock
-# at --jobs 2 on 2 cores plus 3 SFT checkpoints of 2.5-7 min: inside the 3-hour budget; not yet run in full.
+# Defaults (the study, in the regime grids/regime.grid found: plain GRPO degrades there): 60 steps of 16
+# prompts x 8 samples, 8 mini-batches (7 of every 8 updates off-policy), lr 3e-4, T 1.0, held-out eval of
+# 200 test prompts (greedy + 8 samples) every 20 steps, SFT checkpoint per seed: moe-init --preset top1
+# (8 experts, top-1) and 1200 SFT steps (batch 128) unless --model gives one checkpoint for all seeds; 1 job
+# at a time, OUT = compare-out. Every program runs with --threads 1.
+# Size of the default study: 14 configurations x 3 seeds = 42 runs of 60 steps, about 3 minutes of one core
+# each (the regime grid's 6 runs took 560 s of wall clock at --jobs 2), so about 65 min at --jobs 2 on 2
+# cores plus 3 SFT checkpoints of about 3 min.
 # --smoke: the grid shell_examples/grids/smoke.grid (unless --grid) at 2 steps of 4 prompts x 4 samples,
 # 10 SFT steps, eval of 4 prompts x 2 samples: checks the machinery in seconds, figures meaningless.
 #
@@ -32,7 +33,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-grid="" smoke=0 seeds="" runs="" out=compare-out jobs=1 sft="" preset=tiny max_new=24
+grid="" smoke=0 seeds="" runs="" out=compare-out jobs=1 sft="" preset=top1 max_new=24
 steps="" prompts="" g="" mb="" lr="" temp="" every="" eval_n="" eval_k="" sft_steps=""
 while [ $# -gt 0 ]; do
   case $1 in
@@ -54,8 +55,8 @@ if [ "$smoke" = 1 ]; then
   : "${grid:=$here/grids/smoke.grid}" "${steps:=2}" "${prompts:=4}" "${g:=4}" "${sft_steps:=10}" \
     "${eval_n:=4}" "${eval_k:=2}" "${every:=2}"
 fi
-: "${grid:=$here/grids/study.grid}" "${steps:=60}" "${prompts:=16}" "${g:=8}" "${mb:=2}" "${lr:=1e-4}" \
-  "${temp:=1.0}" "${every:=10}" "${eval_n:=200}" "${eval_k:=8}" "${sft_steps:=1200}"
+: "${grid:=$here/grids/study.grid}" "${steps:=60}" "${prompts:=16}" "${g:=8}" "${mb:=8}" "${lr:=3e-4}" \
+  "${temp:=1.0}" "${every:=20}" "${eval_n:=200}" "${eval_k:=8}" "${sft_steps:=1200}"
 for tool in moe-init moe-data moe-train-step moe-rollout moe-reward moe-eval moe-route-dump jq; do
   command -v "$tool" >/dev/null || { echo "compare.sh: $tool not found on PATH" >&2; exit 1; }
 done
