@@ -93,6 +93,7 @@ sft_for() {
       | moe-train-step -q -m "$d.tmp" --algo sft --steps "$sft_steps" --batch-size 128 --seed "$1" --threads 1 \
           --metrics "$d.tmp/sft.metrics.jsonl"
     mv "$d.tmp" "$d"
+    rm -f "$d.tmp.lock"  # moe-train-step's lock file beside the directory it trained
   fi
   echo "$d"
 }
@@ -153,11 +154,12 @@ run() {
     say "s$seed/$name step $((i + 1))/$steps: reward $(printf %.3f "$reward")$(tail -n 1 "$m" \
         | jq -r 'if .["val/accuracy"] then ", val/accuracy \(.["val/accuracy"]), val/mean_at_k \(.["val/mean_at_k"])" else "" end')"
   done
-  rm -rf "$dir/routes.zst" "$dir/rewarded.zst" "$dir/model"  # the metrics are the record; models are large
+  rm -rf "$dir/routes.zst" "$dir/rewarded.zst" "$dir/model" "$dir/model.lock"  # the metrics are the record; models are large
   signature "$seed" "$@" > "$dir/done"
 }
 
-# SFT checkpoints and test sets first, one seed at a time (parallel runs of a seed then share them)
+# SFT checkpoints and test sets first, up to --jobs seeds at a time (parallel runs of a seed then share them)
+sft_pids=()
 for s in $seeds; do
   mkdir -p "$out/s$s"
   moe-data countdown -q -n "$eval_n" --split test --unique --seed "$s" > "$out/s$s/test.jsonl"
@@ -166,7 +168,16 @@ for s in $seeds; do
     # shellcheck disable=SC2086  # opts are words
     complete "$out/s$s/$name" "$s" $opts || need=1
   done <<<"$configs"
-  [ "$need" = 0 ] || sft_for "$s" > /dev/null
+  [ "$need" = 0 ] && continue
+  sft_for "$s" > /dev/null &
+  sft_pids+=($!)
+  if [ "${#sft_pids[@]}" -ge "$jobs" ]; then
+    wait "${sft_pids[0]}" || { echo "compare.sh: an SFT checkpoint failed" >&2; exit 1; }
+    sft_pids=("${sft_pids[@]:1}")
+  fi
+done
+for p in "${sft_pids[@]}"; do
+  wait "$p" || { echo "compare.sh: an SFT checkpoint failed" >&2; exit 1; }
 done
 
 pids=() names=() skipped=0 started=0
