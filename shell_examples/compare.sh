@@ -28,7 +28,8 @@
 # So rerunning the same command after an interruption finishes only what is missing.
 # Raw data kept per run: OUT/s<SEED>/<NAME>/metrics.jsonl (moe-train-step's lines plus, per step,
 # {"kind":"eval","step",reward} and every E steps val/accuracy (greedy pass@1), val/mean_at_k and their
-# standard errors val/accuracy_se, val/mean_at_k_se). OUT/report/ has report.md and the plots;
+# standard errors val/accuracy_se, val/mean_at_k_se). OUT/report/ has report.md and the plots (moe-eval
+# report --group: each seed a thin line, each configuration's mean across seeds a thick one);
 # OUT/summary.md (also on stdout) one line per run and one per configuration across seeds.
 set -euo pipefail
 
@@ -208,7 +209,7 @@ files=() labels=()
 for s in $seeds; do
   while read -r name _; do files+=("$out/s$s/$name/metrics.jsonl"); labels+=(--label "$name/s$s"); done <<<"$configs"
 done
-moe-eval report -q "${files[@]}" "${labels[@]}" --metric val/mean_at_k --metric mismatch/kl \
+moe-eval report -q --group "${files[@]}" "${labels[@]}" --metric val/mean_at_k --metric mismatch/kl \
   --metric routing/layer_mismatch --metric router_shift/floor_frac -o "$out/report"
 
 # One line per run: held-out accuracy before -> after, training reward of the first and last 10 steps,

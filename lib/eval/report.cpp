@@ -153,7 +153,48 @@ std::vector<std::string> metrics_to_report(const std::vector<std::string>& extra
   return keys;
 }
 
+// Runs by group, groups in order of their first run.
+std::vector<std::pair<std::string, std::vector<size_t>>> groups_of(const std::vector<RunMetrics>& runs) {
+  std::vector<std::pair<std::string, std::vector<size_t>>> g;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const std::string name = group_of(runs[i].label);
+    auto it = std::find_if(g.begin(), g.end(), [&](const auto& e) { return e.first == name; });
+    if (it == g.end()) g.push_back({name, {i}});
+    else it->second.push_back(i);
+  }
+  return g;
+}
+
+// A group's mean of one key over its runs, at the steps every run of it has (a run with several points at
+// one step counts their mean).
+std::vector<std::pair<double, double>> group_mean(const std::vector<RunMetrics>& runs, const std::vector<size_t>& members,
+                                                  const std::string& key) {
+  std::map<double, std::pair<double, size_t>> acc;  // step -> (sum of run means, runs)
+  for (size_t i : members) {
+    auto it = runs[i].series.find(key);
+    if (it == runs[i].series.end()) return {};
+    std::map<double, std::pair<double, size_t>> own;
+    for (const auto& [x, y] : it->second) {
+      own[x].first += y;
+      ++own[x].second;
+    }
+    for (const auto& [x, sc] : own) {
+      acc[x].first += sc.first / static_cast<double>(sc.second);
+      ++acc[x].second;
+    }
+  }
+  std::vector<std::pair<double, double>> out;
+  for (const auto& [x, sc] : acc)
+    if (sc.second == members.size()) out.emplace_back(x, sc.first / static_cast<double>(sc.second));
+  return out;
+}
+
 }  // namespace
+
+std::string group_of(const std::string& label) {
+  const size_t slash = label.rfind('/');
+  return slash == std::string::npos || slash == 0 ? label : label.substr(0, slash);
+}
 
 const std::vector<std::string>& report_metrics() {
   static const std::vector<std::string> keys = {
@@ -221,7 +262,7 @@ std::vector<std::string> run_labels(const std::vector<std::string>& paths, const
 
 std::string report_markdown(const std::vector<RunMetrics>& runs, const std::vector<std::string>& keys,
                             const std::vector<std::pair<std::string, std::string>>& plots,
-                            const std::vector<std::string>& skipped, const std::string& plot_note) {
+                            const std::vector<std::string>& skipped, const std::string& plot_note, bool group) {
   std::string md = "# Training report\n\n";
   md += "| run | file | lines | summary lines | steps |\n|---|---|---:|---:|---|\n";
   for (const auto& r : runs) {
@@ -246,6 +287,33 @@ std::string report_markdown(const std::vector<RunMetrics>& runs, const std::vect
     }
     if (rows.empty()) md += "No key metric in this run.\n";
     else md += "| metric | points | first | last | min | max |\n|---|---:|---:|---:|---:|---:|\n" + rows;
+  }
+  if (group) {
+    md += "\n## Groups\n\nEach group's last value of a metric: mean [min, max] over its runs.\n\n| group | runs |";
+    std::vector<std::string> shown;
+    for (const auto& k : keys)
+      if (std::any_of(runs.begin(), runs.end(), [&](const RunMetrics& r) { return r.series.count(k) && !r.series.at(k).empty(); }))
+        shown.push_back(k);
+    for (const auto& k : shown) md += " " + md_cell(k) + " |";
+    md += "\n|---|---:|";
+    for (size_t i = 0; i < shown.size(); ++i) md += "---|";
+    md += "\n";
+    for (const auto& [name, members] : groups_of(runs)) {
+      md += "| " + md_cell(name) + " | " + std::to_string(members.size()) + " |";
+      for (const auto& k : shown) {
+        double sum = 0, mn = INFINITY, mx = -INFINITY;
+        size_t n = 0;
+        for (size_t i : members) {
+          auto it = runs[i].series.find(k);
+          if (it == runs[i].series.end() || it->second.empty()) continue;
+          const double v = it->second.back().second;
+          sum += v, mn = std::min(mn, v), mx = std::max(mx, v), ++n;
+        }
+        md += n == 0 ? std::string(" - |") : " " + num(sum / static_cast<double>(n)) + " [" + num(mn) + ", " + num(mx) + "]" +
+                                                 (n < members.size() ? " (" + std::to_string(n) + " runs)" : "") + " |";
+      }
+      md += "\n";
+    }
   }
   if (!skipped.empty()) {
     md += "\nNot in any run (skipped):";
@@ -311,15 +379,17 @@ ReportResult run_report(const ReportRun& rr) {
           "set grid\n"
           "set key outside right top\n"
           "set xlabel 'step'\n";
+      const auto groups = groups_of(runs);
+      std::vector<size_t> group_index(runs.size());  // colour of a run under --group: its group's
+      for (size_t g = 0; g < groups.size(); ++g)
+        for (size_t i : groups[g].second) group_index[i] = g;
       for (const auto& k : present) {
         std::string plot;
         double lo = INFINITY, hi = -INFINITY, xlo = INFINITY, xhi = -INFINITY;
-        for (size_t i = 0; i < runs.size(); ++i) {
-          auto it = runs[i].series.find(k);
-          if (it == runs[i].series.end() || it->second.empty()) continue;
-          const std::string dat = tmp.path + "/" + std::to_string(plot_names.size()) + "." + std::to_string(i) + ".dat";
+        auto write_dat = [&](const std::string& name, const std::vector<std::pair<double, double>>& pts) {
+          const std::string dat = tmp.path + "/" + std::to_string(plot_names.size()) + "." + name + ".dat";
           std::string body;
-          for (const auto& [x, y] : it->second) {
+          for (const auto& [x, y] : pts) {
             body += num17(x) + " " + num17(y) + "\n";
             lo = std::min(lo, y);
             hi = std::max(hi, y);
@@ -329,8 +399,24 @@ ReportResult run_report(const ReportRun& rr) {
           io::Output o(dat);
           o.write(body);
           o.close();
-          plot += std::string(plot.empty() ? "plot " : ", ") + gp_str(dat) + " using 1:2 with linespoints pt 7 ps 0.6 title " +
-                  gp_str(runs[i].label);
+          return dat;
+        };
+        for (size_t i = 0; i < runs.size(); ++i) {
+          auto it = runs[i].series.find(k);
+          if (it == runs[i].series.end() || it->second.empty()) continue;
+          const std::string dat = write_dat(std::to_string(i), it->second);
+          plot += std::string(plot.empty() ? "plot " : ", ") + gp_str(dat) +
+                  (rr.group ? " using 1:2 with lines lw 1 lc " + std::to_string(group_index[i] + 1) + " notitle"
+                            : " using 1:2 with linespoints pt 7 ps 0.6 title " + gp_str(runs[i].label));
+        }
+        if (rr.group) {
+          for (size_t g = 0; g < groups.size(); ++g) {
+            const auto mean = group_mean(runs, groups[g].second, k);
+            if (mean.empty()) continue;
+            const std::string dat = write_dat("mean" + std::to_string(g), mean);
+            plot += ", " + gp_str(dat) + " using 1:2 with lines lw 3 lc " + std::to_string(g + 1) + " title " +
+                    gp_str(groups[g].first + " (mean of " + std::to_string(groups[g].second.size()) + ")");
+          }
         }
         // Keys that sanitise alike ("a/b", "a_b") get distinct files.
         std::string png = plot_file(k);
@@ -366,7 +452,7 @@ ReportResult run_report(const ReportRun& rr) {
       }
     }
   }
-  res.markdown = report_markdown(runs, keys, plot_names, res.skipped, note);
+  res.markdown = report_markdown(runs, keys, plot_names, res.skipped, note, rr.group);
   if (rr.out_dir.empty()) {
     io::Output out("-");
     out.write(res.markdown);

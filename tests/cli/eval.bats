@@ -259,6 +259,47 @@ PY
   [ -s "$TMP/rep3/a_b_2.png" ]
 }
 
+@test "report --group: runs of a group as thin lines, its mean as a thick one, a table of last values" {
+  # a/s1 and a/s2 share group a; b/s1 has steps 1-2 and b/s2 only step 1: b's mean is drawn at step 1 only
+  printf '{"step": 1, "reward": 1}\n{"step": 2, "reward": 2}\n' > "$TMP/a1.jsonl"
+  printf '{"step": 1, "reward": 3}\n{"step": 2, "reward": 4}\n{"step": 2, "reward": 6}\n' > "$TMP/a2.jsonl"
+  printf '{"step": 1, "reward": 0}\n{"step": 2, "reward": 0.5}\n' > "$TMP/b1.jsonl"
+  printf '{"step": 1, "reward": 1}\n' > "$TMP/b2.jsonl"
+  # a gnuplot that keeps its script and data and makes the PNGs it was asked for
+  printf '%s\n' '#!/bin/sh' "cp -r \"\$(dirname \"\$1\")\" '$TMP/gp'" \
+    "sed -n \"s/^set output '\\(.*\\)'\$/\\1/p\" \"\$1\" | while read -r f; do printf png > \"\$f\"; done" \
+    > "$TMP/fake-gnuplot"
+  chmod +x "$TMP/fake-gnuplot"
+  cat "$TMP/fake-gnuplot"
+  run moe-eval -q report --group --gnuplot "$TMP/fake-gnuplot" -o "$TMP/rep" \
+    "$TMP/a1.jsonl" "$TMP/a2.jsonl" "$TMP/b1.jsonl" "$TMP/b2.jsonl" --label a/s1 --label a/s2 --label b/s1 --label b/s2
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [ -s "$TMP/rep/reward.png" ]
+  md="$TMP/rep/report.md"
+  cat "$md"
+  # last values: a/s1 2, a/s2 6 (its last line); b/s1 0.5, b/s2 1
+  grep -qF '| a | 2 | 4 [2, 6] |' "$md"
+  grep -qF '| b | 2 | 0.75 [0.5, 1] |' "$md"
+  script="$TMP/gp/plots.gp"
+  cat "$script"
+  # four thin run lines in their group's colour, two thick means
+  [ "$(grep -o 'with lines lw 1 lc 1 notitle' "$script" | wc -l)" -eq 2 ]
+  [ "$(grep -o 'with lines lw 1 lc 2 notitle' "$script" | wc -l)" -eq 2 ]
+  grep -qF "with lines lw 3 lc 1 title 'a (mean of 2)'" "$script"
+  grep -qF "with lines lw 3 lc 2 title 'b (mean of 2)'" "$script"
+  # a's mean: step 1 (1 + 3) / 2 = 2; step 2 (2 + (4 + 6) / 2) / 2 = 3.5. b's: step 1 only, 0.5.
+  [ "$(awk '{ printf "%g %g\n", $1, $2 }' "$TMP"/gp/*.mean0.dat)" = "$(printf '1 2\n2 3.5')" ]
+  [ "$(awk '{ printf "%g %g\n", $1, $2 }' "$TMP"/gp/*.mean1.dat)" = "1 0.5" ]
+  # without --group: one titled line per run, no means, no group table
+  rm -rf "$TMP/gp"
+  run moe-eval -q report --gnuplot "$TMP/fake-gnuplot" -o "$TMP/rep2" "$TMP/a1.jsonl" "$TMP/a2.jsonl"
+  [ "$status" -eq 0 ]
+  ! grep -q 'lw 3' "$TMP/gp/plots.gp"
+  ! grep -q '^## Groups' "$TMP/rep2/report.md"
+  [ "$(grep -o 'linespoints pt 7 ps 0.6 title' "$TMP/gp/plots.gp" | wc -l)" -eq 2 ]
+}
+
 @test "report: without gnuplot a warning and the markdown; gnuplot failing is an error" {
   run moe-eval report "$METRICS/grpo.jsonl" --gnuplot "$TMP/no-gnuplot" -o "$TMP/rep"
   [ "$status" -eq 0 ]

@@ -58,6 +58,9 @@ int main(int argc, char** argv) {
         report_cmd->add_option("--metric", report.extra_metrics, "also summarise and plot this key (repeatable)")
             ->allow_extra_args(false);
         report_cmd->add_option("--gnuplot", report.gnuplot, "gnuplot program")->capture_default_str();
+        report_cmd->add_flag("--group", report.group,
+                             "group runs by label up to its last '/' (e.g. NAME/s1, NAME/s2): runs as thin lines, each "
+                             "group's mean as a thick one, and a table of the groups' last values");
         moe::cli::add_quiet_verbose(*report_cmd, common);
       },
       [&]() -> int {

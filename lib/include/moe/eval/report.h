@@ -37,7 +37,14 @@ struct ReportRun {
   std::vector<std::string> extra_metrics;  // keys summarised and plotted after report_metrics()
   std::string out_dir;              // "" = markdown to stdout, no plots
   std::string gnuplot = "gnuplot";  // program (searched on PATH when it has no '/')
+  // Runs whose labels share the part before their last '/' ("grpo-free/s1", "grpo-free/s2") form a group:
+  // each plot draws the runs as thin lines in the group's colour and the group's mean as a thick one, and
+  // the markdown adds a table of each group's last values (mean [min, max] across its runs).
+  bool group = false;
 };
+
+// The group of a run label under ReportRun::group: the label up to its last '/', or the whole label.
+std::string group_of(const std::string& label);
 
 struct ReportResult {
   std::string markdown;
@@ -53,8 +60,9 @@ ReportResult run_report(const ReportRun& run);
 
 // Markdown of the runs: a table of runs, per run first/last/min/max of each of `keys` it has, the skipped
 // keys, and `plot_note` and links to `plots` ((key, PNG file name relative to report.md) pairs).
+// With `group`, also a table of each group's last values.
 std::string report_markdown(const std::vector<RunMetrics>& runs, const std::vector<std::string>& keys,
                             const std::vector<std::pair<std::string, std::string>>& plots,
-                            const std::vector<std::string>& skipped, const std::string& plot_note);
+                            const std::vector<std::string>& skipped, const std::string& plot_note, bool group = false);
 
 }  // namespace moe::eval
