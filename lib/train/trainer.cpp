@@ -28,6 +28,7 @@
 #include "moe/model/config.h"
 #include "moe/model/head.h"
 #include "moe/model/safetensors.h"
+#include "moe/train/adamw.h"
 #include "moe/train/step.h"
 
 namespace moe::train {
@@ -220,20 +221,8 @@ void reduce_metrics(algo::Metrics& m, Communicator& comm, WeightOf weight_of) {
   }
 }
 
-// The optimizer's key of a parameter's state: its TensorImpl address, printed (libtorch 1.x) or as void*
-// (libtorch 2.x).
-using StateKey = std::decay_t<decltype(std::declval<torch::optim::AdamW&>().state())>::key_type;
-template <class Key>
-Key state_key(const at::Tensor& p) {
-  if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream os;  // as c10::guts::to_string, which libtorch 1.x's optimizers use
-    os << static_cast<const void*>(p.unsafeGetTensorImpl());
-    return os.str();
-  } else {
-    return p.unsafeGetTensorImpl();
-  }
-}
-StateKey impl_key(const at::Tensor& p) { return state_key<StateKey>(p); }
+// The optimizer's key of a parameter's state.
+AdamWKey impl_key(const at::Tensor& p) { return adamw_key(p); }
 
 // Token log-probs [B, T] (and entropies) of the tempered policy at the targets, from the hidden states of a
 // hidden_only forward, over chunks of positions (never a [B, T, V] float32 tensor).
@@ -1055,7 +1044,7 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   }
   const double lr = scheduled_lr(cfg_.optim, global_step_);
   for (auto& g : impl_->opt->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-  impl_->opt->step();
+  adamw_step(*impl_->opt);  // torch::optim::AdamW::step in one pass per tensor
   if (!impl_->trained_master.empty()) {
     at::NoGradGuard ng;
     for (size_t i = 0; i < trained_.size(); ++i) trained_[i].second.detach().copy_(impl_->trained_master[i]);
