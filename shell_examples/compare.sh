@@ -39,7 +39,7 @@ steps="" prompts="" g="" mb="" lr="" temp="" every="" eval_n="" eval_k="" sft_st
 while [ $# -gt 0 ]; do
   case $1 in
     --smoke) smoke=1; shift; continue ;;
-    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
   esac
   v=${2:-}
   [ -n "$v" ] || { echo "compare.sh: $1 needs a value (try --help)" >&2; exit 2; }
