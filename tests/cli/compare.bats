@@ -75,3 +75,17 @@ setup() {
   grep -q -- '--rs-grad' "$grid"
   grep -q -- '--rs-apply pre-clip' "$grid"
 }
+
+@test "compare.sh: a configuration's own --mini-batches and --lr override the global ones; no lock files left" {
+  cd "$TMP"
+  printf 'seeds 1\nglobal --algo grpo\nown --algo grpo --mini-batches 4 --lr 1e-5\n' > g
+  # --smoke: 4 prompts x 4 samples per step; the global 8 mini-batches give 8 updates per step, "own" 4
+  run bash "$SRC/shell_examples/compare.sh" --smoke --grid g --steps 1 -o out
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [ "$(jq -s 'map(select(.kind == "update")) | length' out/s1/global/metrics.jsonl)" -eq 8 ]
+  [ "$(jq -s 'map(select(.kind == "update")) | length' out/s1/own/metrics.jsonl)" -eq 4 ]
+  [ "$(jq -s '[.[] | select(.kind == "update") | .lr] | unique' -c out/s1/own/metrics.jsonl)" = "[1e-05]" ]
+  [ "$(jq -s '[.[] | select(.kind == "update") | .lr] | unique' -c out/s1/global/metrics.jsonl)" = "[0.0003]" ]
+  [ -z "$(find out -name '*.lock')" ]
+}
