@@ -99,10 +99,10 @@ namespace {
 // per 4 query rows, where a matrix product tiles them.
 constexpr int64_t kMaxKeys = 512;
 
-// out [cols, rows] = in [rows, cols] transposed (rows of in dense, row stride `ld`).
-void transpose(const float* in, int64_t rows, int64_t cols, int64_t ld, float* out) {
+// out [cols, rows] = in [rows, cols] transposed (both dense).
+void transpose(const float* in, int64_t rows, int64_t cols, float* out) {
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = in[r * ld + c];
+    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = in[r * cols + c];
 }
 
 float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
@@ -117,7 +117,7 @@ float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
 // combined with v's rows.
 void block_forward(const float* q, const float* k, const float* v, const bool* allowed, int64_t R, int64_t T, int64_t S,
                    int64_t D, float scale, float* p, float* o, float* kt) {
-  transpose(k, S, D, D, kt);
+  transpose(k, S, D, kt);
   for (int64_t r = 0; r < R; ++r) {
     float* pr = p + r * S;
     const bool* al = allowed + (r % T) * S;
@@ -144,7 +144,7 @@ void block_forward(const float* q, const float* k, const float* v, const bool* a
 // Scratch: ds [R, S], vt [D, S], ct [S, R]. dq, dk and dv are written whole.
 void block_backward(const float* q, const float* k, const float* v, const float* p, const float* o, const float* go, int64_t R,
                     int64_t S, int64_t D, float scale, float* ds, float* vt, float* ct, float* dq, float* dk, float* dv) {
-  transpose(v, S, D, D, vt);
+  transpose(v, S, D, vt);
   for (int64_t r = 0; r < R; ++r) {
     const float* gr = go + r * D;
     const float* orow = o + r * D;
@@ -158,9 +158,9 @@ void block_backward(const float* q, const float* k, const float* v, const float*
     for (int64_t j = 0; j < n; ++j) dsr[j] = pr[j] * (dsr[j] - delta) * scale;
     kernel::combine_rows(dsr, k, n, D, D, dq + r * D);
   }
-  transpose(ds, R, S, S, ct);
+  transpose(ds, R, S, ct);
   for (int64_t j = 0; j < S; ++j) kernel::combine_rows(ct + j * R, q, R, D, D, dk + j * D);
-  transpose(p, R, S, S, ct);
+  transpose(p, R, S, ct);
   for (int64_t j = 0; j < S; ++j) kernel::combine_rows(ct + j * R, go, R, D, D, dv + j * D);
 }
 
