@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -99,25 +100,18 @@ namespace {
 // per 4 query rows, where a matrix product tiles them.
 constexpr int64_t kMaxKeys = 512;
 
-// out [cols, rows] = in [rows, cols] transposed (both dense).
-void transpose(const float* in, int64_t rows, int64_t cols, float* out) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = in[r * cols + c];
-}
-
 float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
   float s = 0.f;
   for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
   return s;
 }
 
-// One (b, g) block's forward. q [R, D], k and v [S, D] (rows dense), allowed [T, S] of this b (query row r is
-// position r % T). p [R, S] gets the probabilities, o [R, D] the output; kt [D, S] is scratch. Row r's
-// scores are q[r] combined with k^T's rows (vector lanes over keys: no horizontal sums), its output p[r]
-// combined with v's rows.
-void block_forward(const float* q, const float* k, const float* v, const bool* allowed, int64_t R, int64_t T, int64_t S,
-                   int64_t D, float scale, float* p, float* o, float* kt) {
-  transpose(k, S, D, kt);
+// One (b, g) block's forward. q [R, D], kt [D, S] (k transposed: rows ldkt apart), v [S, D] (rows dense),
+// allowed [T, S] of this b (query row r is position r % T). p [R, S] gets the probabilities, o [R, D] the
+// output. Row r's scores are q[r] combined with k^T's rows (vector lanes over keys: no horizontal sums), its
+// output p[r] combined with v's rows.
+void block_forward(const float* q, const float* kt, int64_t ldkt, const float* v, const bool* allowed, int64_t R, int64_t T,
+                   int64_t S, int64_t D, float scale, float* p, float* o) {
   for (int64_t r = 0; r < R; ++r) {
     float* pr = p + r * S;
     const bool* al = allowed + (r % T) * S;
@@ -128,7 +122,7 @@ void block_forward(const float* q, const float* k, const float* v, const bool* a
       std::fill(o + r * D, o + (r + 1) * D, std::numeric_limits<float>::quiet_NaN());
       continue;
     }
-    kernel::combine_rows(q + r * D, kt, D, n, S, pr);
+    kernel::combine_rows(q + r * D, kt, D, n, ldkt, pr);
     float mx = -std::numeric_limits<float>::infinity();
     for (int64_t j = 0; j < n; ++j)
       if (al[j]) mx = std::max(mx, pr[j] * scale);
@@ -144,7 +138,7 @@ void block_forward(const float* q, const float* k, const float* v, const bool* a
 // Scratch: ds [R, S], vt [D, S], ct [S, R]. dq, dk and dv are written whole.
 void block_backward(const float* q, const float* k, const float* v, const float* p, const float* o, const float* go, int64_t R,
                     int64_t S, int64_t D, float scale, float* ds, float* vt, float* ct, float* dq, float* dk, float* dv) {
-  transpose(v, S, D, vt);
+  kernel::transpose(v, S, D, vt);
   for (int64_t r = 0; r < R; ++r) {
     const float* gr = go + r * D;
     const float* orow = o + r * D;
@@ -158,9 +152,9 @@ void block_backward(const float* q, const float* k, const float* v, const float*
     for (int64_t j = 0; j < n; ++j) dsr[j] = pr[j] * (dsr[j] - delta) * scale;
     kernel::combine_rows(dsr, k, n, D, D, dq + r * D);
   }
-  transpose(ds, R, S, ct);
+  kernel::transpose(ds, R, S, ct);
   for (int64_t j = 0; j < S; ++j) kernel::combine_rows(ct + j * R, q, R, D, D, dk + j * D);
-  transpose(p, R, S, ct);
+  kernel::transpose(p, R, S, ct);
   for (int64_t j = 0; j < S; ++j) kernel::combine_rows(ct + j * R, go, R, D, D, dv + j * D);
 }
 
@@ -168,7 +162,13 @@ struct Shape {
   int64_t B, G, R, D, S, T;
 };
 
+// k's rows dense ([S, D] per block), or k a transposed view whose columns are dense (a CPU KV cache's keys:
+// [D, S] per block, rows stride(3) apart).
+bool dense_rows(const at::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3); }
+bool dense_columns(const at::Tensor& t) { return t.stride(2) == 1 && t.stride(3) >= t.size(2); }
+
 // Every block's forward, over the threads; p is [B, G, R, S] or, when null, one block's scratch per task.
+// k's blocks are transposed into scratch unless they already lie transposed (dense_columns).
 void forward_all(const Shape& z, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a, float scale,
                  float* pall, at::Tensor& o) {
   const float* qp = q.data_ptr<float>();
@@ -177,14 +177,18 @@ void forward_all(const Shape& z, const at::Tensor& q, const at::Tensor& k, const
   const bool* ap = a.data_ptr<bool>();
   float* op = o.data_ptr<float>();
   const int64_t ks0 = k.stride(0), ks1 = k.stride(1), vs0 = v.stride(0), vs1 = v.stride(1);
+  const bool given_kt = dense_columns(k) && !dense_rows(k);
+  const int64_t ldkt = given_kt ? k.stride(3) : z.S;
   at::parallel_for(0, z.B * z.G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch((pall ? 0 : z.R * z.S) + z.D * z.S);
+    std::vector<float> scratch((pall ? 0 : z.R * z.S) + (given_kt ? 0 : z.D * z.S));
     float* kt = scratch.data() + (pall ? 0 : z.R * z.S);
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / z.G, g = bg % z.G;
       float* p = pall ? pall + bg * z.R * z.S : scratch.data();
-      block_forward(qp + bg * z.R * z.D, kp + b * ks0 + g * ks1, vp + b * vs0 + g * vs1, ap + b * z.T * z.S, z.R, z.T, z.S,
-                    z.D, scale, p, op + bg * z.R * z.D, kt);
+      const float* kb = kp + b * ks0 + g * ks1;
+      if (!given_kt) kernel::transpose(kb, z.S, z.D, kt);
+      block_forward(qp + bg * z.R * z.D, given_kt ? kb : kt, ldkt, vp + b * vs0 + g * vs1, ap + b * z.T * z.S, z.R, z.T, z.S,
+                    z.D, scale, p, op + bg * z.R * z.D);
     }
   });
 }
@@ -223,9 +227,151 @@ struct BlockAttention : public torch::autograd::Function<BlockAttention> {
   }
 };
 
-bool dense_rows(const at::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3); }
+// ---- element-wise rows: RMSNorm, RMSNorm + rotary embedding, SiLU(g) * u ----
+
+bool rows_kernel_takes(std::initializer_list<const at::Tensor*> ts) {
+  if (kernel::few_rows_isa() == kernel::Isa::none) return false;
+  for (const at::Tensor* t : ts)
+    if (!t->defined() || !t->device().is_cpu() || t->scalar_type() != at::kFloat) return false;
+  return true;
+}
+
+// Rows per task: below a few thousand floats a thread's start-up costs more than it saves.
+int64_t rows_grain(int64_t row) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(row, 1)); }
+
+// x2 [n, H] dense, w [H]: y [n, H], inv [n].
+struct RmsNormRows : public torch::autograd::Function<RmsNormRows> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2, const at::Tensor& w, double eps) {
+    const int64_t n = x2.size(0), H = x2.size(1);
+    at::Tensor y = at::empty_like(x2), inv = at::empty({n}, x2.options());
+    const float *xp = x2.data_ptr<float>(), *wp = w.data_ptr<float>();
+    float *yp = y.data_ptr<float>(), *ip = inv.data_ptr<float>();
+    at::parallel_for(0, n, rows_grain(H), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) ip[r] = kernel::rms_norm_row(xp + r * H, wp, H, static_cast<float>(eps), yp + r * H);
+    });
+    ctx->save_for_backward({x2, w, inv});
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x2 = saved[0], &w = saved[1], &inv = saved[2];
+    const at::Tensor g = grads[0].contiguous();
+    const int64_t n = x2.size(0), H = x2.size(1);
+    const float *xp = x2.data_ptr<float>(), *wp = w.data_ptr<float>(), *ip = inv.data_ptr<float>(), *gp = g.data_ptr<float>();
+    at::Tensor gx, gw;
+    if (ctx->needs_input_grad(0)) {
+      gx = at::empty_like(x2);
+      float* gxp = gx.data_ptr<float>();
+      at::parallel_for(0, n, rows_grain(H), [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) kernel::rms_norm_row_backward(xp + r * H, wp, ip[r], gp + r * H, H, gxp + r * H);
+      });
+    }
+    if (ctx->needs_input_grad(1)) {  // rows in order, one thread: the same sum whatever the threads
+      gw = at::zeros_like(w);
+      float* gwp = gw.data_ptr<float>();
+      for (int64_t r = 0; r < n; ++r) kernel::add_scaled_product(gp + r * H, xp + r * H, ip[r], H, gwp);
+    }
+    return {gx, gw, at::Tensor()};
+  }
+};
+
+// x [B, T, N, D] dense, w [D], cos and sin [B, T, D] dense: y [B, N, T, D] (the heads' layout attention
+// takes), inv [B, T, N].
+struct NormRopeRows : public torch::autograd::Function<NormRopeRows> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& cos,
+                            const at::Tensor& sin, double eps) {
+    const int64_t B = x.size(0), T = x.size(1), N = x.size(2), D = x.size(3);
+    at::Tensor y = at::empty({B, N, T, D}, x.options()), inv = at::empty({B, T, N}, x.options());
+    const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+    float *yp = y.data_ptr<float>(), *ip = inv.data_ptr<float>();
+    at::parallel_for(0, B * T, rows_grain(N * D), [&](int64_t b0, int64_t e0) {
+      std::vector<float> a(D);
+      for (int64_t bt = b0; bt < e0; ++bt) {
+        const int64_t b = bt / T, t = bt % T;
+        for (int64_t h = 0; h < N; ++h) {
+          const int64_t r = bt * N + h;
+          ip[r] = kernel::rms_norm_row(xp + r * D, wp, D, static_cast<float>(eps), a.data());
+          kernel::rope_row(a.data(), cp + bt * D, sp + bt * D, D, yp + ((b * N + h) * T + t) * D);
+        }
+      }
+    });
+    ctx->save_for_backward({x, w, cos, sin, inv});
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &cos = saved[2], &sin = saved[3], &inv = saved[4];
+    const at::Tensor g = grads[0].contiguous();
+    const int64_t B = x.size(0), T = x.size(1), N = x.size(2), D = x.size(3);
+    const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+    const float *ip = inv.data_ptr<float>(), *gp = g.data_ptr<float>();
+    // The rotary embedding's transpose first (ga, in x's layout), then RMSNorm's backward.
+    at::Tensor ga = at::empty_like(x), gx = at::empty_like(x);
+    float *gap = ga.data_ptr<float>(), *gxp = gx.data_ptr<float>();
+    at::parallel_for(0, B * T, rows_grain(N * D), [&](int64_t b0, int64_t e0) {
+      for (int64_t bt = b0; bt < e0; ++bt) {
+        const int64_t b = bt / T, t = bt % T;
+        for (int64_t h = 0; h < N; ++h) {
+          const int64_t r = bt * N + h;
+          kernel::rope_row_backward(gp + ((b * N + h) * T + t) * D, cp + bt * D, sp + bt * D, D, gap + r * D);
+          kernel::rms_norm_row_backward(xp + r * D, wp, ip[r], gap + r * D, D, gxp + r * D);
+        }
+      }
+    });
+    at::Tensor gw;
+    if (ctx->needs_input_grad(1)) {
+      gw = at::zeros_like(w);
+      float* gwp = gw.data_ptr<float>();
+      for (int64_t r = 0; r < B * T * N; ++r) kernel::add_scaled_product(gap + r * D, xp + r * D, ip[r], D, gwp);
+    }
+    return {gx, gw, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct SiluMul : public torch::autograd::Function<SiluMul> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& g, const at::Tensor& u) {
+    at::Tensor h = at::empty_like(g);
+    const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
+    float* hp = h.data_ptr<float>();
+    at::parallel_for(0, g.numel(), 4096, [&](int64_t b, int64_t e) { kernel::silu_mul(gp + b, up + b, e - b, hp + b); });
+    ctx->save_for_backward({g, u});
+    return h;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &g = saved[0], &u = saved[1];
+    const at::Tensor gh = grads[0].contiguous();
+    at::Tensor gg = at::empty_like(g), gu = at::empty_like(u);
+    const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>(), *hp = gh.data_ptr<float>();
+    float *ggp = gg.data_ptr<float>(), *gup = gu.data_ptr<float>();
+    at::parallel_for(0, g.numel(), 4096,
+                     [&](int64_t b, int64_t e) { kernel::silu_mul_backward(gp + b, up + b, hp + b, e - b, ggp + b, gup + b); });
+    return {gg, gu};
+  }
+};
 
 }  // namespace
+
+at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps) {
+  if (!rows_kernel_takes({&x, &w}) || w.dim() != 1 || x.dim() < 1 || x.size(-1) != w.size(0) || x.numel() == 0) return {};
+  const int64_t H = w.size(0);
+  at::Tensor y = RmsNormRows::apply(x.reshape({-1, H}).contiguous(), w.contiguous(), eps);
+  return y.view(x.sizes());
+}
+
+at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cos, const at::Tensor& sin, double eps) {
+  if (!rows_kernel_takes({&x, &w, &cos, &sin}) || x.dim() != 4 || w.dim() != 1 || cos.dim() != 3 || sin.dim() != 3) return {};
+  const int64_t B = x.size(0), T = x.size(1), D = x.size(3);
+  if (D % 2 != 0 || w.size(0) != D || x.numel() == 0) return {};
+  for (const at::Tensor* t : {&cos, &sin})
+    if (t->size(0) != B || t->size(1) != T || t->size(2) != D) return {};
+  return NormRopeRows::apply(x.contiguous(), w.contiguous(), cos.contiguous(), sin.contiguous(), eps);
+}
+
+at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u) {
+  if (!rows_kernel_takes({&g, &u}) || g.sizes() != u.sizes() || g.numel() == 0) return {};
+  return SiluMul::apply(g.contiguous(), u.contiguous());
+}
 
 at::Tensor attention_blocks(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed, int64_t T,
                             double scale) {
@@ -243,9 +389,10 @@ at::Tensor attention_blocks(const at::Tensor& qg, const at::Tensor& k, const at:
   at::Tensor a = allowed.contiguous();
   if (grad) return BlockAttention::apply(qg.contiguous(), k.contiguous(), v.contiguous(), a, T, scale);
   // Without gradients: the same forward, probabilities in per-task scratch; k and v as they lie when their
-  // rows are dense (a KV cache's view), so a decode step copies nothing.
+  // rows are dense (a KV cache's view), and k when its columns are (the CPU cache's transposed keys), so a
+  // decode step copies nothing.
   at::Tensor q = qg.contiguous();
-  at::Tensor kk = dense_rows(k) ? k : k.contiguous(), vv = dense_rows(v) ? v : v.contiguous();
+  at::Tensor kk = dense_rows(k) || dense_columns(k) ? k : k.contiguous(), vv = dense_rows(v) ? v : v.contiguous();
   at::Tensor o = at::empty({B, G, R, D}, q.options());
   forward_all(Shape{B, G, R, D, S, T}, q, kk, vv, a, static_cast<float>(scale), nullptr, o);
   return o;

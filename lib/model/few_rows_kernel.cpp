@@ -1,5 +1,6 @@
 #include "model/few_rows_kernel.h"
 
+#include <cmath>
 #include <stdexcept>
 
 #if defined(__x86_64__)
@@ -160,7 +161,29 @@ __attribute__((target("avx2,fma"))) inline __m256i tail_mask(int64_t m) {
 
 // Four vectors of y at a time: four independent FMA chains, so their latency overlaps (one chain waits on its
 // previous FMA). Each element's sum is still in j order.
+// Long rows (more than 64 floats: attention scores over a decode step's keys) in another loop order: X's rows
+// stream through once, in order, each term added into y in memory. Each element's operations are the same
+// fused multiply-adds in the same j order, so both loops give the same bits; the order only helps memory
+// (X's rows are far apart in a KV cache: one pass over 4 vectors of every row at a time misses the cache).
+__attribute__((target("avx2,fma"))) void combine_long_rows_avx2(const float* a, const float* X, int64_t n, int64_t D, int64_t ldx,
+                                                                float* y) {
+  const int64_t D8 = D - D % 8;
+  const __m256i mt = tail_mask(D - D8);
+  for (int64_t d = 0; d < D8; d += 8) _mm256_storeu_ps(y + d, _mm256_setzero_ps());
+  if (D8 < D) _mm256_maskstore_ps(y + D8, mt, _mm256_setzero_ps());
+  for (int64_t j = 0; j < n; ++j) {
+    if (a[j] == 0.f) continue;
+    const __m256 aj = _mm256_set1_ps(a[j]);
+    const float* xr = X + j * ldx;
+    for (int64_t d = 0; d < D8; d += 8)
+      _mm256_storeu_ps(y + d, _mm256_fmadd_ps(aj, _mm256_loadu_ps(xr + d), _mm256_loadu_ps(y + d)));
+    if (D8 < D)
+      _mm256_maskstore_ps(y + D8, mt, _mm256_fmadd_ps(aj, _mm256_maskload_ps(xr + D8, mt), _mm256_maskload_ps(y + D8, mt)));
+  }
+}
+
 __attribute__((target("avx2,fma"))) void combine_rows_avx2(const float* a, const float* X, int64_t n, int64_t D, int64_t ldx, float* y) {
+  if (D > 64) return combine_long_rows_avx2(a, X, n, D, ldx, y);
   for (int64_t d = 0; d < D; d += 32) {
     __m256i m[4];
     __m256 acc[4];
@@ -214,7 +237,209 @@ __attribute__((target("avx2,fma"))) float softmax_weights_avx2(const float* s, c
   }
   return lanes_sum(sum);
 }
+// 8 x 8 tiles through registers (unpack, shuffle, permute: the classic AVX transpose), the edges scalar.
+__attribute__((target("avx2,fma"))) void transpose_avx2(const float* in, int64_t rows, int64_t cols, float* out) {
+  const int64_t r8 = rows - rows % 8, c8 = cols - cols % 8;
+  for (int64_t r = 0; r < r8; r += 8)
+    for (int64_t c = 0; c < c8; c += 8) {
+      __m256 t[8], u[8];
+      MOE_UNROLL
+      for (int i = 0; i < 8; ++i) t[i] = _mm256_loadu_ps(in + (r + i) * cols + c);
+      MOE_UNROLL
+      for (int i = 0; i < 8; i += 2) {
+        u[i] = _mm256_unpacklo_ps(t[i], t[i + 1]);
+        u[i + 1] = _mm256_unpackhi_ps(t[i], t[i + 1]);
+      }
+      MOE_UNROLL
+      for (int i = 0; i < 8; i += 4) {
+        t[i] = _mm256_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        t[i + 1] = _mm256_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        t[i + 2] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        t[i + 3] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      MOE_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(out + (c + i) * rows + r, _mm256_permute2f128_ps(t[i], t[i + 4], 0x20));
+        _mm256_storeu_ps(out + (c + i + 4) * rows + r, _mm256_permute2f128_ps(t[i], t[i + 4], 0x31));
+      }
+    }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = r < r8 ? c8 : 0; c < cols; ++c) out[c * rows + r] = in[r * cols + c];
+}
+
+// ---- element-wise rows of the layers (RMSNorm, RMSNorm then rotary embedding, SiLU(g) * u) ----
+// Loops take vectors of 8, the last one masked: `left` floats are left from p on. (Masked stores only at the
+// end: a load that reads a masked store's data waits for it to reach the cache.)
+__attribute__((target("avx2,fma"))) inline __m256 ld(const float* p, int64_t left) {
+  return left >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail_mask(left));
+}
+__attribute__((target("avx2,fma"))) inline void st(float* p, int64_t left, __m256 v) {
+  if (left >= 8)
+    _mm256_storeu_ps(p, v);
+  else
+    _mm256_maskstore_ps(p, tail_mask(left), v);
+}
+
+__attribute__((target("avx2,fma"))) inline float sum_squares(const float* x, int64_t H) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < H; i += 8) {
+    const int64_t left = H - i;
+    const __m256 v = ld(x + i, left);
+    acc = _mm256_fmadd_ps(v, v, acc);
+  }
+  return lanes_sum(acc);
+}
+
+__attribute__((target("avx2,fma"))) float rms_norm_row_avx2(const float* x, const float* w, int64_t H, float eps, float* y) {
+  const float inv = 1.f / std::sqrt(sum_squares(x, H) / static_cast<float>(H) + eps);
+  const __m256 iv = _mm256_set1_ps(inv);
+  for (int64_t i = 0; i < H; i += 8) {
+    const int64_t left = H - i;
+    const __m256 t = _mm256_mul_ps(ld(x + i, left), iv);  // x * inv, rounded, then times w: as torch
+    st(y + i, left, _mm256_mul_ps(ld(w + i, left), t));
+  }
+  return inv;
+}
+
+// gx = inv * gt - x * inv^3 * (sum gt * x) / H with gt = ga * w.
+__attribute__((target("avx2,fma"))) void rms_norm_row_backward_avx2(const float* x, const float* w, float inv, const float* ga, int64_t H,
+                                                                    float* gx) {
+  __m256 dacc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < H; i += 8) {
+    const int64_t left = H - i;
+    const __m256 gt = _mm256_mul_ps(ld(ga + i, left), ld(w + i, left));
+    dacc = _mm256_fmadd_ps(gt, ld(x + i, left), dacc);
+  }
+  const float c = lanes_sum(dacc) * inv * inv * inv / static_cast<float>(H);
+  const __m256 iv = _mm256_set1_ps(inv), cv = _mm256_set1_ps(c);
+  for (int64_t i = 0; i < H; i += 8) {
+    const int64_t left = H - i;
+    const __m256 gt = _mm256_mul_ps(ld(ga + i, left), ld(w + i, left));
+    st(gx + i, left, _mm256_fnmadd_ps(ld(x + i, left), cv, _mm256_mul_ps(gt, iv)));
+  }
+}
+
+// sigmoid(g) from exp(-|g|) (<= 1, no overflow): 1 / (1 + e) for g >= 0, e / (1 + e) below.
+__attribute__((target("avx2,fma"))) inline __m256 sigmoid(__m256 g) {
+  const __m256 neg_abs = _mm256_or_ps(g, _mm256_set1_ps(-0.f));
+  const __m256 e = exp_nonpositive(neg_abs);
+  const __m256 r = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), e));
+  return _mm256_blendv_ps(r, _mm256_mul_ps(e, r), g);  // sign bit of g picks e / (1 + e)
+}
 }  // namespace
+
+float rms_norm_row(const float* x, const float* w, int64_t H, float eps, float* y) {
+  if (g_isa == Isa::none) throw std::logic_error("rms_norm_row: no kernel selected");
+  return rms_norm_row_avx2(x, w, H, eps, y);
+}
+
+void rms_norm_row_backward(const float* x, const float* w, float inv, const float* ga, int64_t H, float* gx) {
+  if (g_isa == Isa::none) throw std::logic_error("rms_norm_row_backward: no kernel selected");
+  rms_norm_row_backward_avx2(x, w, inv, ga, H, gx);
+}
+
+namespace {
+__attribute__((target("avx2,fma"))) void rope_row_avx2(const float* a, const float* c, const float* s, int64_t D, float* y) {
+  const int64_t h = D / 2;
+  // y[i] = a[i] c[i] - a[i + h] s[i] (i < h), a[i] c[i] + a[i - h] s[i] (i >= h); each product rounded,
+  // then the sum: transformers' q * cos + rotate_half(q) * sin.
+  for (int half = 0; half < 2; ++half) {
+    const float* other = half == 0 ? a + h : a;
+    const int64_t o = half * h;
+    const __m256 sign = _mm256_set1_ps(half == 0 ? -0.f : 0.f);
+    for (int64_t i = 0; i < h; i += 8) {
+    const int64_t left = h - i;
+      const __m256 ac = _mm256_mul_ps(ld(a + o + i, left), ld(c + o + i, left));
+      const __m256 rs = _mm256_mul_ps(_mm256_xor_ps(ld(other + i, left), sign), ld(s + o + i, left));
+      st(y + o + i, left, _mm256_add_ps(ac, rs));
+    }
+  }
+}
+
+// The rotary embedding's transpose: ga[j] = gy[j] c[j] + gy[j + h] s[j + h] (j < h), gy[j] c[j] - gy[j - h]
+// s[j - h] (j >= h).
+__attribute__((target("avx2,fma"))) void rope_row_backward_avx2(const float* gy, const float* c, const float* s, int64_t D, float* ga) {
+  const int64_t h = D / 2;
+  for (int half = 0; half < 2; ++half) {
+    const int64_t o = half * h, p = half == 0 ? h : 0;
+    const __m256 sign = _mm256_set1_ps(half == 0 ? 0.f : -0.f);
+    for (int64_t i = 0; i < h; i += 8) {
+    const int64_t left = h - i;
+      const __m256 gc = _mm256_mul_ps(ld(gy + o + i, left), ld(c + o + i, left));
+      const __m256 gs = _mm256_mul_ps(ld(gy + p + i, left), ld(s + p + i, left));
+      st(ga + o + i, left, _mm256_add_ps(gc, _mm256_xor_ps(gs, sign)));
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) void silu_mul_avx2(const float* g, const float* u, int64_t n, float* h) {
+  for (int64_t i = 0; i < n; i += 8) {
+    const int64_t left = n - i;
+    const __m256 gv = ld(g + i, left);
+    st(h + i, left, _mm256_mul_ps(_mm256_mul_ps(gv, sigmoid(gv)), ld(u + i, left)));
+  }
+}
+
+// d/dg silu(g) = s (1 + g (1 - s)), s = sigmoid(g).
+__attribute__((target("avx2,fma"))) void silu_mul_backward_avx2(const float* g, const float* u, const float* gh, int64_t n, float* gg,
+                                                                float* gu) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  for (int64_t i = 0; i < n; i += 8) {
+    const int64_t left = n - i;
+    const __m256 gv = ld(g + i, left), uv = ld(u + i, left), hv = ld(gh + i, left);
+    const __m256 sg = sigmoid(gv);
+    const __m256 silu = _mm256_mul_ps(gv, sg);
+    const __m256 dsilu = _mm256_mul_ps(sg, _mm256_fmadd_ps(gv, _mm256_sub_ps(one, sg), one));
+    st(gu + i, left, _mm256_mul_ps(hv, silu));
+    st(gg + i, left, _mm256_mul_ps(_mm256_mul_ps(hv, uv), dsilu));
+  }
+}
+}  // namespace
+
+namespace {
+__attribute__((target("avx2,fma"))) void add_scaled_product_avx2(const float* a, const float* b, float s, int64_t n, float* y) {
+  const __m256 sv = _mm256_set1_ps(s);
+  for (int64_t i = 0; i < n; i += 8) {
+    const int64_t left = n - i;
+    const __m256 t = _mm256_mul_ps(ld(b + i, left), sv);
+    st(y + i, left, _mm256_fmadd_ps(ld(a + i, left), t, ld(y + i, left)));
+  }
+}
+}  // namespace
+
+void add_scaled_product(const float* a, const float* b, float s, int64_t n, float* y) {
+  if (g_isa == Isa::none) throw std::logic_error("add_scaled_product: no kernel selected");
+  add_scaled_product_avx2(a, b, s, n, y);
+}
+
+void rope_row(const float* a, const float* c, const float* s, int64_t D, float* y) {
+  if (g_isa == Isa::none) throw std::logic_error("rope_row: no kernel selected");
+  rope_row_avx2(a, c, s, D, y);
+}
+
+void rope_row_backward(const float* gy, const float* c, const float* s, int64_t D, float* ga) {
+  if (g_isa == Isa::none) throw std::logic_error("rope_row_backward: no kernel selected");
+  rope_row_backward_avx2(gy, c, s, D, ga);
+}
+
+void silu_mul(const float* g, const float* u, int64_t n, float* h) {
+  if (g_isa == Isa::none) throw std::logic_error("silu_mul: no kernel selected");
+  silu_mul_avx2(g, u, n, h);
+}
+
+void silu_mul_backward(const float* g, const float* u, const float* gh, int64_t n, float* gg, float* gu) {
+  if (g_isa == Isa::none) throw std::logic_error("silu_mul_backward: no kernel selected");
+  silu_mul_backward_avx2(g, u, gh, n, gg, gu);
+}
+
+void transpose(const float* in, int64_t rows, int64_t cols, float* out) {
+  if (g_isa == Isa::none) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = in[r * cols + c];
+    return;
+  }
+  transpose_avx2(in, rows, cols, out);
+}
 
 void combine_rows(const float* a, const float* X, int64_t n, int64_t D, int64_t ldx, float* y) {
   if (g_isa == Isa::none) throw std::logic_error("combine_rows: no kernel selected");
@@ -231,6 +456,23 @@ Isa few_rows_isa() { return Isa::none; }
 bool set_few_rows_isa(Isa isa) { return isa == Isa::none; }
 void few_rows(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t) {
   throw std::logic_error("few_rows: no kernel for this architecture");
+}
+void transpose(const float* in, int64_t rows, int64_t cols, float* out) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = in[r * cols + c];
+}
+float rms_norm_row(const float*, const float*, int64_t, float, float*) { throw std::logic_error("rms_norm_row: no kernel"); }
+void rms_norm_row_backward(const float*, const float*, float, const float*, int64_t, float*) {
+  throw std::logic_error("rms_norm_row_backward: no kernel");
+}
+void add_scaled_product(const float*, const float*, float, int64_t, float*) { throw std::logic_error("add_scaled_product: no kernel"); }
+void rope_row(const float*, const float*, const float*, int64_t, float*) { throw std::logic_error("rope_row: no kernel"); }
+void rope_row_backward(const float*, const float*, const float*, int64_t, float*) {
+  throw std::logic_error("rope_row_backward: no kernel");
+}
+void silu_mul(const float*, const float*, int64_t, float*) { throw std::logic_error("silu_mul: no kernel"); }
+void silu_mul_backward(const float*, const float*, const float*, int64_t, float*, float*) {
+  throw std::logic_error("silu_mul_backward: no kernel");
 }
 void combine_rows(const float*, const float*, int64_t, int64_t, int64_t, float*) {
   throw std::logic_error("combine_rows: no kernel for this architecture");

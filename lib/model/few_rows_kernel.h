@@ -22,6 +22,10 @@ bool set_few_rows_isa(Isa isa);
 // depend on the rows beside it.
 void few_rows(const float* x, const float* w, float* y, int64_t n, int64_t H, int64_t O, int64_t o0, int64_t o1);
 
+// out [cols, rows] = in [rows, cols] transposed, both row-major and dense (8 x 8 tiles in registers with
+// AVX2; plain loops without a kernel).
+void transpose(const float* in, int64_t rows, int64_t cols, float* out);
+
 // Two row operations of attention (model/few_rows.cpp), AVX2 with FMA; few_rows_isa() != none.
 // y[d] = sum over j < n with a[j] != 0 of a[j] * X[j * ldx + d], for d < D (X's rows: D dense floats, ldx
 // apart); y is overwritten (zeros when no a[j] != 0). Each y[d] sums its terms in j order, one fused
@@ -31,5 +35,22 @@ void combine_rows(const float* a, const float* X, int64_t n, int64_t D, int64_t 
 // least every allowed s[j] * scale, so each exponent is <= 0); returns their sum, in a fixed order. The
 // exponential is a polynomial within 2 ulp of expf.
 float softmax_weights(const float* s, const bool* allowed, float scale, float mx, int64_t n, float* p);
+
+// Element-wise rows of the layers, AVX2 with FMA; few_rows_isa() != none. Each row is computed alone, in a
+// fixed order.
+// RMSNorm of a row of H: y = w * (x * inv) with inv = 1 / sqrt(sum of x^2 / H + eps), returned.
+float rms_norm_row(const float* x, const float* w, int64_t H, float eps, float* y);
+// Its gradient in x for the gradient ga of the normalised-and-scaled row:
+// gx = inv gt - x inv^3 (sum of gt x) / H, gt = ga w.
+void rms_norm_row_backward(const float* x, const float* w, float inv, const float* ga, int64_t H, float* gx);
+// y += a * (b * s) over n floats (RMSNorm's weight gradient, row by row).
+void add_scaled_product(const float* a, const float* b, float s, int64_t n, float* y);
+// The rotary embedding of a row of D (even): y = a c + rotate_half(a) s (rotate_half(a) = [-a2, a1]).
+void rope_row(const float* a, const float* c, const float* s, int64_t D, float* y);
+// Its transpose: ga = gy c + [gy2 s2, -gy1 s1].
+void rope_row_backward(const float* gy, const float* c, const float* s, int64_t D, float* ga);
+// h = silu(g) u over n floats (the exponential within 2 ulp of expf), and its gradients gg and gu from gh.
+void silu_mul(const float* g, const float* u, int64_t n, float* h);
+void silu_mul_backward(const float* g, const float* u, const float* gh, int64_t n, float* gg, float* gu);
 
 }  // namespace moe::model::kernel

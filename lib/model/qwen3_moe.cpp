@@ -60,8 +60,14 @@ void check_plan_tensor(const at::Tensor& t, const char* what, int64_t B, int64_t
 
 // ---- KVCache ----
 void KVCache::select_rows(const at::Tensor& rows) {
-  for (auto& t : k) t = t.index_select(0, rows.to(t.device()));
-  for (auto& t : v) t = t.index_select(0, rows.to(t.device()));
+  // Keys may lie transposed (see forward); the selection keeps each tensor's layout.
+  auto keep = [&](at::Tensor& t) {
+    const bool tr = t.stride(3) != 1;
+    at::Tensor s = (tr ? t.transpose(2, 3) : t).index_select(0, rows.to(t.device()));
+    t = tr ? s.transpose(2, 3) : s;
+  };
+  for (auto& t : k) keep(t);
+  for (auto& t : v) keep(t);
   if (mask.defined()) mask = mask.index_select(0, rows.to(mask.device()));
 }
 
@@ -77,6 +83,7 @@ bool grouped_mm_available() {
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", at::ones({dim})); }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  if (at::Tensor y = rms_norm_rows(x, weight, eps); y.defined()) return y;  // the CPU, float32: one pass
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor var = xf.pow(2).mean(-1, true);
   xf = xf * at::rsqrt(var + eps);
@@ -94,7 +101,11 @@ MlpImpl::MlpImpl(int64_t hidden, int64_t inner) {
   up_proj = register_module("up_proj", Linear(hidden, inner, false));
   down_proj = register_module("down_proj", Linear(inner, hidden, false));
 }
-at::Tensor MlpImpl::forward(const at::Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
+at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  at::Tensor g = gate_proj(x), u = up_proj(x);
+  at::Tensor h = silu_mul(g, u);  // the CPU, float32: one pass
+  return down_proj(h.defined() ? h : at::silu(g) * u);
+}
 
 SparseMoeImpl::SparseMoeImpl(const ModelConfig& c, ExpertShard shard)
     : num_experts(c.num_experts), top_k(c.num_experts_per_tok), norm_topk_prob(c.norm_topk_prob) {
@@ -291,12 +302,18 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& allowed,
                                   const at::Tensor& cache_k, const at::Tensor& cache_v, int64_t past) {
   const int64_t B = x.size(0), T = x.size(1);
-  at::Tensor q = q_norm(q_proj(x).view({B, T, heads, head_dim})).transpose(1, 2);
-  at::Tensor k = k_norm(k_proj(x).view({B, T, kv_heads, head_dim})).transpose(1, 2);
+  at::Tensor qx = q_proj(x).view({B, T, heads, head_dim}), kx = k_proj(x).view({B, T, kv_heads, head_dim});
+  // The CPU in float32: norm and rotary embedding in one pass per row, written in the heads' layout.
+  at::Tensor q = norm_rope_rows(qx, q_norm->weight, cos, sin, q_norm->eps);
+  at::Tensor k = norm_rope_rows(kx, k_norm->weight, cos, sin, k_norm->eps);
   at::Tensor v = v_proj(x).view({B, T, kv_heads, head_dim}).transpose(1, 2);
-  at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);
-  q = q * c + rotate_half(q) * s;
-  k = k * c + rotate_half(k) * s;
+  if (!q.defined() || !k.defined()) {
+    at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);
+    q = q_norm(qx).transpose(1, 2);
+    k = k_norm(kx).transpose(1, 2);
+    q = q * c + rotate_half(q) * s;
+    k = k * c + rotate_half(k) * s;
+  }
   if (cache_k.defined()) {
     // Written in place: the cache never moves (it was sized for the whole generation).
     cache_k.narrow(2, past, T).copy_(k);
@@ -461,9 +478,14 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
       cache->mask = nm;
       cache->k.resize(layers.size());
       cache->v.resize(layers.size());
+      // On the CPU in float32 the keys lie transposed, [B, kvH, D, capacity] seen as [B, kvH, capacity, D]:
+      // attention_blocks reads them as k^T's rows, so a decode step writes one column and transposes nothing.
+      const bool keys_transposed = dev.is_cpu() && dtype == at::kFloat;
       for (size_t i = 0; i < layers.size(); ++i) {
         for (auto* t : {&cache->k[i], &cache->v[i]}) {
-          at::Tensor n = at::empty({B, a->kv_heads, cap, a->head_dim}, fopt);
+          at::Tensor n = t == &cache->k[i] && keys_transposed
+                             ? at::empty({B, a->kv_heads, a->head_dim, cap}, fopt).transpose(2, 3)
+                             : at::empty({B, a->kv_heads, cap, a->head_dim}, fopt);
           if (past > 0) n.narrow(2, 0, past).copy_(t->narrow(2, 0, past));
           *t = n;
         }

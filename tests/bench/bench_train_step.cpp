@@ -3,8 +3,10 @@
 // its layer count cut so that weights + Adam state fit a laptop; the per-layer shapes are the real ones).
 //
 //   bench_train_step [--threads N] [--seqs N] [--prompt P] [--response R] [--small-layers L] [--algo A] [--isa I]
+//                    [--reps N]
 //   (--algo sft: no old pass, the SFT loss; --small-layers 0: the tiny preset only; --isa none: without the
-//   few-rows kernels, so attention takes libtorch's matrix products, for a side-by-side comparison)
+//   few-rows kernels, so attention takes libtorch's matrix products, for a side-by-side comparison; --reps N: run
+//   N steps (at least 2; the first warms up allocators) and report the last, e.g. to profile)
 // Against transformers' eager training step on the same work: tests/bench/train_vs_python.sh.
 //
 // 1 vs 2 processes: tests/bench/bench_train_dp.sh (needs the moe-* binaries). MOEKIT_MALLOC=glibc runs with glibc's
@@ -36,7 +38,7 @@ double peak_rss_mb() {
   return u.ru_maxrss / 1024.0;
 }
 
-void bench(const std::string& label, model::ModelConfig c, int seqs, int P, int R, const std::string& algo) {
+void bench(const std::string& label, model::ModelConfig c, int seqs, int P, int R, const std::string& algo, int reps) {
   model::Qwen3Moe m(c);
   model::init_weights(m, 1);
   int64_t params = 0;
@@ -57,7 +59,6 @@ void bench(const std::string& label, model::ModelConfig c, int seqs, int P, int 
   train::Trainer t(m, tc);
   const int K = 2;  // mini-batches, as the default step
   double t_old = 0, t_fwd = 0, t_bwd = 0, t_opt = 0, t_total = 0;
-  const int reps = 2;  // the first step warms up allocators; report the second
   for (int rep = 0; rep < reps; ++rep) {
     const double s0 = now();
     std::vector<train::OldPass> old(data.size());  // SFT: no old pass
@@ -87,7 +88,7 @@ void bench(const std::string& label, model::ModelConfig c, int seqs, int P, int 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, seqs = 64, P = 12, R = 24, small_layers = 2;
+  int threads = 2, seqs = 64, P = 12, R = 24, small_layers = 2, reps = 2;
   std::string algo = "rspo";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -97,6 +98,7 @@ int main(int argc, char** argv) {
     else if (a == "--prompt") P = v;
     else if (a == "--response") R = v;
     else if (a == "--small-layers") small_layers = v;
+    else if (a == "--reps") reps = std::max(2, v);
     else if (a == "--algo") algo = argv[i + 1];
     else if (a == "--isa") {
       if (!model::set_linear_rows_isa(argv[i + 1])) {
@@ -112,10 +114,10 @@ int main(int argc, char** argv) {
   const bool tuned = cli::tune_malloc();  // as every moe-* program does
   std::printf("bench_train_step: threads %d, algo %s, kernels %s, K=2 mini-batches, E=1, fp32 CPU, malloc %s\n", threads, algo.c_str(),
               model::linear_rows_isa().c_str(), tuned ? "tuned as the moe-* programs (cli::tune_malloc)" : "glibc's defaults (MOEKIT_MALLOC=glibc or GLIBC_TUNABLES)");
-  bench("tiny", model::preset_config("tiny", 98), seqs, P, R, algo);
+  bench("tiny", model::preset_config("tiny", 98), seqs, P, R, algo, reps);
   if (small_layers <= 0) return 0;
   auto small = model::preset_config("small", 98);
   small.num_hidden_layers = small_layers;
-  bench("small/" + std::to_string(small_layers) + "L", small, std::max(4, seqs / 8), P, R, algo);
+  bench("small/" + std::to_string(small_layers) + "L", small, std::max(4, seqs / 8), P, R, algo, reps);
   return 0;
 }

@@ -6,8 +6,10 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "moe/model/few_rows.h"
@@ -139,11 +141,14 @@ TEST_CASE("attention_blocks equals the matrix-product attention on a KV cache's 
     WithIsa with(isa);
     for (int64_t D : {7, 24, 64}) {
       for (int64_t rep : {1, 2, 4, 8}) {
-        for (int64_t T : {1, 2}) {
-          const int64_t B = 3, G = 2, S = 11, cap = 16;
+        for (auto [T, S] : {std::pair<int64_t, int64_t>{1, 11}, {2, 11}, {1, 43}}) {  // 43 keys: 8 x 8 tiles and edges
+          const int64_t B = 3, G = 2, cap = S + 5;
           at::Tensor qg = at::randn({B, G, rep * T, D});
           at::Tensor ck = at::randn({B, G, cap, D}), cv = at::randn({B, G, cap, D});
           at::Tensor k = ck.narrow(2, 0, S), v = cv.narrow(2, 0, S);  // as the cache: rows dense, blocks strided
+          // The CPU cache's keys lie transposed ([B, G, D, cap] seen as [B, G, cap, D]): same values, same bits.
+          at::Tensor kt = ck.transpose(2, 3).contiguous().transpose(2, 3).narrow(2, 0, S);
+          REQUIRE(kt.stride(2) == 1);
           at::Tensor allowed = at::rand({B, 1, T, S}).gt(0.3);
           allowed.select(3, S - 1).fill_(true);  // every row sees at least its own position
           const double scale = 1.0 / std::sqrt(static_cast<double>(D));
@@ -151,6 +156,7 @@ TEST_CASE("attention_blocks equals the matrix-product attention on a KV cache's 
           INFO("isa " << isa << " D " << D << " rep " << rep << " T " << T);
           REQUIRE(got.defined());
           CHECK(max_rel(got, attention_ref(qg, k, v, allowed, T, scale)) < 1e-5);
+          CHECK(at::equal(moe::model::attention_blocks(qg, kt, v, allowed, T, scale), got));
           // A (b, g) block's result does not depend on the other blocks.
           at::Tensor one = moe::model::attention_blocks(qg.narrow(0, 1, 1), k.narrow(0, 1, 1), v.narrow(0, 1, 1),
                                                       allowed.narrow(0, 1, 1), T, scale);
@@ -212,4 +218,103 @@ TEST_CASE("attention_blocks trains as the matrix-product attention: outputs and 
       CHECK(at::equal(o_nograd, o_ours));
     }
   }
+}
+
+namespace {
+// The tensor operations each row kernel replaces (transformers' modules, float32).
+at::Tensor rms_norm_ref(const at::Tensor& x, const at::Tensor& w, double eps) {
+  return w * (x * at::rsqrt(x.pow(2).mean(-1, true) + eps));
+}
+at::Tensor rotate_half_ref(const at::Tensor& x) {
+  const int64_t h = x.size(-1) / 2;
+  return at::cat({-x.slice(-1, h), x.slice(-1, 0, h)}, -1);
+}
+at::Tensor norm_rope_ref(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cos, const at::Tensor& sin, double eps) {
+  at::Tensor a = rms_norm_ref(x, w, eps).transpose(1, 2);  // [B, N, T, D]
+  at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);
+  return a * c + rotate_half_ref(a) * s;
+}
+
+// Output and gradients (for a random output gradient) of f against ref on copies of the same inputs; inputs
+// [0, grads) get gradients. The no-grad forward must equal the training forward bit for bit.
+void check_rows_op(const std::function<at::Tensor(const std::vector<at::Tensor>&)>& f,
+                   const std::function<at::Tensor(const std::vector<at::Tensor>&)>& ref, const std::vector<at::Tensor>& in,
+                   size_t grads) {
+  auto run = [&](const std::function<at::Tensor(const std::vector<at::Tensor>&)>& g, std::vector<at::Tensor>& gr, at::Tensor& go) {
+    std::vector<at::Tensor> x;
+    for (size_t i = 0; i < in.size(); ++i) x.push_back(i < grads ? in[i].clone().requires_grad_() : in[i]);
+    at::Tensor y = g(x);
+    REQUIRE(y.defined());
+    if (!go.defined()) go = at::randn(y.sizes());
+    (y * go).sum().backward();
+    for (size_t i = 0; i < grads; ++i) gr.push_back(x[i].grad());
+    return y.detach();
+  };
+  std::vector<at::Tensor> g_ours, g_ref;
+  at::Tensor go;
+  at::Tensor y_ours = run(f, g_ours, go), y_ref = run(ref, g_ref, go);
+  CHECK(y_ours.sizes() == y_ref.sizes());
+  CHECK(max_rel(y_ours, y_ref) < 1e-6);
+  for (size_t i = 0; i < grads; ++i) {
+    INFO("gradient of input " << i);
+    CHECK(max_rel(g_ours[i], g_ref[i]) < 1e-5);
+  }
+  at::NoGradGuard ng;
+  CHECK(at::equal(f(in), y_ours));
+}
+}  // namespace
+
+TEST_CASE("rms_norm_rows, norm_rope_rows and silu_mul equal their tensor operations, with gradients", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");
+    return;
+  }
+  at::manual_seed(10);
+  for (int64_t H : {5, 24, 96, 131}) {  // tails of 8, whole vectors, both
+    INFO("row length " << H);
+    at::Tensor x = at::randn({3, 7, H}) * 3, w = at::randn({H});
+    check_rows_op([](const std::vector<at::Tensor>& a) { return moe::model::rms_norm_rows(a[0], a[1], 1e-6); },
+                  [](const std::vector<at::Tensor>& a) { return rms_norm_ref(a[0], a[1], 1e-6); }, {x, w}, 2);
+    // Far from 0 and both signs: silu's two branches (e / (1 + e) below 0) and saturation.
+    at::Tensor g = at::randn({3, 7, H}) * 6, u = at::randn({3, 7, H});
+    check_rows_op([](const std::vector<at::Tensor>& a) { return moe::model::silu_mul(a[0], a[1]); },
+                  [](const std::vector<at::Tensor>& a) { return at::silu(a[0]) * a[1]; }, {g, u}, 2);
+  }
+  for (int64_t D : {8, 24, 34}) {
+    INFO("head dim " << D);
+    const int64_t B = 2, T = 5, N = 3;
+    at::Tensor x = at::randn({B, T, N, D}), w = at::randn({D});
+    at::Tensor ang = at::randn({B, T, D / 2}) * 4;
+    at::Tensor emb = at::cat({ang, ang}, -1);
+    check_rows_op(
+        [](const std::vector<at::Tensor>& a) { return moe::model::norm_rope_rows(a[0], a[1], a[2], a[3], 1e-6); },
+        [](const std::vector<at::Tensor>& a) { return norm_rope_ref(a[0], a[1], a[2], a[3], 1e-6); },
+        {x, w, emb.cos(), emb.sin()}, 2);
+  }
+  // Another dtype: not applicable (the caller takes the tensor operations).
+  at::Tensor xd = at::randn({2, 4}, at::kDouble);
+  CHECK_FALSE(moe::model::rms_norm_rows(xd, at::ones({4}, at::kDouble), 1e-6).defined());
+  CHECK_FALSE(moe::model::silu_mul(xd, xd).defined());
+  CHECK_FALSE(moe::model::norm_rope_rows(at::randn({1, 2, 1, 3}), at::ones({3}), at::ones({1, 2, 3}), at::ones({1, 2, 3}), 1e-6).defined());
+}
+
+TEST_CASE("the row kernels' results do not depend on the threads", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");
+    return;
+  }
+  at::manual_seed(11);
+  const int threads = at::get_num_threads();
+  at::Tensor x = at::randn({64, 36, 96}), w = at::randn({96}), go = at::randn({64, 36, 96});
+  auto run = [&](int n) {
+    at::set_num_threads(n);
+    at::Tensor xx = x.clone().requires_grad_(), ww = w.clone().requires_grad_();
+    at::Tensor y = moe::model::rms_norm_rows(xx, ww, 1e-6);
+    at::Tensor h = moe::model::silu_mul(y, xx);
+    (h * go).sum().backward();
+    return std::vector<at::Tensor>{h.detach(), xx.grad(), ww.grad()};
+  };
+  auto one = run(1), two = run(2);
+  at::set_num_threads(threads);
+  for (size_t i = 0; i < one.size(); ++i) CHECK(at::equal(one[i], two[i]));
 }

@@ -27,6 +27,20 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 at::Tensor attention_blocks(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed, int64_t T,
                             double scale);
 
+// Element-wise layers in one pass each, on the CPU in float32 with the few-rows kernels (AVX2); each
+// differentiable with its own backward, the same forward with and without gradients, a row's result
+// independent of the other rows and of the threads (weight gradients sum the rows in order, on one thread).
+// Each returns an undefined tensor when it does not apply (another device or dtype, no kernel on this CPU):
+// the caller then takes its tensor operations. Results equal those operations' to float rounding (sums of
+// squares in another order; the exponential within 2 ulp).
+// RMSNorm, float32 throughout: w * (x * rsqrt(mean(x^2, -1) + eps)), x [..., H], w [H].
+at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps);
+// Attention's q/k norm then rotary embedding: x [B, T, N, D] (N heads), w [D], cos and sin [B, T, D] ->
+// [B, N, T, D] contiguous: RMSNorm(x) * cos + rotate_half(RMSNorm(x)) * sin, heads before positions.
+at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cos, const at::Tensor& sin, double eps);
+// silu(g) * u, g and u of one shape.
+at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u);
+
 // The instruction set of linear_rows' few-rows kernel: "avx512", "avx2" (with FMA) or "none" (no kernel:
 // at::linear, at::mv for one row). By default the best the CPU has; set_linear_rows_isa picks a lesser one
 // for tests and benchmarks (not while other threads run linear_rows) and returns false for one the CPU lacks.

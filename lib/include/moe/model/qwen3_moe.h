@@ -73,7 +73,8 @@ struct ForwardOutput {
 // the cache per token). Slot s of a row holds the token fed at step s (pad slots included); `mask` says which
 // slots are real tokens. Slots [length(), capacity()) are allocated but unused.
 struct KVCache {
-  std::vector<at::Tensor> k, v;  // per layer [B, num_key_value_heads, capacity, head_dim]
+  std::vector<at::Tensor> k, v;  // per layer [B, num_key_value_heads, capacity, head_dim] (k may be a
+                                 // transposed view: on the CPU in float32 its storage is [B, kvH, D, capacity])
   at::Tensor mask;               // [B, capacity] int64, 1 = real token; 0 beyond length()
   int64_t len = 0;               // slots in use
   int64_t reserve = 0;           // slots to allocate when the cache first fills (e.g. prompt + new tokens);
