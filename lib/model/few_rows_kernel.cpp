@@ -1,5 +1,6 @@
 #include "model/few_rows_kernel.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -159,8 +160,6 @@ __attribute__((target("avx2,fma"))) inline __m256i tail_mask(int64_t m) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(m)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-// Four vectors of y at a time: four independent FMA chains, so their latency overlaps (one chain waits on its
-// previous FMA). Each element's sum is still in j order.
 // Long rows (more than 64 floats: attention scores over a decode step's keys) in another loop order: X's rows
 // stream through once, in order, each term added into y in memory. Each element's operations are the same
 // fused multiply-adds in the same j order, so both loops give the same bits; the order only helps memory
@@ -182,25 +181,50 @@ __attribute__((target("avx2,fma"))) void combine_long_rows_avx2(const float* a, 
   }
 }
 
+// NV (up to 4) vectors of y at a time, the last one partial unless FULL: NV independent FMA chains, so their
+// latency overlaps (one chain waits on its previous FMA). Each element's sum is still in j order.
+template <int NV, bool FULL>
+__attribute__((target("avx2,fma"))) inline void combine_chunk(const float* a, const float* X, int64_t n, int64_t ldx, float* y,
+                                                              __m256i last) {
+  __m256 acc[NV];
+  MOE_UNROLL
+  for (int c = 0; c < NV; ++c) acc[c] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    if (a[j] == 0.f) continue;
+    const __m256 aj = _mm256_set1_ps(a[j]);
+    const float* xr = X + j * ldx;
+    MOE_UNROLL
+    for (int c = 0; c < NV; ++c) {
+      const __m256 x = FULL || c < NV - 1 ? _mm256_loadu_ps(xr + 8 * c) : _mm256_maskload_ps(xr + 8 * c, last);
+      acc[c] = _mm256_fmadd_ps(aj, x, acc[c]);
+    }
+  }
+  MOE_UNROLL
+  for (int c = 0; c < NV; ++c) {
+    if (FULL || c < NV - 1)
+      _mm256_storeu_ps(y + 8 * c, acc[c]);
+    else
+      _mm256_maskstore_ps(y + 8 * c, last, acc[c]);
+  }
+}
+
+template <int NV>
+__attribute__((target("avx2,fma"))) inline void combine_chunk(const float* a, const float* X, int64_t n, int64_t ldx, float* y,
+                                                              int64_t left) {
+  if (left >= 8 * NV) return combine_chunk<NV, true>(a, X, n, ldx, y, __m256i{});
+  combine_chunk<NV, false>(a, X, n, ldx, y, tail_mask(left - 8 * (NV - 1)));
+}
+
 __attribute__((target("avx2,fma"))) void combine_rows_avx2(const float* a, const float* X, int64_t n, int64_t D, int64_t ldx, float* y) {
   if (D > 64) return combine_long_rows_avx2(a, X, n, D, ldx, y);
-  for (int64_t d = 0; d < D; d += 32) {
-    __m256i m[4];
-    __m256 acc[4];
-    MOE_UNROLL
-    for (int c = 0; c < 4; ++c) {
-      m[c] = tail_mask(D - d - 8 * c);  // all lanes, some or none in the last vectors
-      acc[c] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < D; d += 32) {  // up to 4 vectors at a time, only as many as are left
+    const int64_t left = D - d;
+    switch (std::min<int64_t>(4, (left + 7) / 8)) {
+      case 1: combine_chunk<1>(a, X + d, n, ldx, y + d, left); break;
+      case 2: combine_chunk<2>(a, X + d, n, ldx, y + d, left); break;
+      case 3: combine_chunk<3>(a, X + d, n, ldx, y + d, left); break;
+      default: combine_chunk<4>(a, X + d, n, ldx, y + d, left); break;
     }
-    for (int64_t j = 0; j < n; ++j) {
-      if (a[j] == 0.f) continue;
-      const __m256 aj = _mm256_set1_ps(a[j]);
-      const float* xr = X + j * ldx + d;
-      MOE_UNROLL
-      for (int c = 0; c < 4; ++c) acc[c] = _mm256_fmadd_ps(aj, _mm256_maskload_ps(xr + 8 * c, m[c]), acc[c]);
-    }
-    MOE_UNROLL
-    for (int c = 0; c < 4; ++c) _mm256_maskstore_ps(y + d + 8 * c, m[c], acc[c]);
   }
 }
 
