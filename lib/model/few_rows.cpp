@@ -352,6 +352,27 @@ struct SiluMul : public torch::autograd::Function<SiluMul> {
 
 }  // namespace
 
+bool copy_4d(const at::Tensor& dst, const at::Tensor& src) {
+  if (dst.dim() != 4 || dst.sizes() != src.sizes() || !dst.device().is_cpu() || !src.device().is_cpu() ||
+      dst.scalar_type() != at::kFloat || src.scalar_type() != at::kFloat)
+    return false;
+  const int64_t A = dst.size(0), B = dst.size(1), C = dst.size(2), D = dst.size(3);
+  const int64_t* ds = dst.strides().data();
+  const int64_t* ss = src.strides().data();
+  float* dp = dst.data_ptr<float>();
+  const float* sp = src.data_ptr<float>();
+  at::parallel_for(0, A * B, std::max<int64_t>(1, 16384 / std::max<int64_t>(C * D, 1)), [&](int64_t b0, int64_t e0) {
+    for (int64_t ab = b0; ab < e0; ++ab) {
+      const int64_t a = ab / B, b = ab % B;
+      float* d = dp + a * ds[0] + b * ds[1];
+      const float* s = sp + a * ss[0] + b * ss[1];
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t e = 0; e < D; ++e) d[c * ds[2] + e * ds[3]] = s[c * ss[2] + e * ss[3]];
+    }
+  });
+  return true;
+}
+
 at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps) {
   if (!rows_kernel_takes({&x, &w}) || w.dim() != 1 || x.dim() < 1 || x.size(-1) != w.size(0) || x.numel() == 0) return {};
   const int64_t H = w.size(0);

@@ -316,8 +316,10 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
   }
   if (cache_k.defined()) {
     // Written in place: the cache never moves (it was sized for the whole generation).
-    cache_k.narrow(2, past, T).copy_(k);
-    cache_v.narrow(2, past, T).copy_(v);
+    // (On the CPU in float32 by plain loops: copy_ into the transposed keys' view took 18 ns per element at
+    // decode, 6% of a batch-256 step.)
+    if (!copy_4d(cache_k.narrow(2, past, T), k)) cache_k.narrow(2, past, T).copy_(k);
+    if (!copy_4d(cache_v.narrow(2, past, T), v)) cache_v.narrow(2, past, T).copy_(v);
     k = cache_k.narrow(2, 0, past + T);
     v = cache_v.narrow(2, 0, past + T);
   }

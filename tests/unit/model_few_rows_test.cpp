@@ -318,3 +318,18 @@ TEST_CASE("the row kernels' results do not depend on the threads", "[model][few_
   at::set_num_threads(threads);
   for (size_t i = 0; i < one.size(); ++i) CHECK(at::equal(one[i], two[i]));
 }
+
+TEST_CASE("copy_4d copies between any strides as copy_ does, CPU float32 only", "[model][few_rows]") {
+  at::manual_seed(12);
+  at::Tensor src = at::randn({3, 2, 5, 7}).transpose(1, 2).contiguous().transpose(1, 2);  // a transposed view
+  for (bool transposed : {false, true}) {
+    at::Tensor cache = transposed ? at::zeros({3, 2, 7, 9}).transpose(2, 3) : at::zeros({3, 2, 9, 7});
+    at::Tensor dst = cache.narrow(2, 3, 5);
+    REQUIRE(moe::model::copy_4d(dst, src));
+    CHECK(at::equal(dst, src));
+    CHECK(cache.narrow(2, 0, 3).abs().sum().item<float>() == 0);  // slots outside the narrow untouched
+    CHECK(cache.narrow(2, 8, 1).abs().sum().item<float>() == 0);
+  }
+  CHECK_FALSE(moe::model::copy_4d(at::zeros({1, 1, 2, 2}, at::kDouble), at::zeros({1, 1, 2, 2}, at::kDouble)));
+  CHECK_FALSE(moe::model::copy_4d(at::zeros({1, 1, 2, 2}), at::zeros({1, 1, 2, 3})));
+}

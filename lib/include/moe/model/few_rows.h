@@ -41,6 +41,11 @@ at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Te
 // silu(g) * u, g and u of one shape.
 at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u);
 
+// dst = src for 4-D CPU float32 tensors of one shape, any strides (a KV cache's slots), by plain loops;
+// false (nothing done) for other tensors. (TensorIterator's copy_ into the transposed key cache ran one
+// element per inner loop.)
+bool copy_4d(const at::Tensor& dst, const at::Tensor& src);
+
 // The instruction set of linear_rows' few-rows kernel: "avx512", "avx2" (with FMA) or "none" (no kernel:
 // at::linear, at::mv for one row). By default the best the CPU has; set_linear_rows_isa picks a lesser one
 // for tests and benchmarks (not while other threads run linear_rows) and returns false for one the CPU lacks.
