@@ -350,7 +350,46 @@ struct SiluMul : public torch::autograd::Function<SiluMul> {
   }
 };
 
+// out [N, H] = 0, then out[token[i]] += weight[i] * ys[i] for i in order: token [M] int64 (each < N),
+// weight [M], ys [M, H] dense.
+struct ScatterWeighted : public torch::autograd::Function<ScatterWeighted> {
+  static at::Tensor forward(AutogradContext* ctx, int64_t N, const at::Tensor& token, const at::Tensor& weight, const at::Tensor& ys) {
+    const int64_t M = ys.size(0), H = ys.size(1);
+    at::Tensor out = at::zeros({N, H}, ys.options());
+    const int64_t* tp = token.data_ptr<int64_t>();
+    const float *wp = weight.data_ptr<float>(), *yp = ys.data_ptr<float>();
+    float* op = out.data_ptr<float>();
+    // Columns over the threads (rows of out get several terms: one thread adds all of a column's, in order).
+    at::parallel_for(0, H, 256, [&](int64_t h0, int64_t h1) {
+      for (int64_t i = 0; i < M; ++i) kernel::axpy(wp[i], yp + i * H + h0, h1 - h0, op + tp[i] * H + h0);
+    });
+    ctx->save_for_backward({token, weight, ys});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &token = saved[0], &weight = saved[1], &ys = saved[2];
+    const at::Tensor g = grads[0].contiguous();
+    const int64_t M = ys.size(0), H = ys.size(1);
+    at::Tensor gy = at::empty_like(ys), gw = at::empty_like(weight);
+    const int64_t* tp = token.data_ptr<int64_t>();
+    const float *wp = weight.data_ptr<float>(), *yp = ys.data_ptr<float>(), *gp = g.data_ptr<float>();
+    float *gyp = gy.data_ptr<float>(), *gwp = gw.data_ptr<float>();
+    at::parallel_for(0, M, rows_grain(H), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) gwp[i] = kernel::scale_row_dot(gp + tp[i] * H, yp + i * H, wp[i], H, gyp + i * H);
+    });
+    return {at::Tensor(), at::Tensor(), gw, gy};
+  }
+};
+
 }  // namespace
+
+at::Tensor scatter_weighted_rows(int64_t N, const at::Tensor& token, const at::Tensor& weight, const at::Tensor& ys) {
+  if (!rows_kernel_takes({&weight, &ys}) || ys.dim() != 2 || token.dim() != 1 || token.scalar_type() != at::kLong ||
+      !token.device().is_cpu() || token.size(0) != ys.size(0) || weight.numel() != ys.size(0))
+    return {};
+  return ScatterWeighted::apply(N, token.contiguous(), weight.reshape({-1}).contiguous(), ys.contiguous());
+}
 
 bool copy_4d(const at::Tensor& dst, const at::Tensor& src) {
   if (dst.dim() != 4 || dst.sizes() != src.sizes() || !dst.device().is_cpu() || !src.device().is_cpu() ||

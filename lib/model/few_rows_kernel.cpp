@@ -436,6 +436,38 @@ void add_scaled_product(const float* a, const float* b, float s, int64_t n, floa
   add_scaled_product_avx2(a, b, s, n, y);
 }
 
+namespace {
+__attribute__((target("avx2,fma"))) void axpy_avx2(float a, const float* x, int64_t n, float* y) {
+  const __m256 av = _mm256_set1_ps(a);
+  for (int64_t i = 0; i < n; i += 8) {
+    const int64_t left = n - i;
+    st(y + i, left, _mm256_fmadd_ps(av, ld(x + i, left), ld(y + i, left)));
+  }
+}
+
+__attribute__((target("avx2,fma"))) float scale_row_dot_avx2(const float* g, const float* y, float w, int64_t n, float* out) {
+  const __m256 wv = _mm256_set1_ps(w);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) {
+    const int64_t left = n - i;
+    const __m256 gv = ld(g + i, left);
+    st(out + i, left, _mm256_mul_ps(gv, wv));
+    acc = _mm256_fmadd_ps(gv, ld(y + i, left), acc);
+  }
+  return lanes_sum(acc);
+}
+}  // namespace
+
+void axpy(float a, const float* x, int64_t n, float* y) {
+  if (g_isa == Isa::none) throw std::logic_error("axpy: no kernel selected");
+  axpy_avx2(a, x, n, y);
+}
+
+float scale_row_dot(const float* g, const float* y, float w, int64_t n, float* out) {
+  if (g_isa == Isa::none) throw std::logic_error("scale_row_dot: no kernel selected");
+  return scale_row_dot_avx2(g, y, w, n, out);
+}
+
 void rope_row(const float* a, const float* c, const float* s, int64_t D, float* y) {
   if (g_isa == Isa::none) throw std::logic_error("rope_row: no kernel selected");
   rope_row_avx2(a, c, s, D, y);
@@ -490,6 +522,8 @@ void rms_norm_row_backward(const float*, const float*, float, const float*, int6
   throw std::logic_error("rms_norm_row_backward: no kernel");
 }
 void add_scaled_product(const float*, const float*, float, int64_t, float*) { throw std::logic_error("add_scaled_product: no kernel"); }
+void axpy(float, const float*, int64_t, float*) { throw std::logic_error("axpy: no kernel"); }
+float scale_row_dot(const float*, const float*, float, int64_t, float*) { throw std::logic_error("scale_row_dot: no kernel"); }
 void rope_row(const float*, const float*, const float*, int64_t, float*) { throw std::logic_error("rope_row: no kernel"); }
 void rope_row_backward(const float*, const float*, const float*, int64_t, float*) {
   throw std::logic_error("rope_row_backward: no kernel");

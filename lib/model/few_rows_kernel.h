@@ -45,6 +45,10 @@ float rms_norm_row(const float* x, const float* w, int64_t H, float eps, float* 
 void rms_norm_row_backward(const float* x, const float* w, float inv, const float* ga, int64_t H, float* gx);
 // y += a * (b * s) over n floats (RMSNorm's weight gradient, row by row).
 void add_scaled_product(const float* a, const float* b, float s, int64_t n, float* y);
+// y += a x over n floats (one fused multiply-add per element).
+void axpy(float a, const float* x, int64_t n, float* y);
+// out = g * w over n floats; returns the sum of g * y (a weighted scatter's gradients in its rows and weights).
+float scale_row_dot(const float* g, const float* y, float w, int64_t n, float* out);
 // The rotary embedding of a row of D (even): y = a c + rotate_half(a) s (rotate_half(a) = [-a2, a1]).
 void rope_row(const float* a, const float* c, const float* s, int64_t D, float* y);
 // Its transpose: ga = gy c + [gy2 s2, -gy1 s1].

@@ -176,7 +176,8 @@ at::Tensor SparseMoeImpl::dispatch_loop(const at::Tensor& x, const at::Tensor& s
   for (int64_t e = 0; e < E; ++e)
     if (cnt[e] > 0) parts.push_back(experts[e]->forward(blocks[e]));
   at::Tensor ys = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
-  // index_add_ adds in index order: each row sums its experts in ascending expert order, as a loop would.
+  // Both add in index order: each row sums its experts in ascending expert order, as a loop would.
+  if (at::Tensor y = scatter_weighted_rows(x.size(0), token, weight, ys); y.defined()) return y;  // CPU float32
   return out.index_add_(0, token, ys * weight);
 }
 

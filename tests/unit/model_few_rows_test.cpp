@@ -333,3 +333,21 @@ TEST_CASE("copy_4d copies between any strides as copy_ does, CPU float32 only", 
   CHECK_FALSE(moe::model::copy_4d(at::zeros({1, 1, 2, 2}, at::kDouble), at::zeros({1, 1, 2, 2}, at::kDouble)));
   CHECK_FALSE(moe::model::copy_4d(at::zeros({1, 1, 2, 2}), at::zeros({1, 1, 2, 3})));
 }
+
+TEST_CASE("scatter_weighted_rows equals mul then index_add_, with gradients", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");
+    return;
+  }
+  at::manual_seed(13);
+  for (int64_t H : {5, 96, 300}) {  // 300: more than one column block of the threads
+    INFO("row length " << H);
+    const int64_t N = 9, M = 17;
+    at::Tensor token = at::randint(0, N, {M}, at::kLong);  // repeats: rows with several terms, some with none
+    at::Tensor w = at::rand({M, 1}), ys = at::randn({M, H});
+    check_rows_op(
+        [&](const std::vector<at::Tensor>& a) { return moe::model::scatter_weighted_rows(N, token, a[1], a[0]); },
+        [&](const std::vector<at::Tensor>& a) { return at::zeros({N, H}).index_add_(0, token, a[0] * a[1]); }, {ys, w}, 2);
+  }
+  CHECK_FALSE(moe::model::scatter_weighted_rows(2, at::zeros({2}, at::kInt), at::ones({2}), at::ones({2, 3})).defined());
+}

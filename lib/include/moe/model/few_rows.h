@@ -41,6 +41,11 @@ at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Te
 // silu(g) * u, g and u of one shape.
 at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u);
 
+// A MoE layer's combine: out [N, H] = 0, then out[token[i]] += weight[i] * ys[i] for i in order (token [M]
+// int64 rows of out, weight [M] or [M, 1], ys [M, H]): mul and index_add_ in one pass, differentiable in
+// weight and ys.
+at::Tensor scatter_weighted_rows(int64_t N, const at::Tensor& token, const at::Tensor& weight, const at::Tensor& ys);
+
 // dst = src for 4-D CPU float32 tensors of one shape, any strides (a KV cache's slots), by plain loops;
 // false (nothing done) for other tensors. (TensorIterator's copy_ into the transposed key cache ran one
 // element per inner loop.)
