@@ -239,6 +239,12 @@ bool rows_kernel_takes(std::initializer_list<const at::Tensor*> ts) {
 // Rows per task: below a few thousand floats a thread's start-up costs more than it saves.
 int64_t rows_grain(int64_t row) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(row, 1)); }
 
+void silu_mul_into(const at::Tensor& g, const at::Tensor& u, at::Tensor& h) {
+  const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
+  float* hp = h.data_ptr<float>();
+  at::parallel_for(0, g.numel(), 4096, [&](int64_t b, int64_t e) { kernel::silu_mul(gp + b, up + b, e - b, hp + b); });
+}
+
 // x2 [n, H] dense, w [H]: y [n, H], inv [n].
 struct RmsNormRows : public torch::autograd::Function<RmsNormRows> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2, const at::Tensor& w, double eps) {
@@ -331,9 +337,7 @@ struct NormRopeRows : public torch::autograd::Function<NormRopeRows> {
 struct SiluMul : public torch::autograd::Function<SiluMul> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& g, const at::Tensor& u) {
     at::Tensor h = at::empty_like(g);
-    const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
-    float* hp = h.data_ptr<float>();
-    at::parallel_for(0, g.numel(), 4096, [&](int64_t b, int64_t e) { kernel::silu_mul(gp + b, up + b, e - b, hp + b); });
+    silu_mul_into(g, u, h);
     ctx->save_for_backward({g, u});
     return h;
   }
@@ -347,6 +351,37 @@ struct SiluMul : public torch::autograd::Function<SiluMul> {
     at::parallel_for(0, g.numel(), 4096,
                      [&](int64_t b, int64_t e) { kernel::silu_mul_backward(gp + b, up + b, hp + b, e - b, ggp + b, gup + b); });
     return {gg, gu};
+  }
+};
+
+// An expert's SwiGLU MLP as one autograd node: x2 [n, H] dense, wg and wu [I, H], wd [O, I]. The products
+// are linear_rows' (so a no-grad pass computes alike); the backward is six matrix products and one pass
+// for silu's gradient, where the tensor operations made three linear nodes, their transposes, silu and mul.
+struct SwiGlu : public torch::autograd::Function<SwiGlu> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2, const at::Tensor& wg, const at::Tensor& wu,
+                            const at::Tensor& wd) {
+    at::Tensor g = linear_rows(x2, wg), u = linear_rows(x2, wu);
+    at::Tensor h = at::empty_like(g);
+    silu_mul_into(g, u, h);
+    ctx->save_for_backward({x2, wg, wu, wd, g, u, h});
+    return linear_rows(h, wd);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x2 = saved[0], &wg = saved[1], &wu = saved[2], &wd = saved[3], &g = saved[4], &u = saved[5], &h = saved[6];
+    const at::Tensor gy = grads[0].contiguous();
+    at::Tensor gwd = ctx->needs_input_grad(3) ? gy.t().mm(h) : at::Tensor();
+    at::Tensor gh = gy.mm(wd);
+    at::Tensor gg = at::empty_like(g), gu = at::empty_like(u);
+    const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>(), *hp = gh.data_ptr<float>();
+    float *ggp = gg.data_ptr<float>(), *gup = gu.data_ptr<float>();
+    at::parallel_for(0, g.numel(), 4096,
+                     [&](int64_t b, int64_t e) { kernel::silu_mul_backward(gp + b, up + b, hp + b, e - b, ggp + b, gup + b); });
+    at::Tensor gx;
+    if (ctx->needs_input_grad(0)) gx = gg.mm(wg).addmm_(gu, wu);
+    at::Tensor gwg = ctx->needs_input_grad(1) ? gg.t().mm(x2) : at::Tensor();
+    at::Tensor gwu = ctx->needs_input_grad(2) ? gu.t().mm(x2) : at::Tensor();
+    return {gx, gwg, gwu, gwd};
   }
 };
 
@@ -389,6 +424,17 @@ at::Tensor scatter_weighted_rows(int64_t N, const at::Tensor& token, const at::T
       !token.device().is_cpu() || token.size(0) != ys.size(0) || weight.numel() != ys.size(0))
     return {};
   return ScatterWeighted::apply(N, token.contiguous(), weight.reshape({-1}).contiguous(), ys.contiguous());
+}
+
+at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& wg, const at::Tensor& wu, const at::Tensor& wd) {
+  if (!rows_kernel_takes({&x, &wg, &wu, &wd}) || x.dim() < 1 || x.numel() == 0) return {};
+  for (const at::Tensor* w : {&wg, &wu, &wd})
+    if (w->dim() != 2 || !w->is_contiguous()) return {};
+  const int64_t H = x.size(-1), I = wg.size(0);
+  if (wg.size(1) != H || wu.size(0) != I || wu.size(1) != H || wd.size(1) != I) return {};
+  std::vector<int64_t> sz = x.sizes().vec();
+  sz.back() = wd.size(0);
+  return SwiGlu::apply(x.reshape({-1, H}).contiguous(), wg, wu, wd).view(sz);
 }
 
 bool copy_4d(const at::Tensor& dst, const at::Tensor& src) {

@@ -351,3 +351,22 @@ TEST_CASE("scatter_weighted_rows equals mul then index_add_, with gradients", "[
   }
   CHECK_FALSE(moe::model::scatter_weighted_rows(2, at::zeros({2}, at::kInt), at::ones({2}), at::ones({2, 3})).defined());
 }
+
+TEST_CASE("swiglu_rows equals down(silu(gate(x)) * up(x)), with gradients in x and the three weights", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");
+    return;
+  }
+  at::manual_seed(14);
+  for (int64_t n : {1, 3, 50}) {  // 1-4 rows: the few-rows products
+    INFO("rows " << n);
+    const int64_t H = 20, I = 13, O = 20;
+    at::Tensor x = at::randn({n, H}), wg = at::randn({I, H}) * 0.3, wu = at::randn({I, H}) * 0.3, wd = at::randn({O, I}) * 0.3;
+    check_rows_op([](const std::vector<at::Tensor>& a) { return moe::model::swiglu_rows(a[0], a[1], a[2], a[3]); },
+                  [](const std::vector<at::Tensor>& a) {
+                    return at::linear(at::silu(at::linear(a[0], a[1])) * at::linear(a[0], a[2]), a[3]);
+                  },
+                  {x, wg, wu, wd}, 4);
+  }
+  CHECK_FALSE(moe::model::swiglu_rows(at::randn({2, 3}), at::randn({4, 5}), at::randn({4, 3}), at::randn({3, 4})).defined());
+}

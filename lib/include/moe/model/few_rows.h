@@ -41,6 +41,10 @@ at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Te
 // silu(g) * u, g and u of one shape.
 at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u);
 
+// SwiGLU: down(silu(gate(x)) * up(x)) = linear_rows(silu_mul(x wg^T, x wu^T), wd), x [..., H], wg and wu
+// [I, H], wd [O, I]: one autograd node with its own backward (six matrix products).
+at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& wg, const at::Tensor& wu, const at::Tensor& wd);
+
 // A MoE layer's combine: out [N, H] = 0, then out[token[i]] += weight[i] * ys[i] for i in order (token [M]
 // int64 rows of out, weight [M] or [M, 1], ys [M, H]): mul and index_add_ in one pass, differentiable in
 // weight and ys.
