@@ -74,4 +74,7 @@ setup() {
   # the standard errors are moe-eval's, present in both evaluations
   jq -e '.datasets | all(.["pass@1_se"] != null and .["mean@k_se"] != null)' "$TMP/demo/eval.before.json"
   jq -e '.datasets | all(.["pass@1_se"] != null and .["mean@k_se"] != null)' "$TMP/demo/eval.after.json"
+  # the KL to the SFT checkpoint (KL=0.2 by default): the checkpoint is kept and every update reports it
+  [ -f "$TMP/demo/sft-model/config.json" ]
+  jq -se '[.[] | select(.kind == "update")] | length > 0 and all(has("kl"))' "$TMP/demo/metrics.jsonl"
 }
