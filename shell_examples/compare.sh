@@ -11,6 +11,9 @@
 # The grid file (default shell_examples/grids/study.grid): '#' comments, one line "seeds S1 S2 ..." and one
 # line per configuration, "NAME moe-train-step options...", e.g. "rspo-pre --algo rspo --rs-apply pre-clip".
 # A configuration that gives its own --mini-batches or --lr overrides the global one (grids/regime.grid).
+# Two options of a line go to its rollouts, not to moe-train-step: --rollout-dtype (bf16 by default; f32
+# takes the bf16 train-inference mismatch away) and --max-new-tokens (the response length of its rollouts;
+# held-out evaluations keep compare.sh's 24, so runs stay comparable) (grids/drivers.grid).
 # --seeds and --runs narrow or replace the grid's seeds and configurations.
 # Defaults (the study, in the regime grids/regime.grid found: plain GRPO degrades there): 60 steps of 16
 # prompts x 8 samples, 8 mini-batches (7 of every 8 updates off-policy), lr 3e-4, T 1.0, held-out eval of
@@ -117,6 +120,16 @@ complete() {
 run() {
   local seed=$1 name=$2; shift 2
   local dir=$out/s$seed/$name m=$out/s$seed/$name/metrics.jsonl sft_dir
+  # the line's rollout options (see the header); the rest goes to moe-train-step
+  local line=("$@") rdtype=bf16 rnew=$max_new targs=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --rollout-dtype) rdtype=${2:?--rollout-dtype needs a value}; shift 2 ;;
+      --max-new-tokens) rnew=${2:?--max-new-tokens needs a value}; shift 2 ;;
+      *) targs+=("$1"); shift ;;
+    esac
+  done
+  set -- ${targs[@]+"${targs[@]}"}
   sft_dir=$(sft_for "$seed")
   rm -rf "$dir"; mkdir -p "$dir"
   cp -r "$sft_dir" "$dir/model"
@@ -142,7 +155,7 @@ run() {
     lines=$(wc -l < "$m")
     # same prompts and rollout seed for every run of this seed at step i (the policies differ after step 0)
     moe-data countdown -q -n "$prompts" --seed $((seed * 100000 + i)) \
-      | moe-rollout -q -m "$dir/model" -G "$g" --temperature "$temp" --max-new-tokens "$max_new" --dtype bf16 \
+      | moe-rollout -q -m "$dir/model" -G "$g" --temperature "$temp" --max-new-tokens "$rnew" --dtype "$rdtype" \
           --seed $((seed * 100000 + i)) --threads 1 --routing-out "$dir/routes.zst" \
       | moe-reward -q --task countdown \
       | tee "$dir/rewarded.zst" \
@@ -156,7 +169,7 @@ run() {
         | jq -r 'if .["val/accuracy"] then ", val/accuracy \(.["val/accuracy"]), val/mean_at_k \(.["val/mean_at_k"])" else "" end')"
   done
   rm -rf "$dir/routes.zst" "$dir/rewarded.zst" "$dir/model" "$dir/model.lock"  # the metrics are the record; models are large
-  signature "$seed" "$@" > "$dir/done"
+  signature "$seed" "${line[@]}" > "$dir/done"
 }
 
 # SFT checkpoints and test sets first, up to --jobs seeds at a time (parallel runs of a seed then share them)

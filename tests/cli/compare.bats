@@ -89,3 +89,18 @@ setup() {
   [ "$(jq -s '[.[] | select(.kind == "update") | .lr] | unique' -c out/s1/global/metrics.jsonl)" = "[0.0003]" ]
   [ -z "$(find out -name '*.lock')" ]
 }
+
+@test "compare.sh: a configuration's --rollout-dtype and --max-new-tokens go to its rollouts, not to moe-train-step" {
+  cd "$TMP"
+  printf 'seeds 1\nshort --algo grpo --max-new-tokens 2 --rollout-dtype f32\n' > g
+  run bash "$SRC/shell_examples/compare.sh" --smoke --grid g --steps 1 -o out
+  echo "$output"
+  [ "$status" -eq 0 ]
+  # responses of at most 2 tokens in every update; the done file keeps the whole line
+  [ "$(jq -s '[.[] | select(.kind == "update") | .response_len_max] | max' out/s1/short/metrics.jsonl)" -le 2 ]
+  grep -q -- '--max-new-tokens 2 --rollout-dtype f32' out/s1/short/done
+  # a rollout option without its value is refused
+  printf 'seeds 1\nbad --algo grpo --rollout-dtype\n' > g2
+  run bash "$SRC/shell_examples/compare.sh" --smoke --grid g2 --steps 1 -o out2
+  [ "$status" -ne 0 ]
+}
