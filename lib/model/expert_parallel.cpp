@@ -13,6 +13,7 @@
 
 #include "model/autograd_node.h"
 #include "moe/io/error.h"
+#include "moe/model/few_rows.h"
 #include "moe/model/qwen3_moe.h"
 
 namespace moe::model {
@@ -146,6 +147,9 @@ at::Tensor SparseMoeImpl::dispatch_ep(const at::Tensor& x, const at::Tensor& slo
     return out;
   }
   at::Tensor weight = gating.reshape({-1}).index_select(0, order).unsqueeze(1);
+  // The combine of dispatch_loop (the same one-pass kernel on the CPU in float32), so that expert parallel
+  // equals one process bit for bit.
+  if (at::Tensor y = scatter_weighted_rows(x.size(0), token, weight, ys); y.defined()) return y;
   return out.index_add_(0, token, ys * weight);
 }
 
