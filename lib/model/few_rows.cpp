@@ -245,6 +245,13 @@ void silu_mul_into(const at::Tensor& g, const at::Tensor& u, at::Tensor& h) {
   at::parallel_for(0, g.numel(), 4096, [&](int64_t b, int64_t e) { kernel::silu_mul(gp + b, up + b, e - b, hp + b); });
 }
 
+void silu_mul_backward_into(const at::Tensor& g, const at::Tensor& u, const at::Tensor& gh, at::Tensor& gg, at::Tensor& gu) {
+  const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>(), *hp = gh.data_ptr<float>();
+  float *ggp = gg.data_ptr<float>(), *gup = gu.data_ptr<float>();
+  at::parallel_for(0, g.numel(), 4096,
+                   [&](int64_t b, int64_t e) { kernel::silu_mul_backward(gp + b, up + b, hp + b, e - b, ggp + b, gup + b); });
+}
+
 // x2 [n, H] dense, w [H]: y [n, H], inv [n].
 struct RmsNormRows : public torch::autograd::Function<RmsNormRows> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2, const at::Tensor& w, double eps) {
@@ -346,10 +353,7 @@ struct SiluMul : public torch::autograd::Function<SiluMul> {
     const at::Tensor &g = saved[0], &u = saved[1];
     const at::Tensor gh = grads[0].contiguous();
     at::Tensor gg = at::empty_like(g), gu = at::empty_like(u);
-    const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>(), *hp = gh.data_ptr<float>();
-    float *ggp = gg.data_ptr<float>(), *gup = gu.data_ptr<float>();
-    at::parallel_for(0, g.numel(), 4096,
-                     [&](int64_t b, int64_t e) { kernel::silu_mul_backward(gp + b, up + b, hp + b, e - b, ggp + b, gup + b); });
+    silu_mul_backward_into(g, u, gh, gg, gu);
     return {gg, gu};
   }
 };
@@ -373,10 +377,7 @@ struct SwiGlu : public torch::autograd::Function<SwiGlu> {
     at::Tensor gwd = ctx->needs_input_grad(3) ? gy.t().mm(h) : at::Tensor();
     at::Tensor gh = gy.mm(wd);
     at::Tensor gg = at::empty_like(g), gu = at::empty_like(u);
-    const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>(), *hp = gh.data_ptr<float>();
-    float *ggp = gg.data_ptr<float>(), *gup = gu.data_ptr<float>();
-    at::parallel_for(0, g.numel(), 4096,
-                     [&](int64_t b, int64_t e) { kernel::silu_mul_backward(gp + b, up + b, hp + b, e - b, ggp + b, gup + b); });
+    silu_mul_backward_into(g, u, gh, gg, gu);
     at::Tensor gx;
     if (ctx->needs_input_grad(0)) gx = gg.mm(wg).addmm_(gu, wu);
     at::Tensor gwg = ctx->needs_input_grad(1) ? gg.t().mm(x2) : at::Tensor();
