@@ -485,7 +485,12 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
       cache->v.resize(layers.size());
       // On the CPU in float32 the keys lie transposed, [B, kvH, D, capacity] seen as [B, kvH, capacity, D]:
       // attention_blocks reads them as k^T's rows, so a decode step writes one column and transposes nothing.
+      // (Not where attention is scaled_dot_product_attention: it reads keys as rows.)
+#ifdef MOE_HAVE_SDPA
+      const bool keys_transposed = false;
+#else
       const bool keys_transposed = dev.is_cpu() && dtype == at::kFloat;
+#endif
       for (size_t i = 0; i < layers.size(); ++i) {
         for (auto* t : {&cache->k[i], &cache->v[i]}) {
           at::Tensor n = t == &cache->k[i] && keys_transposed
