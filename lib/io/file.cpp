@@ -8,9 +8,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <random>
 
 #include "moe/io/error.h"
@@ -237,15 +239,66 @@ void Output::open_path(const std::string& path, const Output* downstream) {
   if (fd_ < 0) throw Error(path + ": cannot create: " + errstr());
 }
 
-Output::Output(const std::string& path, NewFile, size_t buffer_bytes) : cap_(buffer_bytes) {
-  buf_.reserve(cap_);
+namespace {
+constexpr size_t kDirectBlock = 4096;  // O_DIRECT's alignment of memory, offsets and lengths on every common device
+}  // namespace
+
+Output::Output(const std::string& path, NewFile nf, size_t buffer_bytes) : cap_(buffer_bytes) {
   name_ = path_ = path;
-  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0644);
-  if (fd_ < 0) throw Error(path + ": cannot create: " + errstr());
+  const int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY;
+  if (nf.direct) {
+    dcap_ = std::max(kDirectBlock, (buffer_bytes + kDirectBlock - 1) / kDirectBlock * kDirectBlock);
+    if (::posix_memalign(reinterpret_cast<void**>(&dbuf_), kDirectBlock, dcap_) != 0) throw std::bad_alloc();
+    direct_ = true;
+    fd_ = ::open(path.c_str(), flags | O_DIRECT, 0644);
+    direct_io_ = fd_ >= 0;
+    // EINVAL: this file system has no O_DIRECT (the path was not created); anything else fails below too.
+    if (fd_ < 0 && errno == EINVAL) fd_ = ::open(path.c_str(), flags, 0644);
+  } else {
+    buf_.reserve(cap_);
+    fd_ = ::open(path.c_str(), flags, 0644);
+  }
+  if (fd_ < 0) {
+    std::free(dbuf_);
+    throw Error(path + ": cannot create: " + errstr());
+  }
   new_file_ = true;
 }
 
+void Output::drop_direct() {
+  if (!direct_io_) return;
+  const int fl = ::fcntl(fd_, F_GETFL);
+  if (fl < 0 || ::fcntl(fd_, F_SETFL, fl & ~O_DIRECT) != 0) throw Error(name_ + ": cannot clear O_DIRECT: " + errstr());
+  direct_io_ = false;
+}
+
+void Output::write_blocks(bool all) {
+  size_t n = all ? dlen_ : dlen_ / kDirectBlock * kDirectBlock;
+  const char* p = dbuf_;
+  while (n > 0) {
+    if (direct_io_ && n < kDirectBlock) drop_direct();  // the last partial block goes through the page cache
+    ssize_t w = ::write(fd_, p, direct_io_ ? n / kDirectBlock * kDirectBlock : n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      // A file system that opens with O_DIRECT but wants another alignment: through the page cache.
+      if (errno == EINVAL && direct_io_) {
+        drop_direct();
+        continue;
+      }
+      throw Error(name_ + ": write error: " + errstr());
+    }
+    // A short write leaves the file offset off the block grid: O_DIRECT would refuse what follows.
+    if (static_cast<size_t>(w) % kDirectBlock != 0) drop_direct();
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  const size_t done = static_cast<size_t>(p - dbuf_);
+  std::memmove(dbuf_, p, dlen_ - done);
+  dlen_ -= done;
+}
+
 Output::~Output() {
+  std::free(dbuf_);
   if (fd_ > 1) ::close(fd_);
   if (!closed_ && !in_place_ && !tmp_path_.empty()) ::unlink(tmp_path_.c_str());  // never committed
   if (!closed_ && new_file_) ::unlink(path_.c_str());
@@ -253,6 +306,18 @@ Output::~Output() {
 
 void Output::write(const void* data, size_t n) {
   if (closed_) throw Error(name_ + ": write after close");
+  if (direct_) {
+    const char* p = static_cast<const char*>(data);
+    while (n > 0) {
+      const size_t k = std::min(n, dcap_ - dlen_);
+      std::memcpy(dbuf_ + dlen_, p, k);
+      dlen_ += k;
+      p += k;
+      n -= k;
+      if (dlen_ == dcap_) write_blocks(false);
+    }
+    return;
+  }
   if (buf_.size() + n > cap_) {
     flush();
     if (n >= cap_) {  // large writes go straight through, without a copy into the buffer
@@ -264,6 +329,10 @@ void Output::write(const void* data, size_t n) {
 }
 
 void Output::flush() {
+  if (direct_) {
+    write_blocks(true);
+    return;
+  }
   write_fd(buf_.data(), buf_.size());
   buf_.clear();
 }

@@ -64,6 +64,65 @@ TEST_CASE("Output::NewFile writes a new file in place, refuses an existing path,
   CHECK(::rmdir(dir.c_str()) == 0);  // nothing else was left
 }
 
+namespace {
+// The O_DIRECT bit of an open fd, from /proc/self/fdinfo (its "flags:" line, octal).
+bool fd_has_o_direct(int fd) {
+  std::string info = moe::io::read_file("/proc/self/fdinfo/" + std::to_string(fd));
+  auto at = info.find("flags:");
+  REQUIRE(at != std::string::npos);
+  return (std::stoul(info.substr(at + 6), nullptr, 8) & O_DIRECT) != 0;
+}
+}  // namespace
+
+TEST_CASE("Output::NewFile{direct} writes whole blocks with O_DIRECT and the same bytes as a buffered write", "[io]") {
+  // In the scratch dir (a disk) and in /dev/shm (tmpfs): wherever the file system takes O_DIRECT, it is used
+  // for the whole blocks; either way the file holds exactly the bytes written, whatever the write sizes.
+  for (std::string dir : {scratch_dir(), std::string("/dev/shm")}) {
+    if (!exists(dir)) continue;
+    const std::string probe = dir + "/moekit-direct-probe-" + std::to_string(::getpid());
+    int pfd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_DIRECT, 0644);
+    const bool fs_direct = pfd >= 0;
+    if (pfd >= 0) ::close(pfd);
+    ::unlink(probe.c_str());
+    const std::string path = dir + "/moekit-direct-" + std::to_string(::getpid()) + ".bin";
+    std::string expect;
+    uint32_t x = 12345;
+    auto chunk = [&](size_t n) {
+      std::string c(n, '\0');
+      for (auto& ch : c) ch = static_cast<char>((x = x * 1664525u + 1013904223u) >> 24);
+      expect += c;
+      return c;
+    };
+    {
+      moe::io::Output out(path, moe::io::Output::NewFile{true}, 5000);  // rounded up to 8192: two blocks
+      for (size_t n : {1, 4095, 4096, 5000, 20000, 3, 8192, 1})
+        out.write(chunk(n));
+      CAPTURE(dir);
+      CHECK(fd_has_o_direct(out.fd()) == fs_direct);  // 3 buffers went out as whole blocks: still O_DIRECT
+      out.close();
+    }
+    CHECK(expect.size() == 41388);
+    CHECK(moe::io::read_file(path) == expect);
+    // A file ending on a block boundary, and an empty one.
+    for (size_t n : {size_t(8192), size_t(0)}) {
+      CHECK(::unlink(path.c_str()) == 0);
+      expect.clear();
+      {
+        moe::io::Output out(path, moe::io::Output::NewFile{true}, 4096);
+        if (n) out.write(chunk(n));
+        out.close();
+      }
+      CHECK(moe::io::read_file(path) == expect);
+    }
+    // Never an existing path, and no file left without close.
+    CHECK_THROWS_WITH(moe::io::Output(path, moe::io::Output::NewFile{true}), Catch::Contains("cannot create"));
+    CHECK(::unlink(path.c_str()) == 0);
+    { moe::io::Output out(path, moe::io::Output::NewFile{true}); out.write(chunk(10000)); }
+    CHECK_FALSE(exists(path));
+    if (dir != "/dev/shm") CHECK(::rmdir(dir.c_str()) == 0);
+  }
+}
+
 TEST_CASE("Input reads lines and bytes and names missing files", "[io]") {
   std::string dir = scratch_dir();
   moe::io::write_file_atomic(dir + "/a.txt", "one\ntwo\nthree");

@@ -58,7 +58,15 @@ class Output {
   // never an existing path), written in place, fsynced by close(); no temporary and no rename, since the
   // whole directory is made durable and swapped in at once by its writer. The destructor without close()
   // removes it.
-  struct NewFile {};
+  // direct: write whole 4 KiB blocks with O_DIRECT, from an aligned buffer of buffer_bytes (rounded up to
+  // 4 KiB), and only the last partial block through the page cache. For large files that are written once
+  // and fsynced anyway (checkpoints): the bytes go from the buffer to the device without first being copied
+  // into freshly allocated page-cache pages, which is what bounds a buffered write plus fsync on a virtual
+  // machine whose free memory is handed back to the host. Where the file system refuses O_DIRECT (at open
+  // or at the first write: EINVAL), the file is written through the page cache as without it.
+  struct NewFile {
+    bool direct = false;
+  };
   Output(const std::string& path, NewFile, size_t buffer_bytes = 1 << 16);
   // As Output(path), but opening a FIFO, which waits for its reader, gives up once the reader of
   // `downstream` has gone away (another output of this program, e.g. stdout to the next stage of the
@@ -87,6 +95,8 @@ class Output {
  private:
   void open_path(const std::string& path, const Output* downstream);  // the constructors' work
   void write_fd(const char* p, size_t n);  // every byte or an exception
+  void write_blocks(bool all);  // direct: the buffer's whole blocks with O_DIRECT (all: then the tail too)
+  void drop_direct();           // clear O_DIRECT on fd_: the rest goes through the page cache
   int fd_ = -1;
   std::string name_, path_, tmp_path_;
   std::string buf_;
@@ -95,6 +105,10 @@ class Output {
   bool in_place_ = false;
   bool prepared_ = false;
   bool new_file_ = false;
+  bool direct_ = false;      // NewFile{true}: writes go through dbuf_
+  bool direct_io_ = false;   // fd_ has O_DIRECT set
+  char* dbuf_ = nullptr;     // 4 KiB aligned, dcap_ bytes, dlen_ used
+  size_t dcap_ = 0, dlen_ = 0;
 };
 
 // Writes `contents` to path atomically (temp file in the same dir, fsync, rename, fsync dir).
