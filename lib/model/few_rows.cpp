@@ -341,23 +341,6 @@ struct NormRopeRows : public torch::autograd::Function<NormRopeRows> {
   }
 };
 
-struct SiluMul : public torch::autograd::Function<SiluMul> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& g, const at::Tensor& u) {
-    at::Tensor h = at::empty_like(g);
-    silu_mul_into(g, u, h);
-    ctx->save_for_backward({g, u});
-    return h;
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const at::Tensor &g = saved[0], &u = saved[1];
-    const at::Tensor gh = grads[0].contiguous();
-    at::Tensor gg = at::empty_like(g), gu = at::empty_like(u);
-    silu_mul_backward_into(g, u, gh, gg, gu);
-    return {gg, gu};
-  }
-};
-
 // An expert's SwiGLU MLP as one autograd node: x2 [n, H] dense, wg and wu [I, H], wd [O, I]. The products
 // are linear_rows' (so a no-grad pass computes alike); the backward is six matrix products and one pass
 // for silu's gradient, where the tensor operations made three linear nodes, their transposes, silu and mul.
@@ -473,11 +456,6 @@ at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Te
   for (const at::Tensor* t : {&cos, &sin})
     if (t->size(0) != B || t->size(1) != T || t->size(2) != D) return {};
   return NormRopeRows::apply(x.contiguous(), w.contiguous(), cos.contiguous(), sin.contiguous(), eps);
-}
-
-at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u) {
-  if (!rows_kernel_takes({&g, &u}) || g.sizes() != u.sizes() || g.numel() == 0) return {};
-  return SiluMul::apply(g.contiguous(), u.contiguous());
 }
 
 at::Tensor attention_blocks(const at::Tensor& qg, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed, int64_t T,

@@ -102,11 +102,9 @@ MlpImpl::MlpImpl(int64_t hidden, int64_t inner) {
   down_proj = register_module("down_proj", Linear(inner, hidden, false));
 }
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
-  // The CPU, float32: one node (swiglu_rows); else the modules, with silu * up in one pass where it applies.
+  // The CPU, float32: one node (swiglu_rows); else the modules.
   if (at::Tensor y = swiglu_rows(x, gate_proj->weight, up_proj->weight, down_proj->weight); y.defined()) return y;
-  at::Tensor g = gate_proj(x), u = up_proj(x);
-  at::Tensor h = silu_mul(g, u);  // the CPU, float32: one pass
-  return down_proj(h.defined() ? h : at::silu(g) * u);
+  return down_proj(at::silu(gate_proj(x)) * up_proj(x));
 }
 
 SparseMoeImpl::SparseMoeImpl(const ModelConfig& c, ExpertShard shard)

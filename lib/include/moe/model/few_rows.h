@@ -38,11 +38,9 @@ at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps);
 // Attention's q/k norm then rotary embedding: x [B, T, N, D] (N heads), w [D], cos and sin [B, T, D] ->
 // [B, N, T, D] contiguous: RMSNorm(x) * cos + rotate_half(RMSNorm(x)) * sin, heads before positions.
 at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cos, const at::Tensor& sin, double eps);
-// silu(g) * u, g and u of one shape.
-at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u);
-
-// SwiGLU: down(silu(gate(x)) * up(x)) = linear_rows(silu_mul(x wg^T, x wu^T), wd), x [..., H], wg and wu
-// [I, H], wd [O, I]: one autograd node with its own backward (six matrix products).
+// SwiGLU: down(silu(gate(x)) * up(x)) = linear_rows(silu(x wg^T) * (x wu^T), wd), x [..., H], wg and wu
+// [I, H], wd [O, I]: one autograd node with its own backward (six matrix products), silu(g) * u and its
+// gradient in one pass each.
 at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& wg, const at::Tensor& wu, const at::Tensor& wd);
 
 // A MoE layer's combine: out [N, H] = 0, then out[token[i]] += weight[i] * ys[i] for i in order (token [M]
