@@ -329,6 +329,8 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     if (tc.loss.kl_coef != 0 && cfg.ref_dir.empty()) throw UsageError("--kl-coef needs a reference model (--ref DIR)");
   }
   if (!(tc.optim.lr > 0)) throw UsageError("--lr must be > 0");
+  if (cfg.save_every < 1) throw UsageError("--save-every must be >= 1");
+  if (cfg.save_every != 1 && !cfg.follow) throw UsageError("--save-every needs --follow (one step writes one checkpoint)");
   if (cfg.follow) {
     if (cfg.dist.world_size > 1) throw UsageError("--follow runs in one process (no data parallel)");
     if (!cfg.routing_out.empty()) throw UsageError("--follow does not take --routing-out");
@@ -466,8 +468,13 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
   Trainer trainer(model, tc, comm.get());
   trainer.load_state(cfg.model_dir);
 
-  // One step on `seqs`: old pass, updates, outputs, checkpoint.
-  auto one_step = [&]() -> algo::Metrics {
+  // --follow --save-every N: steps done since the last checkpoint, and the trainer_state.json settings of the
+  // latest of them (what its checkpoint would have held).
+  int64_t unsaved = 0;
+  nlohmann::json unsaved_extra;
+
+  // One step on `seqs`: old pass, updates, outputs, checkpoint (unless `save` is false: --save-every).
+  auto one_step = [&](bool save) -> algo::Metrics {
     MetricsSink sink;
     if (rank == 0) {
       if (!cfg.metrics_path.empty()) sink.open(cfg.metrics_path);
@@ -713,7 +720,7 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
                                {"router", to_string(tc.router)},
                                {"world_size", world},
                                {"expert_parallel", shard.size},
-                               {"train_steps", trainer.state().value("train_steps", 0) + 1}};
+                               {"train_steps", trainer.state().value("train_steps", 0) + 1 + unsaved}};
     nlohmann::json j;
     auto summarize = [&] {
       const double t_save = now_s() - t_save0;
@@ -734,7 +741,20 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       j["router"] = st_extra["router"];
       j["world_size"] = world;
       j["output"] = out_dir;
+      if (cfg.save_every > 1) j["saved"] = save;
     };
+    if (!save) {
+      // --follow --save-every: no checkpoint this step (one process: rank 0); the summary line still goes out.
+      summarize();
+      sink.line(j, false);
+      sink.prepare();
+      sink.commit();
+      if (!cli::quiet()) std::fputs((j.dump() + "\n").c_str(), stderr);
+      ++unsaved;
+      unsaved_extra = st_extra;
+      return summary;
+    }
+    unsaved = 0;
     if (rank == 0) {
       // Called with the new checkpoint fully written, before its swap: the last moment a failure still
       // leaves every output untouched.
@@ -758,15 +778,27 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     return summary;
   };
 
+  // --follow --save-every: the checkpoint of the last step, when it has not been written. Only between steps
+  // (the end of the input, or an error reading the next stream): the model and optimizer then hold exactly
+  // that step's result. An error inside a step leaves them half updated, so those steps are lost.
+  auto save_unsaved = [&] {
+    if (unsaved == 0) return;
+    const double t0 = now_s();
+    trainer.save(out_dir, extra, unsaved_extra, nullptr, cfg.max_shard_bytes);
+    cli::info(out_dir + ": checkpoint of step " + std::to_string(trainer.global_step()) + " written (" +
+              std::to_string(unsaved) + " stream(s) since the last one, " + std::to_string(now_s() - t0) + " s)");
+    unsaved = 0;
+  };
+
   algo::Metrics last;
   if (!cfg.follow) {
-    last = one_step();
+    last = one_step(true);
   } else {
     // The checkpoint of stream N is written before anything of stream N + 1 is read: in an RL loop the
-    // rollouts of the next stream may need it.
+    // rollouts of the next stream may need it. With --save-every N, that holds for every Nth stream.
     for (;;) {
       try {
-        last = one_step();
+        last = one_step(stream_no % cfg.save_every == 0);
       } catch (const Error& e) {
         throw in_stream(e);
       }
@@ -783,12 +815,19 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
         }
         read_next();
       } catch (const Error& e) {
-        throw in_stream(e);
+        const Error err = in_stream(e);
+        try {
+          save_unsaved();
+        } catch (const std::exception& se) {
+          cli::warn(std::string("the checkpoint of the steps before this error was not written: ") + se.what());
+        }
+        throw err;
       }
       trainer.set_temperature(tc.temperature);
       trainer.set_loss_scale(tc.loss.loss_scale);
       at::manual_seed(cfg.seed);  // as a fresh process would: every step the same function of its inputs
     }
+    save_unsaved();
   }
   if (comm) {
     const double t0 = now_s();

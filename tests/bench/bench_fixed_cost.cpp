@@ -3,7 +3,7 @@
 // 64 experts top-8, 424 M parameters with the char vocabulary).
 //
 //   bench_fixed_cost [--dir D] [--threads N] [--layers L] [--seqs S] [--prompt P] [--response R]
-//                    [--tool PATH/moe-train-step] [--device-mb MB]
+//                    [--tool PATH/moe-train-step] [--device-mb MB] [--save-every N]
 //
 // In one run: writes a random model into D/model (setup), then
 //   load     load_model of the model dir (weights; fp32)
@@ -12,7 +12,8 @@
 //   save     Trainer::save (weights + Adam moments + trainer_state.json, staged dir, fsync, swap)
 // twice (the second round loads the optimizer state the first one saved), and prints the save rate
 // (bytes of the checkpoint / save seconds), the fixed/compute ratio of one process per step (start + load +
-// setup + save) and of `moe-train-step --follow` (save only: the process, the model and the optimizer stay).
+// setup + save) and of `moe-train-step --follow` (save only: the process, the model and the optimizer stay),
+// and with --follow --save-every N (default 4: one save per N steps).
 // Process start: median of 3 runs of `TOOL --version` (skipped without --tool). The device bound: MB of
 // zeros written with one fsync (0: skipped), so a disk-bound save can be told from a slow writer.
 // D defaults to /tmp; pass a tmpfs (e.g. /dev/shm) to take the disk out.
@@ -96,7 +97,7 @@ double device_rate(const std::string& dir, int mb) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, layers = 8, seqs = 16, P = 32, R = 96, device_mb = 512;
+  int threads = 2, layers = 8, seqs = 16, P = 32, R = 96, device_mb = 512, save_every = 4;
   std::string dir = "/tmp", tool;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
@@ -106,6 +107,7 @@ int main(int argc, char** argv) {
     else if (a == "--prompt") P = std::atoi(v.c_str());
     else if (a == "--response") R = std::atoi(v.c_str());
     else if (a == "--device-mb") device_mb = std::atoi(v.c_str());
+    else if (a == "--save-every") save_every = std::max(1, std::atoi(v.c_str()));
     else if (a == "--dir") dir = v;
     else if (a == "--tool") tool = v;
     else {
@@ -178,6 +180,7 @@ int main(int argc, char** argv) {
     std::printf("  fixed/compute: one process per step %.3f (start %s + load + setup + save = %.3f s); --follow %.3f (save)\n",
                 (start + load + setup + save) / compute, t_start < 0 ? "not measured" : (std::to_string(t_start) + " s").c_str(),
                 start + load + setup + save, save / compute);
+    std::printf("  fixed/compute with --follow --save-every %d: %.3f (save / %d)\n", save_every, save / save_every / compute, save_every);
   }
   if (device_mb > 0) std::printf("device: %d MiB written with one fsync in %s: %.0f MB/s\n", device_mb, work.c_str(), device_rate(work, device_mb));
   std::string rm = "rm -rf '" + work + "'";

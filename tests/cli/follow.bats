@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
 # Many RL steps without a new process: `moe-train-step --follow` over concatenated rollout streams equals
 # one moe-train-step per stream, byte for byte; a bad stream N keeps the N - 1 checkpoints; checkpoint N is
-# written before stream N + 1 is read (an RL loop's next rollouts may need it).
+# written before stream N + 1 is read (an RL loop's next rollouts may need it); with --save-every N, after
+# every Nth stream, the last one, and before an input error ends the run.
 
 load common
 
@@ -105,6 +106,39 @@ digests() { (cd "$1" && sha256sum -- *); }
   run moe-train-step --follow -m "$TMP/fol" --algo sft --routing "$W/r.zst" "$W/rew.zst"
   [ "$status" -eq 2 ]
   [[ "$output" == *"--routing applies to RL algorithms"* ]]
+  run moe-train-step --follow --save-every 0 -m "$TMP/fol" "$W/rew.zst"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"--save-every must be >= 1"* ]]
+  run moe-train-step --save-every 2 -m "$TMP/fol" "$W/rew.zst"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"--save-every needs --follow"* ]]
+}
+
+@test "--follow --save-every 2: the checkpoint after stream 2 and after the last, the same as one step per stream" {
+  fresh "$TMP/sep"
+  for s in rew rew2 rew; do moe-train-step -q -m "$TMP/sep" --seed 3 "$W/$s.zst"; done
+  fresh "$TMP/fol"
+  run bash -c "cat '$W/rew.zst' '$W/rew2.zst' '$W/rew.zst' | moe-train-step --follow --save-every 2 -m '$TMP/fol' --seed 3 --metrics '$TMP/m.jsonl' -"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  diff <(digests "$TMP/sep") <(digests "$TMP/fol")
+  grep -q '"train_steps": 3' "$TMP/fol/trainer_state.json"
+  # Each step's summary says whether its checkpoint was written; the last one's is written at the end.
+  [ "$(grep '"kind":"summary"' "$TMP/m.jsonl" | grep -o '"saved":[a-z]*' | tr '\n' ' ')" = '"saved":false "saved":true "saved":false ' ]
+  [[ "$output" == *"checkpoint of step 6 written (1 stream(s) since the last one"* ]]
+}
+
+@test "--follow --save-every 3: an input error in stream 3 first writes the checkpoint of streams 1 and 2" {
+  fresh "$TMP/sep"
+  for s in rew rew2; do moe-train-step -q -m "$TMP/sep" --seed 3 "$W/$s.zst"; done
+  size=$(stat -c %s "$W/rew.zst")
+  head -c $((size - 7)) "$W/rew.zst" > "$TMP/cut.zst"
+  fresh "$TMP/fol"
+  run bash -c "cat '$W/rew.zst' '$W/rew2.zst' '$TMP/cut.zst' | moe-train-step -q --follow --save-every 3 -m '$TMP/fol' --seed 3 -"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [[ "$output" == *"stream 3: <stdin>"*"truncated"* ]]
+  diff <(digests "$TMP/sep") <(digests "$TMP/fol")
 }
 
 @test "moe-reward --follow: one rewarded stream per input stream, as separate runs give" {

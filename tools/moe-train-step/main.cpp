@@ -75,6 +75,10 @@ int main(int argc, char** argv) {
                      "the input holds rollout streams one after another (e.g. a pipe): one step and one checkpoint "
                      "per stream, without reloading the model or rebuilding the optimizer; --routing then holds one "
                      "routing stream per rollout stream, read after it");
+        app.add_option("--save-every", cfg.save_every,
+                       "with --follow: write the checkpoint after every Nth stream (and after the last, and before an "
+                       "input error ends the run) instead of after each; the rollouts in between keep older weights")
+            ->capture_default_str();
         app.add_flag("--wait", cfg.wait_lock, "wait for another moe-train-step holding the model dir's lock (default: fail at once)");
         // Loss options (algorithms.md; man/moe-train-step.1).
         app.add_option("--clip-low,--eps-low", eps_low, "lower clip range (default per --algo)");

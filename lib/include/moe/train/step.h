@@ -142,6 +142,7 @@ struct StepConfig {
   int64_t max_shard_bytes = 5'000'000'000;  // weights above this are written as shards + index
   std::string input = "-";     // rollout stream, or (SFT) prompt+solution JSONL; detected by magic bytes
   bool follow = false;         // input holds concatenated rollout streams: one step (and checkpoint) per stream
+  int64_t save_every = 1;      // --follow: the checkpoint after every Nth step, after the last and before an input error
   std::string routing;         // rollout routing stream ("" = none)
   std::string routing_out;     // write the old pass's native routing here ("" = no)
   std::string ref_dir;         // reference model for --kl-coef
