@@ -22,6 +22,9 @@ setup() {
 
 fresh() { rm -rf "$1"; cp -r "$W/m0" "$1"; }
 
+# $1 without its last 7 bytes (a stream cut inside its trailer) into $2.
+truncated() { head -c $(($(stat -c %s "$1") - 7)) "$1" > "$2"; }
+
 # sha256 of every file of dir $1, by name.
 digests() { (cd "$1" && sha256sum -- *); }
 
@@ -45,8 +48,7 @@ digests() { (cd "$1" && sha256sum -- *); }
 @test "--follow: a truncated second stream keeps the first checkpoint and names stream 2" {
   fresh "$TMP/one"
   moe-train-step -q -m "$TMP/one" --seed 3 "$W/rew.zst"
-  size=$(stat -c %s "$W/rew2.zst")
-  head -c $((size - 7)) "$W/rew2.zst" > "$TMP/cut.zst"
+  truncated "$W/rew2.zst" "$TMP/cut.zst"
   fresh "$TMP/fol"
   run bash -c "cat '$W/rew.zst' '$TMP/cut.zst' | moe-train-step -q --follow -m '$TMP/fol' --seed 3 -"
   echo "$output"
@@ -131,8 +133,7 @@ digests() { (cd "$1" && sha256sum -- *); }
 @test "--follow --save-every 3: an input error in stream 3 first writes the checkpoint of streams 1 and 2" {
   fresh "$TMP/sep"
   for s in rew rew2; do moe-train-step -q -m "$TMP/sep" --seed 3 "$W/$s.zst"; done
-  size=$(stat -c %s "$W/rew.zst")
-  head -c $((size - 7)) "$W/rew.zst" > "$TMP/cut.zst"
+  truncated "$W/rew.zst" "$TMP/cut.zst"
   fresh "$TMP/fol"
   run bash -c "cat '$W/rew.zst' '$W/rew2.zst' '$TMP/cut.zst' | moe-train-step -q --follow --save-every 3 -m '$TMP/fol' --seed 3 -"
   echo "$output"
