@@ -1,7 +1,7 @@
 // Decode figures of the generation engine. Prints numbers, never fails on a time.
-//   bench_decode gen MODEL_DIR BATCH PROMPT NEW greedy|sampled THREADS
-//       one warm-up, then one timed rollout::generate (no eos: every row runs NEW tokens); prints
-//       "moekit <mode> batch B: X tok/s (S s wall), Y tok/s per CPU second (C s)". Prompts: token (7 b + 3 t) % (V - 3) + 3, as ref_decode.py.
+//   bench_decode gen MODEL_DIR BATCH PROMPT NEW greedy|sampled THREADS [RUNS=5]
+//       one warm-up, then RUNS timed rollout::generate (no eos: every row runs NEW tokens); prints the median
+//       run's "moekit <mode> batch B: X tok/s (S s wall), Y tok/s per CPU second (C s)". Prompts: token (7 b + 3 t) % (V - 3) + 3, as ref_decode.py.
 //   bench_decode experts THREADS [TOKENS...]
 //       the expert dispatch of one MoE layer at a Qwen3-30B-A3B shape (hidden 2048, 128 experts, top-8,
 //       moe_intermediate 768), random weights: the host loop against the padded batched matmul (and
@@ -83,11 +83,23 @@ int gen(int argc, char** argv) {
   auto warm = opt;
   warm.max_new_tokens = 4;
   rollout::generate(m, reqs, warm);
-  double t0 = now(), c0 = cpu_now();
-  auto out = rollout::generate(m, reqs, opt);
-  double t = now() - t0, c = cpu_now() - c0;
+  // RUNS timed runs (the same work, the same seed), the median run's rates: one run of a small batch is
+  // tens of milliseconds, which a shared machine's noise swamps.
+  const int runs = argc > 8 ? std::max(1, std::stoi(argv[8])) : 5;
+  std::vector<std::pair<double, double>> tc;  // (cpu s, wall s), sorted by cpu
   int64_t toks = 0;
-  for (auto& g : out) toks += g.tokens.size();
+  for (int r = 0; r < runs; ++r) {
+    double t0 = now(), c0 = cpu_now();
+    auto out = rollout::generate(m, reqs, opt);
+    tc.emplace_back(cpu_now() - c0, now() - t0);
+    toks = 0;
+    for (auto& g : out) toks += g.tokens.size();
+  }
+  std::sort(tc.begin(), tc.end());
+  std::vector<double> walls;
+  for (auto& [c, t] : tc) walls.push_back(t);
+  std::sort(walls.begin(), walls.end());
+  const double c = tc[tc.size() / 2].first, t = walls[walls.size() / 2];
   std::printf("moekit %s batch %lld: %.0f tok/s (%.3f s wall), %.0f tok/s per CPU second (%.3f s)\n", mode.c_str(), (long long)B,
               toks / t, t, toks / c, c);
   return 0;

@@ -3,10 +3,10 @@
 moekit (= Hugging Face qwen3_moe) model dir, written as transformers' eager code path is (a cache grown by
 torch.cat per step, repeat_kv, eager softmax attention, a loop over the experts that got tokens with
 index_add_), sampling with torch.multinomial. Same work as `bench_decode gen`: prompt token
-(7 b + 3 t) % (V - 3) + 3, NEW tokens per row, no eos. One warm-up, then one timed run; prints
-"python <mode> batch B: X tok/s (S s wall), Y tok/s per CPU second (C s)".
+(7 b + 3 t) % (V - 3) + 3, NEW tokens per row, no eos. One warm-up, then RUNS timed runs (default 5); prints
+the median run's "python <mode> batch B: X tok/s (S s wall), Y tok/s per CPU second (C s)".
 Run with /work/.venv-ref's torch (PyPI wheel), never in CI:
-  /work/.venv-ref/bin/python tests/bench/ref_decode.py MODEL_DIR BATCH PROMPT NEW greedy|sampled THREADS
+  /work/.venv-ref/bin/python tests/bench/ref_decode.py MODEL_DIR BATCH PROMPT NEW greedy|sampled THREADS [RUNS]
 """
 import json
 import math
@@ -115,6 +115,7 @@ def generate(m, prompts, new, greedy, gen):
 
 def main():
     d, B, P, N, mode, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+    runs = max(1, int(sys.argv[7])) if len(sys.argv) > 7 else 5
     torch.set_num_threads(threads)
     blas = [l.strip() for l in torch.__config__.show().splitlines() if "BLAS_INFO" in l or "LAPACK_INFO" in l]
     print(f"ref_decode.py: torch {torch.__version__}, {threads} thread(s), {'; '.join(blas)[:200]}", file=sys.stderr)
@@ -126,9 +127,13 @@ def main():
     gen = torch.Generator().manual_seed(1)
     with torch.inference_mode():
         generate(m, prompts, 4, mode == "greedy", gen)
-        t0, c0 = time.perf_counter(), time.process_time()
-        toks = generate(m, prompts, N, mode == "greedy", gen)
-        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        walls, cpus = [], []
+        for _ in range(runs):
+            t0, c0 = time.perf_counter(), time.process_time()
+            toks = generate(m, prompts, N, mode == "greedy", gen)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        dt, dc = sorted(walls)[runs // 2], sorted(cpus)[runs // 2]
     print(f"python {mode} batch {B}: {toks.numel() / dt:.0f} tok/s ({dt:.3f} s wall), "
           f"{toks.numel() / dc:.0f} tok/s per CPU second ({dc:.3f} s)")
 
