@@ -249,7 +249,6 @@ Output::Output(const std::string& path, NewFile nf, size_t buffer_bytes) : cap_(
   if (nf.direct) {
     dcap_ = std::max(kDirectBlock, (buffer_bytes + kDirectBlock - 1) / kDirectBlock * kDirectBlock);
     if (::posix_memalign(reinterpret_cast<void**>(&dbuf_), kDirectBlock, dcap_) != 0) throw std::bad_alloc();
-    direct_ = true;
     fd_ = ::open(path.c_str(), flags | O_DIRECT, 0644);
     direct_io_ = fd_ >= 0;
     // EINVAL: this file system has no O_DIRECT (the path was not created); anything else fails below too.
@@ -306,7 +305,7 @@ Output::~Output() {
 
 void Output::write(const void* data, size_t n) {
   if (closed_) throw Error(name_ + ": write after close");
-  if (direct_) {
+  if (dbuf_) {
     const char* p = static_cast<const char*>(data);
     while (n > 0) {
       const size_t k = std::min(n, dcap_ - dlen_);
@@ -329,7 +328,7 @@ void Output::write(const void* data, size_t n) {
 }
 
 void Output::flush() {
-  if (direct_) {
+  if (dbuf_) {
     write_blocks(true);
     return;
   }

@@ -105,9 +105,8 @@ class Output {
   bool in_place_ = false;
   bool prepared_ = false;
   bool new_file_ = false;
-  bool direct_ = false;      // NewFile{true}: writes go through dbuf_
   bool direct_io_ = false;   // fd_ has O_DIRECT set
-  char* dbuf_ = nullptr;     // 4 KiB aligned, dcap_ bytes, dlen_ used
+  char* dbuf_ = nullptr;     // NewFile{true}: every write goes through it; 4 KiB aligned, dcap_ bytes, dlen_ used
   size_t dcap_ = 0, dlen_ = 0;
 };
 
