@@ -6,7 +6,7 @@
 //                    [--reps N]
 //   (--algo sft: no old pass, the SFT loss; --small-layers 0: the tiny preset only; --isa none: without the
 //   few-rows kernels, so attention takes libtorch's matrix products, for a side-by-side comparison; --reps N: run
-//   N steps (at least 2; the first warms up allocators) and report the last, e.g. to profile)
+//   N steps (at least 2; the first warms up allocators) and report the median of the others)
 // Against transformers' eager training step on the same work: tests/bench/train_vs_python.sh.
 //
 // 1 vs 2 processes: tests/bench/bench_train_dp.sh (needs the moe-* binaries). MOEKIT_MALLOC=glibc runs with glibc's
@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -58,7 +59,10 @@ void bench(const std::string& label, model::ModelConfig c, int seqs, int P, int 
   if (!tc.sft) tc.loss.algo = algo::parse_algo(algo);
   train::Trainer t(m, tc);
   const int K = 2;  // mini-batches, as the default step
-  double t_old = 0, t_fwd = 0, t_bwd = 0, t_opt = 0, t_total = 0;
+  struct Split {
+    double total, old, fwd, bwd, opt;
+  };
+  std::vector<Split> splits;  // steps after the first
   for (int rep = 0; rep < reps; ++rep) {
     const double s0 = now();
     std::vector<train::OldPass> old(data.size());  // SFT: no old pass
@@ -73,12 +77,11 @@ void bench(const std::string& label, model::ModelConfig c, int seqs, int P, int 
       b += met["time/backward"];
       o += met["time/optimizer"];
     }
-    t_old = s1 - s0;
-    t_fwd = f;
-    t_bwd = b;
-    t_opt = o;
-    t_total = now() - s0;
+    if (rep > 0) splits.push_back({now() - s0, s1 - s0, f, b, o});
   }
+  std::sort(splits.begin(), splits.end(), [](const Split& a, const Split& b) { return a.total < b.total; });
+  const Split& md = splits[splits.size() / 2];  // the median step
+  const double t_total = md.total, t_old = md.old, t_fwd = md.fwd, t_bwd = md.bwd, t_opt = md.opt;
   const double tokens = static_cast<double>(seqs) * (P + R);
   std::printf("%-8s %7.2fM params  %3d seqs x (%d+%d) tok  step %7.3f s  %8.0f tok/s (all positions)  %7.0f resp tok/s\n",
               label.c_str(), params / 1e6, seqs, P, R, t_total, tokens / t_total, seqs * R / t_total);

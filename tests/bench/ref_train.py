@@ -7,9 +7,10 @@ mini-batches, each a forward, a backward, global-norm clipping at 1.0 and an Ada
   sft:  loss = mean over response tokens of -log p(token)
   grpo: an old pass first (no gradient: log-probs of every sequence), then per mini-batch the clipped
         PPO loss (eps 0.2, dual clip 3) with advantages +1/-1 alternating, token-mean over response tokens.
-One warm-up step, then one timed; prints "python <algo>: step S s, X tok/s (all positions), C s CPU".
+One warm-up step, then STEPS timed (default 5); prints the median step's "python <algo>: step S s, X tok/s
+(all positions), C s CPU".
 Run with /work/.venv-ref's torch and transformers (PyPI), never in CI:
-  /work/.venv-ref/bin/python tests/bench/ref_train.py MODEL_DIR ALGO SEQS PROMPT RESPONSE THREADS
+  /work/.venv-ref/bin/python tests/bench/ref_train.py MODEL_DIR ALGO SEQS PROMPT RESPONSE THREADS [STEPS]
 """
 import sys
 import time
@@ -21,6 +22,7 @@ from transformers import Qwen3MoeForCausalLM
 
 def main():
     d, algo, seqs, P, R, threads = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
+    steps = max(1, int(sys.argv[7])) if len(sys.argv) > 7 else 5
     torch.set_num_threads(threads)
     model = Qwen3MoeForCausalLM.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager")
     model.config.output_router_logits = False
@@ -58,9 +60,13 @@ def main():
             opt.step()
 
     step()  # warm-up
-    c0, t0 = time.process_time(), time.perf_counter()
-    step()
-    t, c = time.perf_counter() - t0, time.process_time() - c0
+    ts, cs = [], []
+    for _ in range(steps):
+        c0, t0 = time.process_time(), time.perf_counter()
+        step()
+        ts.append(time.perf_counter() - t0)
+        cs.append(time.process_time() - c0)
+    t, c = sorted(ts)[steps // 2], sorted(cs)[steps // 2]
     print(f"python {algo}: step {t:.3f} s, {seqs * (P + R) / t:.0f} tok/s (all positions), {c:.3f} s CPU")
     print(f"python: torch {torch.__version__}, {torch.get_num_threads()} thread(s), BLAS {'MKL' if torch.backends.mkl.is_available() else 'other'}", file=sys.stderr)
 

@@ -2,9 +2,9 @@
 # Train-step tokens/s of moekit (bench_train_step, the tiny preset) against transformers' eager
 # Qwen3MoeForCausalLM step (ref_train.py) on the same work: SEQS sequences of PROMPT + RESPONSE tokens, two
 # mini-batches, AdamW, clipping; sft and grpo. For each algorithm moekit and Python alternate REPS times
-# (separate processes, each timing its second step); medians compared, wall clock and CPU seconds.
+# (separate processes, each a warm-up step, then STEPS timed steps whose median it reports); medians compared.
 # Prints numbers, never fails on a time.
-#   tests/bench/train_vs_python.sh [threads=1] [seqs=64] [prompt=12] [response=24] [reps=3]
+#   tests/bench/train_vs_python.sh [threads=1] [seqs=64] [prompt=12] [response=24] [reps=3] [steps=5]
 # Needs build/bench/bench_train_step and bench_decode, and /work/.venv-ref (PYTHON= another interpreter
 # with torch and transformers).
 # moekit's step does more than the reference: its metrics (entropy, clip fractions, mismatch and routing
@@ -12,22 +12,22 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-threads=${1:-1} seqs=${2:-64} prompt=${3:-12} response=${4:-24} reps=${5:-3}
+threads=${1:-1} seqs=${2:-64} prompt=${3:-12} response=${4:-24} reps=${5:-3} steps=${6:-5}
 bin=${BENCH_BIN:-$root/build/bench}
 py=${PYTHON:-/work/.venv-ref/bin/python}
 export OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 "$bin/bench_decode" save "$dir/model" tiny  # the weights Python loads (moekit's bench initialises the same way)
-echo "tiny preset, $seqs seqs x ($prompt + $response) tokens, $threads thread(s), median of $reps interleaved runs"
+echo "tiny preset, $seqs seqs x ($prompt + $response) tokens, $threads thread(s), median of $reps interleaved processes x $steps steps"
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 for algo in sft grpo; do
   ours=() theirs=()
   for ((r = 0; r < reps; r++)); do
     l=$("$bin/bench_train_step" --threads "$threads" --seqs "$seqs" --prompt "$prompt" --response "$response" \
-          --small-layers 0 --algo "$algo" | awk '$1 == "tiny"')
+          --small-layers 0 --algo "$algo" --reps $((steps + 1)) | awk '$1 == "tiny"')
     ours+=("$(awk '{for (i = 1; i < NF; i++) if ($i == "step") print $(i + 1)}' <<<"$l")")
-    l=$("$py" "$here/ref_train.py" "$dir/model" "$algo" "$seqs" "$prompt" "$response" "$threads" 2>/dev/null)
+    l=$("$py" "$here/ref_train.py" "$dir/model" "$algo" "$seqs" "$prompt" "$response" "$threads" "$steps" 2>/dev/null)
     theirs+=("$(awk '{print $4}' <<<"$l")")
   done
   mo=$(printf '%s\n' "${ours[@]}" | median) mp=$(printf '%s\n' "${theirs[@]}" | median)
