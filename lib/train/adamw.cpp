@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <type_traits>
@@ -83,6 +84,35 @@ void adamw_step(torch::optim::AdamW& opt) {
       at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t b, int64_t e) { kernel::adamw_update(pp, mp, vp, gp, b, e, k); });
     }
   }
+}
+
+at::Tensor grad_global_norm(const std::vector<at::Tensor>& gs, const at::Device& dev) {
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(dev);
+  if (gs.empty()) return at::zeros({}, f32);
+  bool host = true;
+  for (const at::Tensor& g : gs) host = host && g.device().is_cpu() && g.scalar_type() == at::kFloat && g.is_contiguous();
+  if (!host) {
+    std::vector<at::Tensor> norms;
+    for (const at::Tensor& g : gs) norms.push_back(g.norm(2).to(at::kFloat));
+    return at::stack(norms).norm(2);
+  }
+  constexpr int64_t kChunk = int64_t{1} << 16;
+  struct Chunk {
+    const float* p;
+    int64_t n;
+  };
+  std::vector<Chunk> chunks;
+  for (const at::Tensor& g : gs) {
+    const float* p = g.data_ptr<float>();
+    for (int64_t b = 0; b < g.numel(); b += kChunk) chunks.push_back({p + b, std::min(kChunk, g.numel() - b)});
+  }
+  std::vector<double> part(chunks.size());
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) part[i] = kernel::sum_squares(chunks[i].p, chunks[i].n);
+  });
+  double sq = 0;
+  for (double v : part) sq += v;
+  return at::scalar_tensor(static_cast<float>(std::sqrt(sq)), f32);
 }
 
 }  // namespace moe::train

@@ -50,6 +50,24 @@ __attribute__((target("avx2,fma"))) void update_avx2(float* p, float* m, float* 
   }
 }
 
+__attribute__((target("avx2,fma"))) double sum_squares_avx2(const float* x, int64_t n) {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();  // lanes 0-3 and 4-7
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), b = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    lo = _mm256_add_pd(lo, _mm256_mul_pd(a, a));
+    hi = _mm256_add_pd(hi, _mm256_mul_pd(b, b));
+  }
+  double acc[8];
+  _mm256_storeu_pd(acc, lo);
+  _mm256_storeu_pd(acc + 4, hi);
+  for (int64_t l = 0; i < n; ++i, ++l) acc[l] += static_cast<double>(x[i]) * x[i];
+  double s = 0;
+  for (double a : acc) s += a;
+  return s;
+}
+
 const bool have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
 
@@ -60,6 +78,17 @@ void adamw_update(float* p, float* m, float* v, const float* g, int64_t b, int64
   if (have_avx2) return update_avx2(p, m, v, g, b, e, s);
 #endif
   for (int64_t i = b; i < e; ++i) one(p[i], m[i], v[i], g[i], s);
+}
+
+double sum_squares(const float* x, int64_t n) {
+#if defined(__x86_64__)
+  if (have_avx2) return sum_squares_avx2(x, n);
+#endif
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = 0; i < n; ++i) acc[i % 8] += static_cast<double>(x[i]) * x[i];
+  double s = 0;
+  for (double a : acc) s += a;
+  return s;
 }
 
 }  // namespace moe::train::kernel

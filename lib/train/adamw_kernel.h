@@ -1,4 +1,5 @@
-// AdamW's update of one float32 tensor in one pass (trainer.cpp's fused step). Includes no libtorch header.
+// AdamW's update of one float32 tensor in one pass (trainer.cpp's fused step), and the sum of squares of a
+// gradient for its global norm. Includes no libtorch header.
 #pragma once
 #include <cstdint>
 
@@ -20,5 +21,9 @@ struct AdamWScalars {
 // contraction (the file is built with -ffp-contract=off). Elementwise: the result does not depend on how
 // [0, n) is split.
 void adamw_update(float* p, float* m, float* v, const float* g, int64_t b, int64_t e, const AdamWScalars& s);
+
+// The sum of x[i]^2 for i in [0, n), in double: each square is exact in double, lane l of 8 sums the
+// elements i = l mod 8 in i order, then the lanes add in order 0..7 (the same bits with and without AVX2).
+double sum_squares(const float* x, int64_t n);
 
 }  // namespace moe::train::kernel

@@ -430,6 +430,7 @@ void save_sharded(Communicator& comm, const std::string& dir_in, const model::Mo
   }
 }
 
+
 }  // namespace
 
 struct Trainer::Impl {
@@ -1001,21 +1002,20 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
   double norm = 0, local_loss = 0;
   {
     at::NoGradGuard ng;
-    std::vector<at::Tensor> norms, expert_norms;
+    std::vector<at::Tensor> grads, expert_grads;
     for (size_t i : shared_ix)
-      if (params[i].grad().defined()) norms.push_back(params[i].grad().norm(2).to(at::kFloat));
+      if (params[i].grad().defined()) grads.push_back(params[i].grad());
     for (size_t i : expert_ix)
-      if (params[i].grad().defined()) expert_norms.push_back(params[i].grad().norm(2).to(at::kFloat));
-    at::Tensor total = norms.empty() ? at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(dev)) : at::stack(norms).norm(2);
+      if (params[i].grad().defined()) expert_grads.push_back(params[i].grad());
+    at::Tensor total = grad_global_norm(grads, dev);
+    bool any_grad = !grads.empty();
     if (impl_->ep) {
       // The true global norm: shared parameters once (the same on every rank) plus the squares of every
       // expert, summed over the expert group (each expert once there).
-      std::vector<at::Tensor> sq{expert_norms.empty() ? at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(dev))
-                                                      : at::stack(expert_norms).pow(2).sum().reshape({1})};
+      std::vector<at::Tensor> sq{grad_global_norm(expert_grads, dev).pow(2).reshape({1})};
       comm_->all_reduce_sum(sq, Communicator::Scope::expert_group);
       total = (total.pow(2) + sq[0].reshape({}).to(total.device())).sqrt();
-      if (!expert_norms.empty()) norms.insert(norms.end(), expert_norms.begin(), expert_norms.end());
-      else norms.push_back(total);  // clip this rank's shared gradients too
+      any_grad = true;  // clip this rank's shared gradients too, even without expert gradients
     }
     at::Tensor l = loss.defined() ? loss.detach().to(at::kDouble).reshape({}).to(dev) : at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
     std::vector<at::Tensor> parts{l.reshape({1}), total.to(at::kDouble).reshape({1})};
@@ -1034,7 +1034,7 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
     if (!std::isfinite(norm))
       throw Error("non-finite gradient norm at optimizer step " + std::to_string(global_step_ + 1) +
                   ": step aborted, checkpoint left untouched");
-    if (!norms.empty()) {
+    if (any_grad) {
       if (cfg_.optim.grad_clip > 0) {
         at::Tensor coef = at::clamp(cfg_.optim.grad_clip / (total + 1e-6), c10::nullopt, 1.0);
         for (auto& p : params)

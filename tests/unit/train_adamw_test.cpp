@@ -99,3 +99,32 @@ TEST_CASE("adamw_step: the fused pass gives the same bits on 1 and 2 threads", "
   at::set_num_threads(before);
   CHECK(at::equal(out[0], out[1]));
 }
+
+TEST_CASE("grad_global_norm is clip_grad_norm_'s total norm, the same bits on 1 and 2 threads", "[train][adamw]") {
+  at::manual_seed(12);
+  const at::Device cpu(at::kCPU);
+  // Sizes around the vector width and the 65536-element chunks, one large tensor split over several chunks.
+  std::vector<at::Tensor> gs = {at::randn({1}), at::randn({7}), at::randn({8}), at::randn({13, 9}), at::randn({65536 + 3}) * 1e-3,
+                                at::randn({300000})};
+  std::vector<at::Tensor> norms;
+  for (const auto& g : gs) norms.push_back(g.to(at::kDouble).norm(2));
+  const double want = at::stack(norms).norm(2).item<double>();
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  const at::Tensor one = moe::train::grad_global_norm(gs, cpu);
+  at::set_num_threads(2);
+  const at::Tensor two = moe::train::grad_global_norm(gs, cpu);
+  at::set_num_threads(threads);
+  CHECK(one.scalar_type() == at::kFloat);
+  CHECK(one.dim() == 0);
+  CHECK(one.item<double>() == Approx(want).epsilon(1e-7));
+  CHECK(at::equal(one, two));
+  // No gradients: 0. Another dtype (or device): torch's norms.
+  CHECK(moe::train::grad_global_norm({}, cpu).item<double>() == 0.0);
+  std::vector<at::Tensor> ds;
+  for (const auto& g : gs) ds.push_back(g.to(at::kDouble));
+  CHECK(moe::train::grad_global_norm(ds, cpu).item<double>() == Approx(want).epsilon(1e-7));
+  // A non-contiguous gradient takes torch's path too.
+  at::Tensor t = at::randn({40, 30}).t();
+  CHECK(moe::train::grad_global_norm({t}, cpu).item<double>() == Approx(t.to(at::kDouble).norm(2).item<double>()).epsilon(1e-6));
+}
