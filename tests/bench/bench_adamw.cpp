@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "moe/train/adamw.h"
+#include "bench_util.h"
 
 namespace {
 
@@ -54,8 +55,8 @@ void bench(const std::string& name, const std::vector<std::vector<int64_t>>& sha
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const int threads = argc > 1 ? std::atoi(argv[1]) : 1, reps = argc > 2 ? std::atoi(argv[2]) : 5;
+int bench_body(int argc, char** argv) {
+  const int threads = argc > 1 ? moe::bench::arg_int(argv[1]) : 1, reps = argc > 2 ? moe::bench::arg_int(argv[2]) : 5;
   at::set_num_threads(threads);
   std::printf("bench_adamw: %d thread(s), best of %d steps, weight decay 0.01\n", threads, reps);
   std::vector<std::vector<int64_t>> tiny;
@@ -64,3 +65,5 @@ int main(int argc, char** argv) {
   bench("small/1L", {{64, 256, 1024}, {64, 256, 1024}, {64, 1024, 256}, {98 * 1024 * 20}, {2 * 1024 * 1024}}, reps);
   return 0;
 }
+
+int main(int argc, char** argv) { return moe::bench::bench_main("bench_adamw", bench_body, argc, argv); }

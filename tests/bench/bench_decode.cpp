@@ -64,8 +64,8 @@ void banner(int threads) {
 int gen(int argc, char** argv) {
   if (argc < 8) return 2;
   std::string dir = argv[2], mode = argv[6];
-  int64_t B = std::stoll(argv[3]), P = std::stoll(argv[4]), N = std::stoll(argv[5]);
-  banner(std::stoi(argv[7]));
+  int64_t B = moe::bench::arg_int(argv[3]), P = moe::bench::arg_int(argv[4]), N = moe::bench::arg_int(argv[5]);
+  banner(moe::bench::arg_int(argv[7]));
   model::Qwen3Moe m = model::load_model(dir, c10::Device(c10::kCPU), at::kFloat);
   const int64_t V = m->config().vocab_size;
   std::vector<rollout::Request> reqs;
@@ -85,7 +85,7 @@ int gen(int argc, char** argv) {
   rollout::generate(m, reqs, warm);
   // RUNS timed runs (the same work, the same seed), the median run's rates: one run of a small batch is
   // tens of milliseconds, which a shared machine's noise swamps.
-  const int runs = argc > 8 ? std::max(1, std::stoi(argv[8])) : 5;
+  const int runs = argc > 8 ? static_cast<int>(std::max<long long>(1, moe::bench::arg_int(argv[8]))) : 5;
   std::vector<std::pair<double, double>> tc;  // (cpu s, wall s), sorted by cpu
   int64_t toks = 0;
   for (int r = 0; r < runs; ++r) {
@@ -107,9 +107,9 @@ int gen(int argc, char** argv) {
 
 int experts(int argc, char** argv) {
   if (argc < 3) return 2;
-  banner(std::stoi(argv[2]));
+  banner(moe::bench::arg_int(argv[2]));
   std::vector<int64_t> ntoks;
-  for (int i = 3; i < argc; ++i) ntoks.push_back(std::stoll(argv[i]));
+  for (int i = 3; i < argc; ++i) ntoks.push_back(moe::bench::arg_int(argv[i]));
   if (ntoks.empty()) ntoks = {1, 4, 64, 256};
   nlohmann::json j = {{"model_type", "qwen3_moe"}, {"hidden_size", 2048}, {"num_experts", 128}, {"num_experts_per_tok", 8},
                       {"moe_intermediate_size", 768}, {"norm_topk_prob", true}, {"vocab_size", 16},
@@ -148,11 +148,11 @@ int experts(int argc, char** argv) {
 
 int bandwidth(int argc, char** argv) {
   if (argc < 3) return 2;
-  const int threads = std::stoi(argv[2]);
+  const int threads = moe::bench::arg_int(argv[2]);
   banner(threads);
-  const int64_t layers = argc > 3 ? std::stoll(argv[3]) : 8;
+  const int64_t layers = argc > 3 ? moe::bench::arg_int(argv[3]) : 8;
   std::vector<int64_t> batches;
-  for (int i = 4; i < argc; ++i) batches.push_back(std::stoll(argv[i]));
+  for (int i = 4; i < argc; ++i) batches.push_back(moe::bench::arg_int(argv[i]));
   if (batches.empty()) batches = {1, 2, 4};
   // Memory bandwidth: memcpy of 1 GiB, best of 3 (bytes read + written).
   double bw = 0;
@@ -226,7 +226,7 @@ int bandwidth(int argc, char** argv) {
 
 int few_rows(int argc, char** argv) {
   if (argc < 3) return 2;
-  banner(std::stoi(argv[2]));
+  banner(moe::bench::arg_int(argv[2]));
   at::NoGradGuard ng;
   const std::string best = model::linear_rows_isa();
   std::printf("linear_rows kernel on this CPU: %s\n", best.c_str());
@@ -278,7 +278,7 @@ int save(int argc, char** argv) {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+int bench_body(int argc, char** argv) {
   std::string what = argc > 1 ? argv[1] : "";
   int rc = 2;
   if (what == "gen") rc = gen(argc, argv);
@@ -289,3 +289,5 @@ int main(int argc, char** argv) {
   if (rc == 2) std::fprintf(stderr, "usage: see the comment at the top of tests/bench/bench_decode.cpp\n");
   return rc;
 }
+
+int main(int argc, char** argv) { return moe::bench::bench_main("bench_decode", bench_body, argc, argv); }

@@ -96,18 +96,18 @@ double device_rate(const std::string& dir, int mb) {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+int bench_body(int argc, char** argv) {
   int threads = 2, layers = 8, seqs = 16, P = 32, R = 96, device_mb = 512, save_every = 4;
   std::string dir = "/tmp", tool;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
-    if (a == "--threads") threads = std::atoi(v.c_str());
-    else if (a == "--layers") layers = std::atoi(v.c_str());
-    else if (a == "--seqs") seqs = std::atoi(v.c_str());
-    else if (a == "--prompt") P = std::atoi(v.c_str());
-    else if (a == "--response") R = std::atoi(v.c_str());
-    else if (a == "--device-mb") device_mb = std::atoi(v.c_str());
-    else if (a == "--save-every") save_every = std::max(1, std::atoi(v.c_str()));
+    if (a == "--threads") threads = moe::bench::arg_int(v.c_str());
+    else if (a == "--layers") layers = moe::bench::arg_int(v.c_str());
+    else if (a == "--seqs") seqs = moe::bench::arg_int(v.c_str());
+    else if (a == "--prompt") P = moe::bench::arg_int(v.c_str());
+    else if (a == "--response") R = moe::bench::arg_int(v.c_str());
+    else if (a == "--device-mb") device_mb = moe::bench::arg_int(v.c_str());
+    else if (a == "--save-every") save_every = static_cast<int>(std::max<long long>(1, moe::bench::arg_int(v.c_str())));
     else if (a == "--dir") dir = v;
     else if (a == "--tool") tool = v;
     else {
@@ -187,3 +187,5 @@ int main(int argc, char** argv) {
   if (std::system(rm.c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", work.c_str());
   return 0;
 }
+
+int main(int argc, char** argv) { return moe::bench::bench_main("bench_fixed_cost", bench_body, argc, argv); }

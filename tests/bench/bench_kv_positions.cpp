@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "moe/model/qwen3_moe.h"
+#include "bench_util.h"
 
 using namespace moe;
 
@@ -28,14 +29,14 @@ static double now() {
   return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
-int main(int argc, char** argv) {
+int bench_body(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: bench_kv_positions MODEL_DIR [batch=8] [max=4096] [threads=1]\n");
     return 2;
   }
   std::string dir = argv[1];
-  int64_t B = argc > 2 ? std::stoll(argv[2]) : 8, MAX = argc > 3 ? std::stoll(argv[3]) : 4096;
-  int threads = argc > 4 ? std::stoi(argv[4]) : 1;  // > 1: the figures count the main thread only
+  int64_t B = argc > 2 ? moe::bench::arg_int(argv[2]) : 8, MAX = argc > 3 ? moe::bench::arg_int(argv[3]) : 4096;
+  int threads = argc > 4 ? moe::bench::arg_int(argv[4]) : 1;  // > 1: the figures count the main thread only
   const bool copy = argc > 5 && std::string(argv[5]) == "copy";
   at::set_num_threads(threads);
   model::Qwen3Moe m = model::load_model(dir, c10::Device(c10::kCPU), at::kFloat);
@@ -66,3 +67,5 @@ int main(int argc, char** argv) {
   std::printf("  all %lld steps: %.2f s\n", (long long)MAX, total);
   return 0;
 }
+
+int main(int argc, char** argv) { return moe::bench::bench_main("bench_kv_positions", bench_body, argc, argv); }

@@ -22,6 +22,7 @@
 #include "moe/model/qwen3_moe.h"
 #include "moe/rollout/generate.h"
 #include "moe/train/step.h"
+#include "bench_util.h"
 
 using namespace moe;
 
@@ -35,7 +36,7 @@ double rss_mb(const char* key) {  // VmHWM (peak) or VmRSS (now) of this process
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+int bench_body(int argc, char** argv) {
   std::string mode = "score";
   int64_t T = 512, vocab = 151936;
   int threads = 1;
@@ -44,9 +45,9 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "--full") full = true;
     else if (i + 1 < argc && a == "--mode") mode = argv[++i];
-    else if (i + 1 < argc && a == "--T") T = std::atoll(argv[++i]);
-    else if (i + 1 < argc && a == "--vocab") vocab = std::atoll(argv[++i]);
-    else if (i + 1 < argc && a == "--threads") threads = std::atoi(argv[++i]);
+    else if (i + 1 < argc && a == "--T") T = moe::bench::arg_int(argv[++i]);
+    else if (i + 1 < argc && a == "--vocab") vocab = moe::bench::arg_int(argv[++i]);
+    else if (i + 1 < argc && a == "--threads") threads = moe::bench::arg_int(argv[++i]);
     else {
       std::fprintf(stderr, "usage: bench_memory --mode score|train --T N [--vocab V] [--full] [--threads N]\n");
       return 2;
@@ -113,3 +114,5 @@ int main(int argc, char** argv) {
               rss_mb("VmHWM:"), base);
   return 0;
 }
+
+int main(int argc, char** argv) { return moe::bench::bench_main("bench_memory", bench_body, argc, argv); }

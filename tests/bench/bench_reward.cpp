@@ -14,6 +14,7 @@
 #include "moe/reward/countdown.h"
 #include "moe/reward/math.h"
 #include "moe/reward/scorer.h"
+#include "bench_util.h"
 
 namespace {
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
@@ -32,8 +33,8 @@ double rate(size_t n, F fn) {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
-  const size_t n = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 50000;
+int bench_body(int argc, char** argv) {
+  const size_t n = argc > 1 ? moe::bench::arg_int(argv[1]) : 50000;
   using namespace moe::reward;
 
   // Countdown: a mix like an early RL batch: correct, wrong but well formed, malformed.
@@ -133,3 +134,5 @@ int main(int argc, char** argv) {
   rmdir(dir);
   return correct == 0 || mequal == 0;
 }
+
+int main(int argc, char** argv) { return moe::bench::bench_main("bench_reward", bench_body, argc, argv); }

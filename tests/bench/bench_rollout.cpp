@@ -39,12 +39,12 @@ double best_of(int reps, const std::function<void()>& fn) {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+int bench_body(int argc, char** argv) {
   std::string preset = argc > 1 ? argv[1] : "tiny";
-  int64_t B = argc > 2 ? std::stoll(argv[2]) : 256, P = argc > 3 ? std::stoll(argv[3]) : 16,
-          N = argc > 4 ? std::stoll(argv[4]) : 32;
-  int threads = argc > 5 ? std::stoi(argv[5]) : 1;
-  int reps = argc > 6 ? std::stoi(argv[6]) : 3;
+  int64_t B = argc > 2 ? moe::bench::arg_int(argv[2]) : 256, P = argc > 3 ? moe::bench::arg_int(argv[3]) : 16,
+          N = argc > 4 ? moe::bench::arg_int(argv[4]) : 32;
+  int threads = argc > 5 ? moe::bench::arg_int(argv[5]) : 1;
+  int reps = argc > 6 ? moe::bench::arg_int(argv[6]) : 3;
   at::set_num_threads(threads);
   std::printf("bench_rollout: preset %s, batch %lld, prompt %lld, %lld new tokens, %d thread(s), best of %d\n",
               preset.c_str(), (long long)B, (long long)P, (long long)N, threads, reps);
@@ -100,3 +100,5 @@ int main(int argc, char** argv) {
               t_bf16 / t_capture);
   return 0;
 }
+
+int main(int argc, char** argv) { return moe::bench::bench_main("bench_rollout", bench_body, argc, argv); }

@@ -24,6 +24,7 @@
 #include "moe/format/routing.h"
 #include "moe/format/stream.h"
 #include "moe/io/file.h"
+#include "bench_util.h"
 
 namespace {
 
@@ -178,7 +179,7 @@ std::string cpu_model() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int bench_body(int argc, char** argv) {
   std::vector<int64_t> sizes;
   int64_t seq_len = 1000;
   int level = 3, runs = 3;
@@ -187,10 +188,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--positions") sizes.push_back(std::atoll(val().c_str()));
-    else if (a == "--seq-len") seq_len = std::atoll(val().c_str());
-    else if (a == "--level") level = std::atoi(val().c_str());
-    else if (a == "--runs") runs = std::atoi(val().c_str());
+    if (a == "--positions") sizes.push_back(moe::bench::arg_int(val().c_str()));
+    else if (a == "--seq-len") seq_len = moe::bench::arg_int(val().c_str());
+    else if (a == "--level") level = moe::bench::arg_int(val().c_str());
+    else if (a == "--runs") runs = moe::bench::arg_int(val().c_str());
     else if (a == "--dir") dir = val();
     else if (a == "--keep") keep = true;
     else {
@@ -249,3 +250,5 @@ int main(int argc, char** argv) {
               "records = StreamReader::next only (zstd, msgpack framing, XXH3 checksum, trailer).\n");
   return 0;
 }
+
+int main(int argc, char** argv) { return moe::bench::bench_main("bench_routing_stream", bench_body, argc, argv); }

@@ -19,6 +19,7 @@
 
 #include "moe/io/file.h"
 #include "moe/tokenizer/hf_tokenizer.h"
+#include "bench_util.h"
 
 namespace {
 
@@ -54,13 +55,13 @@ with open(sys.argv[3], "w") as f:
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int bench_body(int argc, char** argv) {
   std::string src = MOEKIT_SRC_DIR;
   std::string tok_path = src + "/tests/fixtures/tokenizer/qwen3/tokenizer.json.zst", python;
   double mb = 4;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--mb") mb = std::atof(argv[i + 1]);
+    if (a == "--mb") mb = moe::bench::arg_double(argv[i + 1]);
     else if (a == "--python") python = argv[i + 1];
     else if (a == "--tokenizer") tok_path = argv[i + 1];
     else return std::fprintf(stderr, "usage: bench_tokenizer [--mb N] [--python PATH] [--tokenizer FILE]\n"), 2;
@@ -128,3 +129,5 @@ int main(int argc, char** argv) {
   rmdir(dir);
   return 0;
 }
+
+int main(int argc, char** argv) { return moe::bench::bench_main("bench_tokenizer", bench_body, argc, argv); }

@@ -28,6 +28,7 @@
 #include "moe/model/few_rows.h"
 #include "moe/model/qwen3_moe.h"
 #include "moe/train/step.h"
+#include "bench_util.h"
 
 using namespace moe;
 
@@ -39,7 +40,7 @@ double peak_rss_mb() {
   return u.ru_maxrss / 1024.0;
 }
 
-void bench(const std::string& label, model::ModelConfig c, int seqs, int P, int R, const std::string& algo, int reps) {
+void bench_one(const std::string& label, model::ModelConfig c, int seqs, int P, int R, const std::string& algo, int reps) {
   model::Qwen3Moe m(c);
   model::init_weights(m, 1);
   int64_t params = 0;
@@ -90,18 +91,18 @@ void bench(const std::string& label, model::ModelConfig c, int seqs, int P, int 
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+int bench_body(int argc, char** argv) {
   int threads = 2, seqs = 64, P = 12, R = 24, small_layers = 2, reps = 2;
   std::string algo = "rspo";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    int v = std::atoi(argv[i + 1]);
-    if (a == "--threads") threads = v;
-    else if (a == "--seqs") seqs = v;
-    else if (a == "--prompt") P = v;
-    else if (a == "--response") R = v;
-    else if (a == "--small-layers") small_layers = v;
-    else if (a == "--reps") reps = std::max(2, v);
+    auto v = [&] { return static_cast<int>(moe::bench::arg_int(argv[i + 1])); };
+    if (a == "--threads") threads = v();
+    else if (a == "--seqs") seqs = v();
+    else if (a == "--prompt") P = v();
+    else if (a == "--response") R = v();
+    else if (a == "--small-layers") small_layers = v();
+    else if (a == "--reps") reps = std::max(2, v());
     else if (a == "--algo") algo = argv[i + 1];
     else if (a == "--isa") {
       if (!model::set_linear_rows_isa(argv[i + 1])) {
@@ -117,10 +118,12 @@ int main(int argc, char** argv) {
   const bool tuned = cli::tune_malloc();  // as every moe-* program does
   std::printf("bench_train_step: threads %d, algo %s, kernels %s, K=2 mini-batches, E=1, fp32 CPU, malloc %s\n", threads, algo.c_str(),
               model::linear_rows_isa().c_str(), tuned ? "tuned as the moe-* programs (cli::tune_malloc)" : "glibc's defaults (MOEKIT_MALLOC=glibc or GLIBC_TUNABLES)");
-  bench("tiny", model::preset_config("tiny", 98), seqs, P, R, algo, reps);
+  bench_one("tiny", model::preset_config("tiny", 98), seqs, P, R, algo, reps);
   if (small_layers <= 0) return 0;
   auto small = model::preset_config("small", 98);
   small.num_hidden_layers = small_layers;
-  bench("small/" + std::to_string(small_layers) + "L", small, std::max(4, seqs / 8), P, R, algo, reps);
+  bench_one("small/" + std::to_string(small_layers) + "L", small, std::max(4, seqs / 8), P, R, algo, reps);
   return 0;
 }
+
+int main(int argc, char** argv) { return moe::bench::bench_main("bench_train_step", bench_body, argc, argv); }

@@ -1,12 +1,15 @@
-// Small helpers shared by the benchmarks: a wall clock in seconds and the BLAS library a run really used
+// Small helpers shared by the benchmarks: a wall clock in seconds, the BLAS library a run really used
 // (Debian's libtorch does its matrix products through whichever libblas.so.3 is selected; a figure means
-// little without it).
+// little without it), numbers from the command line, and a main that reports errors instead of aborting.
 #pragma once
 #include <limits.h>
 #include <link.h>
 #include <stdlib.h>
 
 #include <chrono>
+#include <cstdio>
+#include <exception>
+#include <stdexcept>
 #include <string>
 
 namespace moe::bench {
@@ -27,6 +30,46 @@ inline std::string blas_in_use() {
       },
       &found);
   return found.empty() ? "(no libblas loaded)" : found;
+}
+
+// A number from the command line: the whole argument, else std::invalid_argument naming it (bench_main
+// reports it; atoi's 0 for "x" ran a benchmark on garbage, stoi's bare "stoi" aborted).
+inline long long arg_int(const std::string& s) {
+  size_t pos = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(s, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  if (s.empty() || pos != s.size()) throw std::invalid_argument("not an integer: '" + s + "'");
+  return v;
+}
+inline double arg_double(const std::string& s) {
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  if (s.empty() || pos != s.size()) throw std::invalid_argument("not a number: '" + s + "'");
+  return v;
+}
+
+// A benchmark's main: body's exit status; a bad argument prints "PROG: message" and exits 2, any other error
+// (libtorch's included) exits 1 with its message, where an uncaught exception aborted with a core.
+inline int bench_main(const char* prog, int (*body)(int, char**), int argc, char** argv) {
+  try {
+    return body(argc, argv);
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "%s: %s\n", prog, e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::string m = e.what();
+    std::fprintf(stderr, "%s: %s\n", prog, m.substr(0, m.find('\n')).c_str());
+    return 1;
+  }
 }
 
 }  // namespace moe::bench

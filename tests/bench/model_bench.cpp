@@ -10,15 +10,16 @@
 
 #include "moe/model/config.h"
 #include "moe/model/qwen3_moe.h"
+#include "bench_util.h"
 
 using namespace moe::model;
 
 static double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-int main(int argc, char** argv) {
+int bench_body(int argc, char** argv) {
   std::string preset = argc > 1 ? argv[1] : "tiny";
-  int64_t B = argc > 2 ? std::stoll(argv[2]) : 256, P = argc > 3 ? std::stoll(argv[3]) : 16, N = argc > 4 ? std::stoll(argv[4]) : 32;
-  int threads = argc > 5 ? std::stoi(argv[5]) : 2;
+  int64_t B = argc > 2 ? moe::bench::arg_int(argv[2]) : 256, P = argc > 3 ? moe::bench::arg_int(argv[3]) : 16, N = argc > 4 ? moe::bench::arg_int(argv[4]) : 32;
+  int threads = argc > 5 ? moe::bench::arg_int(argv[5]) : 2;
   at::set_num_threads(threads);
   ModelConfig cfg = preset_config(preset, 98);
   Qwen3Moe m(cfg);
@@ -57,4 +58,7 @@ int main(int argc, char** argv) {
     std::printf("%s train fwd+bwd: batch %lld x %lld tokens: %.0f tok/s\n", preset.c_str(), (long long)(B / 2), (long long)T,
                 reps * (B / 2) * T / (t1 - t0));
   }
+  return 0;
 }
+
+int main(int argc, char** argv) { return moe::bench::bench_main("model_bench", bench_body, argc, argv); }
