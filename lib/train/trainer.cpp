@@ -430,7 +430,6 @@ void save_sharded(Communicator& comm, const std::string& dir_in, const model::Mo
   }
 }
 
-
 }  // namespace
 
 struct Trainer::Impl {
