@@ -86,20 +86,19 @@ int gen(int argc, char** argv) {
   // RUNS timed runs (the same work, the same seed), the median run's rates: one run of a small batch is
   // tens of milliseconds, which a shared machine's noise swamps.
   const int runs = argc > 8 ? static_cast<int>(std::max<long long>(1, moe::bench::arg_int(argv[8]))) : 5;
-  std::vector<std::pair<double, double>> tc;  // (cpu s, wall s), sorted by cpu
+  std::vector<double> cpus, walls;
   int64_t toks = 0;
   for (int r = 0; r < runs; ++r) {
     double t0 = now(), c0 = cpu_now();
     auto out = rollout::generate(m, reqs, opt);
-    tc.emplace_back(cpu_now() - c0, now() - t0);
+    cpus.push_back(cpu_now() - c0);
+    walls.push_back(now() - t0);
     toks = 0;
     for (auto& g : out) toks += g.tokens.size();
   }
-  std::sort(tc.begin(), tc.end());
-  std::vector<double> walls;
-  for (auto& [c, t] : tc) walls.push_back(t);
+  std::sort(cpus.begin(), cpus.end());
   std::sort(walls.begin(), walls.end());
-  const double c = tc[tc.size() / 2].first, t = walls[walls.size() / 2];
+  const double c = cpus[cpus.size() / 2], t = walls[walls.size() / 2];
   std::printf("moekit %s batch %lld: %.0f tok/s (%.3f s wall), %.0f tok/s per CPU second (%.3f s)\n", mode.c_str(), (long long)B,
               toks / t, t, toks / c, c);
   return 0;

@@ -101,13 +101,13 @@ int bench_body(int argc, char** argv) {
   std::string dir = "/tmp", tool;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
-    if (a == "--threads") threads = moe::bench::arg_int(v.c_str());
-    else if (a == "--layers") layers = moe::bench::arg_int(v.c_str());
-    else if (a == "--seqs") seqs = moe::bench::arg_int(v.c_str());
-    else if (a == "--prompt") P = moe::bench::arg_int(v.c_str());
-    else if (a == "--response") R = moe::bench::arg_int(v.c_str());
-    else if (a == "--device-mb") device_mb = moe::bench::arg_int(v.c_str());
-    else if (a == "--save-every") save_every = static_cast<int>(std::max<long long>(1, moe::bench::arg_int(v.c_str())));
+    if (a == "--threads") threads = moe::bench::arg_int(v);
+    else if (a == "--layers") layers = moe::bench::arg_int(v);
+    else if (a == "--seqs") seqs = moe::bench::arg_int(v);
+    else if (a == "--prompt") P = moe::bench::arg_int(v);
+    else if (a == "--response") R = moe::bench::arg_int(v);
+    else if (a == "--device-mb") device_mb = moe::bench::arg_int(v);
+    else if (a == "--save-every") save_every = static_cast<int>(std::max<long long>(1, moe::bench::arg_int(v)));
     else if (a == "--dir") dir = v;
     else if (a == "--tool") tool = v;
     else {

@@ -188,10 +188,10 @@ int bench_body(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--positions") sizes.push_back(moe::bench::arg_int(val().c_str()));
-    else if (a == "--seq-len") seq_len = moe::bench::arg_int(val().c_str());
-    else if (a == "--level") level = moe::bench::arg_int(val().c_str());
-    else if (a == "--runs") runs = moe::bench::arg_int(val().c_str());
+    if (a == "--positions") sizes.push_back(moe::bench::arg_int(val()));
+    else if (a == "--seq-len") seq_len = moe::bench::arg_int(val());
+    else if (a == "--level") level = moe::bench::arg_int(val());
+    else if (a == "--runs") runs = moe::bench::arg_int(val());
     else if (a == "--dir") dir = val();
     else if (a == "--keep") keep = true;
     else {

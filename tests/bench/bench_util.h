@@ -33,28 +33,25 @@ inline std::string blas_in_use() {
 }
 
 // A number from the command line: the whole argument, else std::invalid_argument naming it (bench_main
-// reports it; atoi's 0 for "x" ran a benchmark on garbage, stoi's bare "stoi" aborted).
-inline long long arg_int(const std::string& s) {
+// reports it; atoi's 0 for "x" ran a benchmark on garbage, stoi's bare "stoi" aborted). parse is stoll or
+// stod with the position of the first character it did not read.
+template <class T, class Parse>
+T arg_number(const std::string& s, const char* kind, Parse parse) {
   size_t pos = 0;
-  long long v = 0;
+  T v{};
   try {
-    v = std::stoll(s, &pos);
+    v = parse(s, &pos);
   } catch (const std::exception&) {
     pos = 0;
   }
-  if (s.empty() || pos != s.size()) throw std::invalid_argument("not an integer: '" + s + "'");
+  if (s.empty() || pos != s.size()) throw std::invalid_argument(std::string("not ") + kind + ": '" + s + "'");
   return v;
 }
+inline long long arg_int(const std::string& s) {
+  return arg_number<long long>(s, "an integer", [](const std::string& t, size_t* p) { return std::stoll(t, p); });
+}
 inline double arg_double(const std::string& s) {
-  size_t pos = 0;
-  double v = 0;
-  try {
-    v = std::stod(s, &pos);
-  } catch (const std::exception&) {
-    pos = 0;
-  }
-  if (s.empty() || pos != s.size()) throw std::invalid_argument("not a number: '" + s + "'");
-  return v;
+  return arg_number<double>(s, "a number", [](const std::string& t, size_t* p) { return std::stod(t, p); });
 }
 
 // A benchmark's main: body's exit status; a bad argument prints "PROG: message" and exits 2, any other error
