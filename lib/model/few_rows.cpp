@@ -106,56 +106,81 @@ float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
   return s;
 }
 
+// Rows of a block go through the kernels in groups of up to 4 positions of one head (rows h T + t0 ..
+// h T + t0 + m - 1): kernel::combine_row_block shares each load of the other operand between them, and
+// positions side by side have nearly the same prefix of keys.
+constexpr int64_t kGroup = 4;
+
+// Keys [0, n) hold every allowed one of a row (causal rows need only a prefix).
+int64_t allowed_prefix(const bool* al, int64_t S) {
+  int64_t n = S;
+  while (n > 0 && !al[n - 1]) --n;
+  return n;
+}
+
 // One (b, g) block's forward. q [R, D], kt [D, S] (k transposed: rows ldkt apart), v [S, D] (rows dense),
 // allowed [T, S] of this b (query row r is position r % T). p [R, S] gets the probabilities, o [R, D] the
 // output. Row r's scores are q[r] combined with k^T's rows (vector lanes over keys: no horizontal sums), its
-// output p[r] combined with v's rows.
+// output p[r] combined with v's rows. grouped: rows in groups (kGroup); else one at a time, which reads k^T
+// and v row by row (a KV cache's keys lie far apart: kernel::combine_rows streams a long row once).
 void block_forward(const float* q, const float* kt, int64_t ldkt, const float* v, const bool* allowed, int64_t R, int64_t T,
-                   int64_t S, int64_t D, float scale, float* p, float* o) {
-  for (int64_t r = 0; r < R; ++r) {
-    float* pr = p + r * S;
-    const bool* al = allowed + (r % T) * S;
-    int64_t n = S;  // keys [0, n) hold every allowed one: causal rows need only a prefix
-    while (n > 0 && !al[n - 1]) --n;
-    std::fill(pr + n, pr + S, 0.f);
-    if (n == 0) {  // no allowed key: NaN, as softmax
-      std::fill(o + r * D, o + (r + 1) * D, std::numeric_limits<float>::quiet_NaN());
-      continue;
+                   int64_t S, int64_t D, float scale, float* p, float* o, bool grouped) {
+  for (int64_t r0 = 0; r0 < R;) {
+    const int64_t m = grouped ? std::min(kGroup, T - r0 % T) : 1;  // within one head
+    int64_t n[kGroup] = {}, nmax = 0;
+    for (int64_t i = 0; i < m; ++i) nmax = std::max(nmax, n[i] = allowed_prefix(allowed + ((r0 + i) % T) * S, S));
+    if (m > 1 && nmax > 0) kernel::combine_row_block(q + r0 * D, D, m, kt, D, nmax, ldkt, p + r0 * S, S);
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t r = r0 + i;
+      float* pr = p + r * S;
+      const bool* al = allowed + (r % T) * S;
+      std::fill(pr + n[i], pr + S, 0.f);
+      if (n[i] == 0) continue;
+      if (m == 1) kernel::combine_rows(q + r * D, kt, D, n[i], ldkt, pr);
+      kernel::softmax_row(pr, al, scale, n[i], pr);
     }
-    kernel::combine_rows(q + r * D, kt, D, n, ldkt, pr);
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < n; ++j)
-      if (al[j]) mx = std::max(mx, pr[j] * scale);
-    const float sum = kernel::softmax_weights(pr, al, scale, mx, n, pr);
-    const float inv = 1.f / sum;
-    for (int64_t j = 0; j < n; ++j) pr[j] *= inv;
-    kernel::combine_rows(pr, v, n, D, D, o + r * D);
+    if (m > 1)
+      kernel::combine_row_block(p + r0 * S, S, m, v, nmax, D, D, o + r0 * D, D);
+    else if (n[0] > 0)
+      kernel::combine_rows(p + r0 * S, v, n[0], D, D, o + r0 * D);
+    for (int64_t i = 0; i < m; ++i)  // no allowed key: NaN, as softmax
+      if (n[i] == 0) std::fill(o + (r0 + i) * D, o + (r0 + i + 1) * D, std::numeric_limits<float>::quiet_NaN());
+    r0 += m;
   }
 }
 
 // One block's backward, from the saved probabilities p and output o and the output's gradient go [R, D]:
 //   ds = p * (go v^T - rowsum(go * o)) * scale;  dq = ds k;  dk = ds^T q;  dv = p^T go.
-// Scratch: ds [R, S], vt [D, S], ct [S, R]. dq, dk and dv are written whole.
+// Scratch: ds [R, S], vt [D, S], ct [S, R]. dq, dk and dv are written whole. Rows in groups as the forward's;
+// dk and dv 4 keys at a time.
 void block_backward(const float* q, const float* k, const float* v, const float* p, const float* o, const float* go, int64_t R,
-                    int64_t S, int64_t D, float scale, float* ds, float* vt, float* ct, float* dq, float* dk, float* dv) {
+                    int64_t T, int64_t S, int64_t D, float scale, float* ds, float* vt, float* ct, float* dq, float* dk, float* dv) {
   kernel::transpose(v, S, D, vt);
-  for (int64_t r = 0; r < R; ++r) {
-    const float* gr = go + r * D;
-    const float* orow = o + r * D;
-    const float delta = dot(gr, orow, D);
-    const float* pr = p + r * S;
-    float* dsr = ds + r * S;
-    int64_t n = S;  // keys past the last with a weight have none: their ds is 0
-    while (n > 0 && pr[n - 1] == 0.f) --n;
-    std::fill(dsr + n, dsr + S, 0.f);
-    kernel::combine_rows(gr, vt, D, n, S, dsr);
-    for (int64_t j = 0; j < n; ++j) dsr[j] = pr[j] * (dsr[j] - delta) * scale;
-    kernel::combine_rows(dsr, k, n, D, D, dq + r * D);
+  for (int64_t r0 = 0; r0 < R;) {
+    const int64_t m = std::min(kGroup, T - r0 % T);
+    int64_t n[kGroup] = {}, nmax = 0;
+    for (int64_t i = 0; i < m; ++i) {  // keys past the last with a weight have none: their ds is 0
+      const float* pr = p + (r0 + i) * S;
+      n[i] = S;
+      while (n[i] > 0 && pr[n[i] - 1] == 0.f) --n[i];
+      nmax = std::max(nmax, n[i]);
+    }
+    if (nmax > 0) kernel::combine_row_block(go + r0 * D, D, m, vt, D, nmax, S, ds + r0 * S, S);
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t r = r0 + i;
+      const float delta = dot(go + r * D, o + r * D, D);
+      const float* pr = p + r * S;
+      float* dsr = ds + r * S;
+      kernel::softmax_row_backward(pr, delta, scale, n[i], dsr);
+      std::fill(dsr + n[i], dsr + S, 0.f);
+    }
+    kernel::combine_row_block(ds + r0 * S, S, m, k, nmax, D, D, dq + r0 * D, D);
+    r0 += m;
   }
   kernel::transpose(ds, R, S, ct);
-  for (int64_t j = 0; j < S; ++j) kernel::combine_rows(ct + j * R, q, R, D, D, dk + j * D);
+  for (int64_t j = 0; j < S; j += kGroup) kernel::combine_row_block(ct + j * R, R, std::min(kGroup, S - j), q, R, D, D, dk + j * D, D);
   kernel::transpose(p, R, S, ct);
-  for (int64_t j = 0; j < S; ++j) kernel::combine_rows(ct + j * R, go, R, D, D, dv + j * D);
+  for (int64_t j = 0; j < S; j += kGroup) kernel::combine_row_block(ct + j * R, R, std::min(kGroup, S - j), go, R, D, D, dv + j * D, D);
 }
 
 struct Shape {
@@ -188,7 +213,7 @@ void forward_all(const Shape& z, const at::Tensor& q, const at::Tensor& k, const
       const float* kb = kp + b * ks0 + g * ks1;
       if (!given_kt) kernel::transpose(kb, z.S, z.D, kt);
       block_forward(qp + bg * z.R * z.D, given_kt ? kb : kt, ldkt, vp + b * vs0 + g * vs1, ap + b * z.T * z.S, z.R, z.T, z.S,
-                    z.D, scale, p, op + bg * z.R * z.D);
+                    z.D, scale, p, op + bg * z.R * z.D, !given_kt);
     }
   });
 }
@@ -204,6 +229,7 @@ struct BlockAttention : public torch::autograd::Function<BlockAttention> {
     forward_all(z, q, k, v, allowed, static_cast<float>(scale), p.data_ptr<float>(), o);
     ctx->save_for_backward({q, k, v, p, o});
     ctx->saved_data["scale"] = scale;
+    ctx->saved_data["T"] = T;
     return o;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -212,6 +238,7 @@ struct BlockAttention : public torch::autograd::Function<BlockAttention> {
     const at::Tensor go = grads[0].contiguous();
     const float scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
     const int64_t B = q.size(0), G = q.size(1), R = q.size(2), D = q.size(3), S = k.size(2);
+    const int64_t T = ctx->saved_data["T"].toInt();
     at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
     const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
     const float *pp = p.data_ptr<float>(), *opp = o.data_ptr<float>(), *gp = go.data_ptr<float>();
@@ -220,8 +247,8 @@ struct BlockAttention : public torch::autograd::Function<BlockAttention> {
       std::vector<float> scratch(2 * R * S + D * S);
       float *ds = scratch.data(), *ct = ds + R * S, *vt = ct + R * S;
       for (int64_t bg = begin; bg < end; ++bg)
-        block_backward(qp + bg * R * D, kp + bg * S * D, vp + bg * S * D, pp + bg * R * S, opp + bg * R * D, gp + bg * R * D, R, S,
-                       D, scale, ds, vt, ct, dqp + bg * R * D, dkp + bg * S * D, dvp + bg * S * D);
+        block_backward(qp + bg * R * D, kp + bg * S * D, vp + bg * S * D, pp + bg * R * S, opp + bg * R * D, gp + bg * R * D, R, T,
+                       S, D, scale, ds, vt, ct, dqp + bg * R * D, dkp + bg * S * D, dvp + bg * S * D);
     });
     return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <stdexcept>
 
 #if defined(__x86_64__)
@@ -244,6 +246,71 @@ __attribute__((target("avx2,fma"))) void combine_rows_avx2(const float* a, const
   }
 }
 
+// M rows of A (up to 4) against NV vectors of X's columns (up to 3), the last partial unless FULL: M * NV
+// independent FMA chains sharing each load of X (one row's NV chains wait on FMA latency: a third of the
+// peak at NV = 3). Term j is skipped when every row's A[r][j] is 0; each element's sum is in j order, one
+// fused multiply-add per term, as combine_chunk's.
+template <int M, int NV, bool FULL>
+__attribute__((target("avx2,fma"))) inline void combine_block(const float* A, int64_t lda, const float* X, int64_t n, int64_t ldx,
+                                                              float* Y, int64_t ldy, __m256i last) {
+  __m256 acc[M][NV];
+  MOE_UNROLL
+  for (int r = 0; r < M; ++r) {
+    MOE_UNROLL
+    for (int c = 0; c < NV; ++c) acc[r][c] = _mm256_setzero_ps();
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t bits = 0;  // the rows' terms without their signs: 0 when every one is +-0
+    MOE_UNROLL
+    for (int r = 0; r < M; ++r) {
+      uint32_t u;
+      std::memcpy(&u, A + r * lda + j, sizeof u);
+      bits |= u << 1;
+    }
+    if (bits == 0) continue;
+    const float* xr = X + j * ldx;
+    __m256 x[NV];
+    MOE_UNROLL
+    for (int c = 0; c < NV; ++c) x[c] = FULL || c < NV - 1 ? _mm256_loadu_ps(xr + 8 * c) : _mm256_maskload_ps(xr + 8 * c, last);
+    MOE_UNROLL
+    for (int r = 0; r < M; ++r) {
+      const __m256 ar = _mm256_set1_ps(A[r * lda + j]);
+      MOE_UNROLL
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm256_fmadd_ps(ar, x[c], acc[r][c]);
+    }
+  }
+  MOE_UNROLL
+  for (int r = 0; r < M; ++r) {
+    MOE_UNROLL
+    for (int c = 0; c < NV; ++c) {
+      if (FULL || c < NV - 1)
+        _mm256_storeu_ps(Y + r * ldy + 8 * c, acc[r][c]);
+      else
+        _mm256_maskstore_ps(Y + r * ldy + 8 * c, last, acc[r][c]);
+    }
+  }
+}
+
+template <int M, int NV>
+__attribute__((target("avx2,fma"))) inline void combine_block(const float* A, int64_t lda, const float* X, int64_t n, int64_t ldx,
+                                                              float* Y, int64_t ldy, int64_t left) {
+  if (left >= 8 * NV) return combine_block<M, NV, true>(A, lda, X, n, ldx, Y, ldy, __m256i{});
+  combine_block<M, NV, false>(A, lda, X, n, ldx, Y, ldy, tail_mask(left - 8 * (NV - 1)));
+}
+
+template <int M>
+__attribute__((target("avx2,fma"))) void combine_row_block_avx2(const float* A, int64_t lda, const float* X, int64_t n, int64_t D,
+                                                                int64_t ldx, float* Y, int64_t ldy) {
+  for (int64_t d = 0; d < D; d += 24) {  // up to 3 vectors at a time, only as many as are left
+    const int64_t left = D - d;
+    switch (std::min<int64_t>(3, (left + 7) / 8)) {
+      case 1: combine_block<M, 1>(A, lda, X + d, n, ldx, Y + d, ldy, left); break;
+      case 2: combine_block<M, 2>(A, lda, X + d, n, ldx, Y + d, ldy, left); break;
+      default: combine_block<M, 3>(A, lda, X + d, n, ldx, Y + d, ldy, left); break;
+    }
+  }
+}
+
 // exp(x) for x <= 0 (softmax's shifted scores): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes' expf
 // polynomial, times 2^n. Within 2 ulp of expf; below -87.3 (exp < 1.2e-38, no weight beside the row's
 // maximum's 1) it gives exp(-87.3).
@@ -263,19 +330,53 @@ __attribute__((target("avx2,fma"))) inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-__attribute__((target("avx2,fma"))) float softmax_weights_avx2(const float* s, const bool* allowed, float scale, float mx, int64_t n,
-                                                               float* p) {
+// Lanes of the 8 flags from al (0 or 1 each), at most left of them read: all ones where set.
+__attribute__((target("avx2,fma"))) inline __m256 flags_mask(const bool* al, int64_t left) {
+  uint64_t b = 0;
+  if (left >= 8)
+    std::memcpy(&b, al, 8);
+  else
+    for (int64_t l = 0; l < left; ++l) b |= static_cast<uint64_t>(al[l]) << (8 * l);
+  const __m256i w = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(b)));
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(w, _mm256_setzero_si256()));
+}
+
+__attribute__((target("avx2,fma"))) void softmax_row_avx2(const float* s, const bool* allowed, float scale, int64_t n, float* p) {
+  constexpr int64_t kChunks = 64;  // the lanes' masks of up to 512 scores kept from the first pass
+  __m256 keeps[kChunks];
+  const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 mx = ninf;
+  for (int64_t j = 0; j < n; j += 8) {  // a NaN score is passed over (max_ps returns its second operand), as std::max
+    const __m256i m = tail_mask(n - j);
+    const __m256 keep = _mm256_and_ps(flags_mask(allowed + j, n - j), _mm256_castsi256_ps(m));
+    if (j / 8 < kChunks) keeps[j / 8] = keep;
+    mx = _mm256_max_ps(_mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_maskload_ps(s + j, m), vscale), keep), mx);
+  }
+  mx = _mm256_max_ps(mx, _mm256_permute2f128_ps(mx, mx, 1));  // every lane the maximum (no NaN left)
+  mx = _mm256_max_ps(mx, _mm256_shuffle_ps(mx, mx, _MM_SHUFFLE(1, 0, 3, 2)));
+  mx = _mm256_max_ps(mx, _mm256_shuffle_ps(mx, mx, _MM_SHUFFLE(2, 3, 0, 1)));
   __m256 sum = _mm256_setzero_ps();
   for (int64_t j = 0; j < n; j += 8) {
     const __m256i m = tail_mask(n - j);
-    alignas(32) int32_t keep[8];
-    for (int l = 0; l < 8; ++l) keep[l] = j + l < n && allowed[j + l] ? -1 : 0;
-    const __m256 x = _mm256_fmsub_ps(_mm256_maskload_ps(s + j, m), _mm256_set1_ps(scale), _mm256_set1_ps(mx));
-    const __m256 w = _mm256_and_ps(exp_nonpositive(x), _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(keep))));
+    const __m256 keep = j / 8 < kChunks ? keeps[j / 8] : flags_mask(allowed + j, n - j);
+    const __m256 w = _mm256_and_ps(exp_nonpositive(_mm256_fmsub_ps(_mm256_maskload_ps(s + j, m), vscale, mx)), keep);
     sum = _mm256_add_ps(sum, w);
     _mm256_maskstore_ps(p + j, m, w);
   }
-  return lanes_sum(sum);
+  const __m256 inv = _mm256_set1_ps(1.f / lanes_sum(sum));
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256i m = tail_mask(n - j);
+    _mm256_maskstore_ps(p + j, m, _mm256_mul_ps(_mm256_maskload_ps(p + j, m), inv));
+  }
+}
+
+__attribute__((target("avx2,fma"))) void softmax_row_backward_avx2(const float* p, float delta, float scale, int64_t n, float* g) {
+  const __m256 vd = _mm256_set1_ps(delta), vs = _mm256_set1_ps(scale);
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256i m = tail_mask(n - j);
+    const __m256 d = _mm256_sub_ps(_mm256_maskload_ps(g + j, m), vd);
+    _mm256_maskstore_ps(g + j, m, _mm256_mul_ps(_mm256_mul_ps(_mm256_maskload_ps(p + j, m), d), vs));
+  }
 }
 // 8 x 8 tiles through registers (unpack, shuffle, permute: the classic AVX transpose), the edges scalar.
 __attribute__((target("avx2,fma"))) void transpose_avx2(const float* in, int64_t rows, int64_t cols, float* out) {
@@ -518,9 +619,26 @@ void combine_rows(const float* a, const float* X, int64_t n, int64_t D, int64_t 
   combine_rows_avx2(a, X, n, D, ldx, y);
 }
 
-float softmax_weights(const float* s, const bool* allowed, float scale, float mx, int64_t n, float* p) {
-  if (g_isa == Isa::none) throw std::logic_error("softmax_weights: no kernel selected");
-  return softmax_weights_avx2(s, allowed, scale, mx, n, p);
+void combine_row_block(const float* A, int64_t lda, int64_t m, const float* X, int64_t n, int64_t D, int64_t ldx, float* Y,
+                       int64_t ldy) {
+  if (g_isa == Isa::none) throw std::logic_error("combine_row_block: no kernel selected");
+  switch (m) {
+    case 1: return combine_row_block_avx2<1>(A, lda, X, n, D, ldx, Y, ldy);
+    case 2: return combine_row_block_avx2<2>(A, lda, X, n, D, ldx, Y, ldy);
+    case 3: return combine_row_block_avx2<3>(A, lda, X, n, D, ldx, Y, ldy);
+    case 4: return combine_row_block_avx2<4>(A, lda, X, n, D, ldx, Y, ldy);
+    default: throw std::logic_error("combine_row_block: rows outside 1..4");
+  }
+}
+
+void softmax_row(const float* s, const bool* allowed, float scale, int64_t n, float* p) {
+  if (g_isa == Isa::none) throw std::logic_error("softmax_row: no kernel selected");
+  softmax_row_avx2(s, allowed, scale, n, p);
+}
+
+void softmax_row_backward(const float* p, float delta, float scale, int64_t n, float* g) {
+  if (g_isa == Isa::none) throw std::logic_error("softmax_row_backward: no kernel selected");
+  softmax_row_backward_avx2(p, delta, scale, n, g);
 }
 #else
 // Other architectures: callers take the matrix product.
@@ -551,8 +669,14 @@ void silu_mul_backward(const float*, const float*, const float*, int64_t, float*
 void combine_rows(const float*, const float*, int64_t, int64_t, int64_t, float*) {
   throw std::logic_error("combine_rows: no kernel for this architecture");
 }
-float softmax_weights(const float*, const bool*, float, float, int64_t, float*) {
-  throw std::logic_error("softmax_weights: no kernel for this architecture");
+void combine_row_block(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t) {
+  throw std::logic_error("combine_row_block: no kernel for this architecture");
+}
+void softmax_row(const float*, const bool*, float, int64_t, float*) {
+  throw std::logic_error("softmax_row: no kernel for this architecture");
+}
+void softmax_row_backward(const float*, float, float, int64_t, float*) {
+  throw std::logic_error("softmax_row_backward: no kernel for this architecture");
 }
 #endif
 

@@ -26,15 +26,26 @@ void few_rows(const float* x, const float* w, float* y, int64_t n, int64_t H, in
 // AVX2; plain loops without a kernel).
 void transpose(const float* in, int64_t rows, int64_t cols, float* out);
 
-// Two row operations of attention (model/few_rows.cpp), AVX2 with FMA; few_rows_isa() != none.
+// The row operations of attention (model/few_rows.cpp), AVX2 with FMA; few_rows_isa() != none.
 // y[d] = sum over j < n with a[j] != 0 of a[j] * X[j * ldx + d], for d < D (X's rows: D dense floats, ldx
 // apart); y is overwritten (zeros when no a[j] != 0). Each y[d] sums its terms in j order, one fused
 // multiply-add per term.
 void combine_rows(const float* a, const float* X, int64_t n, int64_t D, int64_t ldx, float* y);
-// Softmax's unnormalised weights of one row: p[j] = allowed[j] ? exp(s[j] * scale - mx) : 0 for j < n (mx at
-// least every allowed s[j] * scale, so each exponent is <= 0); returns their sum, in a fixed order. The
-// exponential is a polynomial within 2 ulp of expf.
-float softmax_weights(const float* s, const bool* allowed, float scale, float mx, int64_t n, float* p);
+// combine_rows for m rows at once (1 <= m <= 4), sharing each load of X: Y[r * ldy + d] = sum over j < n of
+// A[r * lda + j] * X[j * ldx + d], for r < m and d < D. A term j is skipped only when A[r][j] is 0 in every
+// row; a zero term of one row adds 0 * X[j][d], which for finite X changes nothing but the sign of a zero
+// sum: each row gets combine_rows(A + r * lda, X, n, D, ldx, Y + r * ldy)'s bits. Each Y element sums in j
+// order, one fused multiply-add per term.
+void combine_row_block(const float* A, int64_t lda, int64_t m, const float* X, int64_t n, int64_t D, int64_t ldx, float* Y,
+                       int64_t ldy);
+// Softmax of one row's allowed scores: with mx the largest allowed s[j] * scale (NaN scores passed over),
+// p[j] = allowed[j] ? exp(s[j] * scale - mx) : 0 (one fused multiply-subtract, the exponential a polynomial
+// within 2 ulp of expf), then each times 1 / (their sum, in a fixed order); j < n, at least one allowed.
+// p may be s.
+void softmax_row(const float* s, const bool* allowed, float scale, int64_t n, float* p);
+// Its gradient in the scores, in place: g[j] = p[j] * (g[j] - delta) * scale for j < n, where g comes in as the
+// gradient in p and delta is the sum of p times it (rowsum(go * o) for attention).
+void softmax_row_backward(const float* p, float delta, float scale, int64_t n, float* g);
 
 // Element-wise rows of the layers, AVX2 with FMA; few_rows_isa() != none. Each row is computed alone, in a
 // fixed order.
