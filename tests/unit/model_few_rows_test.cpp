@@ -141,9 +141,9 @@ TEST_CASE("attention_blocks equals the matrix-product attention on a KV cache's 
     WithIsa with(isa);
     for (int64_t D : {7, 24, 64}) {
       for (int64_t rep : {1, 2, 4, 8}) {
-        // 43 keys: 8 x 8 tiles and edges. Several positions (T > 1): dense k takes the rows in groups of up
-        // to 4 (7 = 4 + 3), the transposed cache one row at a time: the same bits.
-        for (auto [T, S] : {std::pair<int64_t, int64_t>{1, 11}, {2, 11}, {1, 43}, {7, 11}, {5, 43}}) {
+        // 43 keys: 8 x 8 tiles and edges; 70: long rows. Several positions (T > 1): dense k takes the rows in
+        // groups of up to 4 (7 = 4 + 3), the transposed cache one row at a time: the same bits.
+        for (auto [T, S] : {std::pair<int64_t, int64_t>{1, 11}, {2, 11}, {1, 43}, {7, 11}, {5, 43}, {1, 70}, {6, 70}}) {
           const int64_t B = 3, G = 2, cap = S + 5;
           at::Tensor qg = at::randn({B, G, rep * T, D});
           at::Tensor ck = at::randn({B, G, cap, D}), cv = at::randn({B, G, cap, D});
@@ -171,7 +171,7 @@ TEST_CASE("attention_blocks equals the matrix-product attention on a KV cache's 
   for (const std::string& isa : isas()) {
     if (isa == "none") continue;
     WithIsa with(isa);
-    const int64_t B = 1, G = 1, T = 4, S = 9, D = 24;
+    const int64_t B = 1, G = 1, T = 4, S = 70, D = 24;
     at::Tensor qg = at::randn({B, G, T, D}), k = at::randn({B, G, S, D}), v = at::randn({B, G, S, D});
     at::Tensor allowed = at::rand({B, 1, T, S}).gt(0.3);
     allowed.select(3, S - 1).fill_(true);
