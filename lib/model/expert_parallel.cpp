@@ -67,7 +67,8 @@ at::Tensor all_to_all_rows(const std::shared_ptr<ExpertParallel>& ep, const at::
 // slot_expert [N*k]: the expert of each (row, slot), E for padding. Rows go to their experts' owners sorted by
 // expert (so by owner), are run there per expert and come back in the same order; the combination is the
 // single-process dispatch_loop's (index_add_ in ascending expert order per row).
-at::Tensor SparseMoeImpl::dispatch_ep(const at::Tensor& x, const at::Tensor& slot_expert_in, const at::Tensor& gating) {
+at::Tensor SparseMoeImpl::dispatch_ep(const at::Tensor& x, const at::Tensor& slot_expert_in, const at::Tensor& gating,
+                                      bool transposed) {
   const int64_t E = num_experts, K = top_k, S = ep->size(), El = static_cast<int64_t>(experts.size());
   if (El * S != E) throw Error("expert parallel: " + std::to_string(El) + " experts per rank x " + std::to_string(S) + " ranks != " + std::to_string(E));
   at::Tensor slot_expert = ep->idle ? at::full_like(slot_expert_in, E) : slot_expert_in;
@@ -122,7 +123,7 @@ at::Tensor SparseMoeImpl::dispatch_ep(const at::Tensor& x, const at::Tensor& slo
     for (int64_t j = 0; j < El; ++j) {
       if (split) {
         for (int64_t n : segments[j]) {
-          parts.push_back(experts[j]->forward(xe.narrow(0, off, n)));
+          parts.push_back(run_expert(j, xe.narrow(0, off, n), transposed));
           off += n;
         }
         continue;
@@ -130,7 +131,7 @@ at::Tensor SparseMoeImpl::dispatch_ep(const at::Tensor& x, const at::Tensor& slo
       int64_t n = 0;
       for (int64_t m : segments[j]) n += m;
       if (n == 0) continue;
-      parts.push_back(experts[j]->forward(xe.narrow(0, off, n)));
+      parts.push_back(run_expert(j, xe.narrow(0, off, n), transposed));
       off += n;
     }
     at::Tensor ye = parts.size() == 1 ? parts[0] : at::cat(parts, 0);

@@ -15,6 +15,8 @@
 
 namespace moe::model {
 
+static_assert(kLinearRowsKernelRows == kernel::kFewRows, "few_rows.h and the kernel disagree on its rows");
+
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -446,6 +448,20 @@ at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& wg, const at::Tens
   std::vector<int64_t> sz = x.sizes().vec();
   sz.back() = wd.size(0);
   return SwiGlu::apply(x.reshape({-1, H}).contiguous(), wg, wu, wd).view(sz);
+}
+
+at::Tensor swiglu_rows_t(const at::Tensor& x, const at::Tensor& wgT, const at::Tensor& wuT, const at::Tensor& wdT) {
+  if (!rows_kernel_takes({&x, &wgT, &wuT, &wdT}) || x.dim() != 2 || x.size(0) <= kLinearRowsKernelRows) return {};
+  for (const at::Tensor* w : {&wgT, &wuT, &wdT})
+    if (w->dim() != 2 || !w->is_contiguous()) return {};
+  const int64_t H = x.size(1), I = wgT.size(1);
+  if (wgT.size(0) != H || wuT.size(0) != H || wuT.size(1) != I || wdT.size(0) != I) return {};
+  at::NoGradGuard ng;
+  const at::Tensor x2 = x.contiguous();
+  at::Tensor g = at::mm(x2, wgT), u = at::mm(x2, wuT);
+  at::Tensor h = at::empty_like(g);
+  silu_mul_into(g, u, h);
+  return at::mm(h, wdT);
 }
 
 bool copy_4d(const at::Tensor& dst, const at::Tensor& src) {

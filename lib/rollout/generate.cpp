@@ -58,12 +58,21 @@ struct DecodeRouting {
 
 }  // namespace
 
+TransposedExperts::TransposedExperts(model::Qwen3Moe& m) : m_(m), on_(m->expert_kernel() == model::ExpertKernel::loop) {
+  if (on_) m_->set_expert_kernel(model::ExpertKernel::transposed);
+}
+
+TransposedExperts::~TransposedExperts() {
+  if (on_) m_->set_expert_kernel(model::ExpertKernel::loop);
+}
+
 std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Request>& requests,
                                  const GenerateOptions& opt) {
   if (opt.max_new_tokens < 1) throw Error("max-new-tokens must be >= 1");
   std::vector<Generation> out(requests.size());
   if (requests.empty()) return out;
   torch::NoGradGuard no_grad;
+  TransposedExperts transposed(model);  // the others of an expert group: Group::drain in run.cpp
   const c10::Device dev = device_of(model);
   const int64_t vocab = model->config().vocab_size;
 

@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <memory>
+#include <optional>
 
 #include "moe/cli/app.h"
 #include "moe/dist/communicator.h"
@@ -18,6 +19,7 @@
 #include "moe/io/limits.h"
 #include "moe/model/config.h"
 #include "moe/model/qwen3_moe.h"
+#include "moe/rollout/generate.h"
 #include "moe/rollout/policy.h"
 #include "moe/rollout/prompts.h"
 #include "moe/tokenizer/stop_strings.h"
@@ -172,10 +174,13 @@ struct Group {
     m->set_expert_parallel(ep);
     vote = [c = comm.get()] { c->any_in_expert_group(true); };
   }
-  // This rank's batch of the round is done: serve the group until all of it is.
-  void drain() {
+  // This rank's batch of the round is done: serve the group until all of it is, with the experts' products of
+  // the others' forwards (generate's when generating: rollout::TransposedExperts).
+  void drain(bool generating) {
     if (!ep) return;
     torch::NoGradGuard ng;
+    std::optional<TransposedExperts> transposed;
+    if (generating) transposed.emplace(model);
     at::Tensor ids = at::zeros({1, 1}, at::TensorOptions().dtype(at::kLong).device(model->embed_weight.device()));
     model::ForwardOptions fo;
     fo.hidden_only = true;
@@ -437,7 +442,7 @@ void run_sample(const RolloutRun& run) {
       for (size_t p = first; p < last; ++p)
         for (int64_t s = 0; s < G; ++s) reqs.push_back({static_cast<uint64_t>(p * G + s), prompts[p].tokens});
       std::vector<Generation> gens = generate(l.model, reqs, gen);
-      grp.drain();
+      grp.drain(true);
       for (const Generation& g : gens) {
         mine.put_vec(g.tokens);
         mine.put_vec(g.logprobs);
@@ -515,7 +520,7 @@ void run_score(const RolloutRun& run) {
       for (size_t i = first; i < last; ++i) reqs.push_back({to_i64(round[i].prompt_tokens), to_i64(round[i].response_tokens)});
       std::vector<Scored> sc;
       if (!reqs.empty()) sc = score(l.model, reqs, temperature, capture, grp.vote);
-      grp.drain();
+      grp.drain(false);
       for (const Scored& x : sc) {
         mine.put_vec(x.logprobs);
         mine.put_routing(x.routing);

@@ -4,8 +4,9 @@
 //       run's "moekit <mode> batch B: X tok/s (S s wall), Y tok/s per CPU second (C s)". Prompts: token (7 b + 3 t) % (V - 3) + 3, as ref_decode.py.
 //   bench_decode experts THREADS [TOKENS...]
 //       the expert dispatch of one MoE layer at a Qwen3-30B-A3B shape (hidden 2048, 128 experts, top-8,
-//       moe_intermediate 768), random weights: the host loop against the padded batched matmul (and
-//       at::_grouped_mm where the libtorch has it), tokens/s, outputs compared.
+//       moe_intermediate 768) and at the tiny preset's, random weights: the host loop, the loop on transposed weights (rollout::generate's,
+//       copies made in the first of the interleaved runs), the padded batched matmul (and at::_grouped_mm where
+//       the libtorch has it), tokens/s, outputs compared.
 //   bench_decode bandwidth THREADS [LAYERS=8] [BATCHES...=1 2 4]
 //       the `small` preset cut to LAYERS layers (hidden 1024, 64 experts top-8), random weights: greedy KV-cached
 //       decode steps at each batch; bytes of the weights a step touches (attention, routers, the distinct
@@ -110,37 +111,43 @@ int experts(int argc, char** argv) {
   std::vector<int64_t> ntoks;
   for (int i = 3; i < argc; ++i) ntoks.push_back(moe::bench::arg_int(argv[i]));
   if (ntoks.empty()) ntoks = {1, 4, 64, 256};
-  nlohmann::json j = {{"model_type", "qwen3_moe"}, {"hidden_size", 2048}, {"num_experts", 128}, {"num_experts_per_tok", 8},
-                      {"moe_intermediate_size", 768}, {"norm_topk_prob", true}, {"vocab_size", 16},
-                      {"num_hidden_layers", 1}, {"num_attention_heads", 32}, {"num_key_value_heads", 4},
-                      {"head_dim", 128}, {"intermediate_size", 6144}};
-  model::ModelConfig c = model::parse_config(j);
-  model::SparseMoe moe(c);
-  torch::NoGradGuard ng;
-  at::manual_seed(0);
-  for (auto& p : moe->parameters()) p.normal_(0, 0.02);
-  std::printf("expert dispatch, hidden 2048, 128 experts, top-8, moe_intermediate 768 (fp32):\n");
+  nlohmann::json big = {{"model_type", "qwen3_moe"}, {"hidden_size", 2048}, {"num_experts", 128}, {"num_experts_per_tok", 8},
+                        {"moe_intermediate_size", 768}, {"norm_topk_prob", true}, {"vocab_size", 16},
+                        {"num_hidden_layers", 1}, {"num_attention_heads", 32}, {"num_key_value_heads", 4},
+                        {"head_dim", 128}, {"intermediate_size", 6144}};
+  const std::pair<const char*, model::ModelConfig> shapes[] = {
+      {"Qwen3-30B-A3B's: hidden 2048, 128 experts, top-8, moe_intermediate 768", model::parse_config(big)},
+      {"the tiny preset's: hidden 96, 8 experts, top-2, moe_intermediate 96", model::preset_config("tiny", 98)}};
   std::vector<std::pair<const char*, model::ExpertKernel>> kernels{{"loop", model::ExpertKernel::loop},
+                                                                   {"transposed", model::ExpertKernel::transposed},
                                                                    {"padded", model::ExpertKernel::padded}};
   if (model::grouped_mm_available()) kernels.push_back({"grouped", model::ExpertKernel::grouped});
-  for (int64_t n : ntoks) {
-    at::Tensor x = at::randn({n, 2048});
-    std::vector<double> best(kernels.size(), 1e30);
-    std::vector<at::Tensor> outs(kernels.size());
-    const int reps = n <= 64 ? 7 : 3;
-    for (int r = 0; r < reps; ++r)  // interleaved, best of reps
-      for (size_t k = 0; k < kernels.size(); ++k) {
-        moe->kernel = kernels[k].second;
-        double t0 = now();
-        outs[k] = moe->forward(x, model::RouterMode::native, {}, {}, {}, {}, false, false).hidden;
-        best[k] = std::min(best[k], now() - t0);
-      }
-    std::printf("  %4lld tokens:", (long long)n);
-    for (size_t k = 0; k < kernels.size(); ++k)
-      std::printf("  %s %.0f tok/s (%.2f ms)", kernels[k].first, n / best[k], 1e3 * best[k]);
-    double d = 0;
-    for (size_t k = 1; k < kernels.size(); ++k) d = std::max(d, (outs[k] - outs[0]).abs().max().item<double>());
-    std::printf("  padded/loop time x%.2f  max |diff| %.1e\n", best[1] / best[0], d);
+  torch::NoGradGuard ng;
+  for (const auto& [name, c] : shapes) {
+    model::SparseMoe moe(c);
+    at::manual_seed(0);
+    for (auto& p : moe->parameters()) p.normal_(0, 0.02);
+    std::printf("expert dispatch of one layer, %s (fp32):\n", name);
+    for (int64_t n : ntoks) {
+      at::Tensor x = at::randn({n, c.hidden_size});
+      std::vector<double> best(kernels.size(), 1e30);
+      std::vector<at::Tensor> outs(kernels.size());
+      const int64_t work = n * c.hidden_size * c.moe_intermediate_size * c.num_experts_per_tok;
+      const int reps = work <= (int64_t{1} << 26) ? 101 : n <= 64 ? 7 : 3;
+      for (int r = 0; r < reps; ++r)  // interleaved, best of reps
+        for (size_t k = 0; k < kernels.size(); ++k) {
+          moe->kernel = kernels[k].second;
+          double t0 = now();
+          outs[k] = moe->forward(x, model::RouterMode::native, {}, {}, {}, {}, false, false).hidden;
+          best[k] = std::min(best[k], now() - t0);
+        }
+      std::printf("  %4lld tokens:", (long long)n);
+      for (size_t k = 0; k < kernels.size(); ++k)
+        std::printf("  %s %.0f tok/s (%.3f ms)", kernels[k].first, n / best[k], 1e3 * best[k]);
+      double d = 0;
+      for (size_t k = 1; k < kernels.size(); ++k) d = std::max(d, (outs[k] - outs[0]).abs().max().item<double>());
+      std::printf("  loop/transposed time x%.2f  max |diff| %.1e\n", best[0] / best[1], d);
+    }
   }
   return 0;
 }

@@ -389,3 +389,29 @@ TEST_CASE("swiglu_rows equals down(silu(gate(x)) * up(x)), with gradients in x a
   }
   CHECK_FALSE(moe::model::swiglu_rows(at::randn({2, 3}), at::randn({4, 5}), at::randn({4, 3}), at::randn({3, 4})).defined());
 }
+
+TEST_CASE("swiglu_rows_t equals swiglu_rows from transposed weights, for more than 4 rows", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");
+    return;
+  }
+  at::manual_seed(15);
+  at::NoGradGuard ng;
+  const int64_t H = 20, I = 13, O = 24;
+  at::Tensor wg = at::randn({I, H}) * 1.5, wu = at::randn({I, H}) * 0.3, wd = at::randn({O, I}) * 0.3;
+  at::Tensor gT = wg.t().contiguous(), uT = wu.t().contiguous(), dT = wd.t().contiguous();
+  for (int64_t n : {5, 37, 300}) {
+    INFO("rows " << n);
+    at::Tensor x = at::randn({n, H});
+    at::Tensor got = moe::model::swiglu_rows_t(x, gT, uT, dT);
+    REQUIRE(got.defined());
+    CHECK(got.sizes() == at::IntArrayRef({n, O}));
+    CHECK(max_rel(got, moe::model::swiglu_rows(x, wg, wu, wd)) < 1e-6);
+  }
+  // Up to 4 rows (linear_rows' kernel), weights not lying transposed, other dtypes, wrong shapes: undefined.
+  CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({4, H}), gT, uT, dT).defined());
+  CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({9, H}), wg.t(), uT, dT).defined());
+  CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({9, H}, at::kDouble), gT.to(at::kDouble), uT.to(at::kDouble), dT.to(at::kDouble)).defined());
+  CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({9, H + 1}), gT, uT, dT).defined());
+  CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({9, H}), gT, uT, wd).defined());
+}

@@ -582,6 +582,37 @@ TEST_CASE("expert kernels agree: loop with and without gradients, padded, groupe
   }
 }
 
+TEST_CASE("the transposed expert kernel computes as the loop, on copies remade after set_expert_kernel", "[model]") {
+  // 64 sequences of 8: every expert gets many more rows than linear_rows' kernel takes.
+  Qwen3Moe m = tiny_model(12);
+  at::Tensor ids = at::randint(1, 50, {64, 8}, at::kLong);
+  at::NoGradGuard ng;
+  REQUIRE(m->expert_kernel() == ExpertKernel::loop);
+  at::Tensor loop = m->forward(ids).logits;
+  m->set_expert_kernel(ExpertKernel::transposed);
+  REQUIRE(m->expert_kernel() == ExpertKernel::transposed);
+  at::Tensor tr = m->forward(ids).logits;
+  const double scale = loop.abs().max().item<double>();
+  CHECK(max_diff(tr, loop) < 1e-5 * scale);
+  // Weights changed under the kernel: the copies are stale (the products still use them) until the kernel is
+  // set again.
+  for (int l : m->moe_layer_ids()) m->layers[l]->moe->experts[0]->up_proj->weight.mul_(-1.5);
+  CHECK(at::equal(m->forward(ids).logits, tr));
+  m->set_expert_kernel(ExpertKernel::loop);
+  at::Tensor loop2 = m->forward(ids).logits;
+  REQUIRE(max_diff(loop2, loop) > 1e-3 * scale);
+  m->set_expert_kernel(ExpertKernel::transposed);
+  CHECK(max_diff(m->forward(ids).logits, loop2) < 1e-5 * scale);
+  // With gradients the kernel is always the loop (bit for bit).
+  m->set_expert_kernel(ExpertKernel::loop);
+  at::Tensor want = m->forward(ids).logits;
+  m->set_expert_kernel(ExpertKernel::transposed);
+  {
+    at::AutoGradMode grad(true);
+    CHECK(at::equal(m->forward(ids).logits.detach(), want));
+  }
+}
+
 TEST_CASE("bf16 model runs and stays near fp32", "[model]") {
   Qwen3Moe m = tiny_model(11);
   auto [ids, mask] = padded_batch({random_seq(5, 50, 30)}, true);

@@ -229,6 +229,14 @@ TEST_CASE("cached greedy generation equals greedy by full recompute", "[rollout]
   REQUIRE(gen.size() == 1);
   CHECK(gen[0].finish_reason == "length");
   CHECK(gen[0].tokens == full_greedy(m, prompt, 12));
+  // generate ran its experts on transposed copies (model::ExpertKernel::transposed) and gave the loop back.
+  CHECK(m->expert_kernel() == moe::model::ExpertKernel::loop);
+  // 40 sequences (an expert then gets more rows than linear_rows' kernel takes): as greedy by recompute.
+  std::vector<moe::rollout::Request> reqs;
+  for (int i = 0; i < 40; ++i) reqs.push_back({static_cast<uint64_t>(i), {5 + i, 17, 33 + i % 7}});
+  opt.max_new_tokens = 4;
+  auto many = moe::rollout::generate(m, reqs, opt);
+  for (int i = 0; i < 40; i += 13) CHECK(many[i].tokens == full_greedy(m, reqs[i].prompt, 4));
 }
 
 TEST_CASE("a sequence's generation does not depend on its batch-mates", "[rollout]") {

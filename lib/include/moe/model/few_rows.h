@@ -12,6 +12,7 @@ namespace moe::model {
 // (`bench_decode few-rows 1`). Differentiable (its own backward: two matrix products), so a
 // no-grad pass and a training forward compute alike. A row's result does not depend on the other rows.
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = {});
+constexpr int64_t kLinearRowsKernelRows = 4;  // the most rows its kernel takes
 
 // Grouped-query attention by (b, g) blocks, without matrix products: o [B, G, R, D] = softmax(scale q k^T,
 // where allowed) v, for qg [B, G, R, D] (R = rep * T rows: query head g * rep + i at position t is row
@@ -42,6 +43,12 @@ at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Te
 // [I, H], wd [O, I]: one autograd node with its own backward (six matrix products), silu(g) * u and its
 // gradient in one pass each.
 at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& wg, const at::Tensor& wu, const at::Tensor& wd);
+// The same without gradients from transposed weights: wgT and wuT [H, I], wdT [I, O], dense. Each product is a
+// plain x W^T with W^T lying in memory, which OpenBLAS runs 1.3-2x faster at 8-64 rows than x wg^T (a
+// transposed operand: tests/bench/bench_decode's "experts" line). CPU float32 with more rows than
+// kLinearRowsKernelRows (up to that, linear_rows' kernel reads the weights as they lie), else undefined: the
+// caller takes swiglu_rows.
+at::Tensor swiglu_rows_t(const at::Tensor& x, const at::Tensor& wgT, const at::Tensor& wuT, const at::Tensor& wdT);
 
 // A MoE layer's combine: out [N, H] = 0, then out[token[i]] += weight[i] * ys[i] for i in order (token [M]
 // int64 rows of out, weight [M] or [M, 1], ys [M, H]): mul and index_add_ in one pass, differentiable in

@@ -89,6 +89,9 @@ struct KVCache {
 // How a MoE layer runs its experts (chosen once at load, see choose_expert_kernel):
 enum class ExpertKernel {
   loop,     // host loop over experts with tokens (expert counts on the host: free on the CPU)
+  transposed,  // no-grad only: the loop, an expert's block of more than 4 rows on a transposed copy of its
+               // weights (CPU float32, experts up to 4 MiB; made at first use: swiglu_rows_t); rollout::generate
+               // takes it for a call
   padded,   // no-grad only: one batched matmul over all experts, each padded to the batch's rows (no host copy)
   grouped,  // no-grad only: at::_grouped_mm over the rows sorted by expert (libtorch >= 2.9; else padded)
 };
@@ -148,6 +151,9 @@ class SparseMoeImpl : public torch::nn::Module {
   std::shared_ptr<ExpertParallel> ep;  // set (Qwen3MoeImpl::set_expert_parallel) when experts are sharded
   bool norm_topk_prob;
   ExpertKernel kernel = ExpertKernel::loop;  // used without gradients; with gradients always the loop (see forward)
+  // Frees the transposed copies of ExpertKernel::transposed (they are not kept current: made once, for weights
+  // that do not change while the kernel is set).
+  void drop_transposed() { wt_.clear(); }
 
  private:
   // The experts' weights as two tensors, gate_up [E, 2I, H] (gate rows, then up rows: transformers 5's
@@ -155,10 +161,14 @@ class SparseMoeImpl : public torch::nn::Module {
   // optimizer steps and loads keep them current; rebuilt if a parameter was moved (to(dtype/device)).
   void fuse_experts();
   at::Tensor gate_up_w_, down_w_;
-  at::Tensor dispatch_loop(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating);
+  std::vector<at::Tensor> wt_;  // ExpertKernel::transposed: gate^T, up^T, down^T of each expert, made at first use
+  // Expert e on its rows xe; transposed (no gradients): ExpertKernel::transposed's path where it applies.
+  at::Tensor run_expert(size_t e, const at::Tensor& xe, bool transposed);
+  at::Tensor dispatch_loop(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating, bool transposed = false);
   at::Tensor dispatch_padded(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating, bool grouped);
   // Expert parallel: all-to-all to the experts' owners and back (lib/model/expert_parallel.cpp).
-  at::Tensor dispatch_ep(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating);
+  // transposed: as dispatch_loop's (the experts' products as one process's, bit for bit).
+  at::Tensor dispatch_ep(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating, bool transposed = false);
 };
 TORCH_MODULE(SparseMoe);
 
@@ -201,8 +211,10 @@ class Qwen3MoeImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return cfg_; }
   const std::vector<int>& moe_layer_ids() const { return moe_layers_; }
-  // Sets the expert kernel of every MoE layer (padded/grouped fall back as ExpertKernel says).
+  // Sets the expert kernel of every MoE layer (padded/grouped fall back as ExpertKernel says); leaving
+  // transposed frees its copies. expert_kernel: the first MoE layer's (loop without one).
   void set_expert_kernel(ExpertKernel k);
+  ExpertKernel expert_kernel() const;
   // The fastest kernel for the model's device: loop on the CPU (its counts are already on the host),
   // grouped (or padded) on an accelerator, where a host copy per layer stalls the device.
   void choose_expert_kernel();

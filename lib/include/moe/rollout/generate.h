@@ -47,6 +47,22 @@ struct SequenceRouting {
   int64_t n_pos = 0;
 };
 
+// While it lives, a model on the loop expert kernel runs on model::ExpertKernel::transposed (CPU float32:
+// transposed copies of its small experts' weights, made as they are used); then it gets the loop back and the
+// copies are freed. generate runs in one; so must forwards that serve its experts to another rank's
+// generate (expert parallel), for the same products bit for bit. Nested scopes leave the outer one's.
+class TransposedExperts {
+ public:
+  explicit TransposedExperts(model::Qwen3Moe& m);
+  ~TransposedExperts();
+  TransposedExperts(const TransposedExperts&) = delete;
+  TransposedExperts& operator=(const TransposedExperts&) = delete;
+
+ private:
+  model::Qwen3Moe& m_;
+  bool on_;
+};
+
 struct Generation {
   std::vector<int64_t> tokens;  // the response; ends with an eos id when finish_reason is "eos"
   std::vector<float> logprobs;  // per response token, under softmax(logits / temperature)
@@ -56,7 +72,8 @@ struct Generation {
 
 // Samples one response per request. Consecutive requests with equal prompts share one prefill.
 // Prompts of different lengths are left-padded; a sequence's result does not depend on its batch-mates
-// (its positions count real tokens only and its random draws come from its own stream).
+// (its positions count real tokens only and its random draws come from its own stream). The call runs in a
+// TransposedExperts scope.
 std::vector<Generation> generate(model::Qwen3Moe& model, const std::vector<Request>& requests,
                                  const GenerateOptions& opt);
 
