@@ -292,7 +292,7 @@ MoeLayerOutput SparseMoeImpl::forward(const at::Tensor& x, RouterMode mode, cons
     out = dispatch_loop(x, slot_expert, gating);
   } else {
     // The loop runs the same operations as with gradients: an old-policy pass equals the training forward
-    // bit for bit (the on-policy ratio is exactly 1).
+    // bit for bit (the on-policy ratio is exactly 1). transposed: generation only (rollout::TransposedExperts).
     if (kernel == ExpertKernel::loop || kernel == ExpertKernel::transposed) {
       out = dispatch_loop(x, slot_expert, gating, kernel == ExpertKernel::transposed);
     } else {

@@ -44,8 +44,9 @@ at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Te
 // gradient in one pass each.
 at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& wg, const at::Tensor& wu, const at::Tensor& wd);
 // The same without gradients from transposed weights: wgT and wuT [H, I], wdT [I, O], dense. Each product is a
-// plain x W^T with W^T lying in memory, which OpenBLAS runs 1.3-2x faster at 8-64 rows than x wg^T (a
-// transposed operand: tests/bench/bench_decode's "experts" line). CPU float32 with more rows than
+// plain x W^T with W^T lying in memory, which OpenBLAS runs faster than x wg^T (a transposed operand) at 8-64
+// rows while the weights fit in the caches (`bench_decode experts`: a tiny-preset MoE layer 1.25-1.62x, one of
+// Qwen3-30B-A3B's shape 0.96-1.06x). CPU float32 with more rows than
 // kLinearRowsKernelRows (up to that, linear_rows' kernel reads the weights as they lie), else undefined: the
 // caller takes swiglu_rows.
 at::Tensor swiglu_rows_t(const at::Tensor& x, const at::Tensor& wgT, const at::Tensor& wuT, const at::Tensor& wdT);
