@@ -112,6 +112,7 @@ float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
 // h T + t0 + m - 1): kernel::combine_row_block shares each load of the other operand between them, and
 // positions side by side have nearly the same prefix of keys.
 constexpr int64_t kGroup = 4;
+int64_t group_rows(int64_t r0, int64_t T) { return std::min(kGroup, T - r0 % T); }  // rows r0 .. of one head
 
 // Keys [0, n) hold every allowed one of a row (causal rows need only a prefix).
 int64_t allowed_prefix(const bool* al, int64_t S) {
@@ -128,7 +129,7 @@ int64_t allowed_prefix(const bool* al, int64_t S) {
 void block_forward(const float* q, const float* kt, int64_t ldkt, const float* v, const bool* allowed, int64_t R, int64_t T,
                    int64_t S, int64_t D, float scale, float* p, float* o, bool grouped) {
   for (int64_t r0 = 0; r0 < R;) {
-    const int64_t m = grouped ? std::min(kGroup, T - r0 % T) : 1;  // within one head
+    const int64_t m = grouped ? group_rows(r0, T) : 1;
     int64_t n[kGroup] = {}, nmax = 0;
     for (int64_t i = 0; i < m; ++i) nmax = std::max(nmax, n[i] = allowed_prefix(allowed + ((r0 + i) % T) * S, S));
     if (m > 1 && nmax > 0) kernel::combine_row_block(q + r0 * D, D, m, kt, D, nmax, ldkt, p + r0 * S, S);
@@ -159,7 +160,7 @@ void block_backward(const float* q, const float* k, const float* v, const float*
                     int64_t T, int64_t S, int64_t D, float scale, float* ds, float* vt, float* ct, float* dq, float* dk, float* dv) {
   kernel::transpose(v, S, D, vt);
   for (int64_t r0 = 0; r0 < R;) {
-    const int64_t m = std::min(kGroup, T - r0 % T);
+    const int64_t m = group_rows(r0, T);
     int64_t n[kGroup] = {}, nmax = 0;
     for (int64_t i = 0; i < m; ++i) {  // keys past the last with a weight have none: their ds is 0
       const float* pr = p + (r0 + i) * S;
