@@ -521,6 +521,42 @@ TEST_CASE("the KV cache is preallocated and written in place", "[model]") {
   CHECK(g.mask.narrow(1, 11, 9).sum().item<int64_t>() == 0);
 }
 
+TEST_CASE("KV cache rows dropped in place and repeated by a gather, a cache of 2 MiB or more in one mapping", "[model]") {
+  Qwen3Moe m = tiny_model(9);
+  auto [pids, pmask] = padded_batch({random_seq(5, 50, 40), random_seq(3, 50, 41), random_seq(4, 50, 42)}, true);
+  at::Tensor cont = at::randint(1, 50, {3, 3}, at::kLong);
+  at::NoGradGuard ng;
+  ForwardOutput full = m->forward(at::cat({pids, cont}, 1), at::cat({pmask, at::ones({3, 3}, at::kLong)}, 1), RoutingPlan::native(), {});
+  // reserve 2048: 3 layers x (k, v) x 3 rows x 2 heads x 8 dims x 2048 x 4 bytes = 2.25 MiB, the mapped cache;
+  // reserve 8: 9 KiB from at::empty. Both run the same steps.
+  auto run = [&](int64_t reserve, bool mapped) {
+    KVCache c;
+    c.reserve = reserve;
+    m->forward(pids, pmask, RoutingPlan::native(), {}, &c);
+    if (mapped) CHECK(reinterpret_cast<uintptr_t>(c.k[0].data_ptr()) % (uintptr_t{2} << 20) == 0);
+    std::vector<at::Tensor> out{m->forward(cont.slice(1, 0, 1), {}, RoutingPlan::native(), {}, &c).logits};
+    const void* k0 = c.k[0].data_ptr();
+    const void* v2 = c.v[2].data_ptr();
+    c.select_rows(at::tensor({0, 2}, at::kLong));  // row 1 finished: the others move down in place
+    CHECK(c.k[0].data_ptr() == k0);
+    CHECK(c.v[2].data_ptr() == v2);
+    CHECK(c.k[0].size(0) == 2);
+    CHECK(c.mask.size(0) == 2);
+    out.push_back(m->forward(cont.slice(1, 1, 2).index_select(0, at::tensor({0, 2}, at::kLong)), {}, RoutingPlan::native(), {}, &c).logits);
+    c.select_rows(at::tensor({1, 1, 0}, at::kLong));  // repeated rows: a new cache
+    CHECK(c.k[0].data_ptr() != k0);
+    if (mapped) CHECK(reinterpret_cast<uintptr_t>(c.k[0].data_ptr()) % (uintptr_t{2} << 20) == 0);
+    out.push_back(m->forward(cont.slice(1, 2, 3).index_select(0, at::tensor({2, 2, 0}, at::kLong)), {}, RoutingPlan::native(), {}, &c).logits);
+    return out;
+  };
+  std::vector<at::Tensor> big = run(2048, true), small = run(8, false);
+  for (size_t i = 0; i < big.size(); ++i) CHECK(at::equal(big[i], small[i]));
+  // against the forward without a cache: rows (0, 1, 2) at step 0, (0, 2) at step 1, (2, 2, 0) at step 2
+  CHECK(max_diff(big[0].squeeze(1), full.logits.select(1, 5)) < 1e-5);
+  CHECK(max_diff(big[1].squeeze(1), full.logits.select(1, 6).index_select(0, at::tensor({0, 2}, at::kLong))) < 1e-5);
+  CHECK(max_diff(big[2].squeeze(1), full.logits.select(1, 7).index_select(0, at::tensor({2, 2, 0}, at::kLong))) < 1e-5);
+}
+
 TEST_CASE("expert kernels agree: loop with and without gradients, padded, grouped", "[model]") {
   json j = tiny_json();
   j["num_experts"] = 5;

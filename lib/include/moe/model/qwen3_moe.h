@@ -82,7 +82,9 @@ struct KVCache {
   int64_t length() const { return len; }
   int64_t capacity() const { return mask.defined() ? mask.size(1) : 0; }
   void clear() { k.clear(); v.clear(); mask = at::Tensor(); len = 0; }
-  // Keeps only the rows `rows` (int64 indices), e.g. to drop finished sequences or to repeat prompts.
+  // Keeps only the rows `rows` (int64 indices), e.g. to drop finished sequences or to repeat prompts. On the
+  // CPU, indices in ascending order move the kept rows down in place (tensors taken from the cache before,
+  // and copies of it, see them move); else the rows are gathered into new tensors.
   void select_rows(const at::Tensor& rows);
 };
 
