@@ -486,20 +486,101 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
     for (size_t i = 0; i < seqs.size(); ++i)
       if (static_cast<int>(i % world) == rank) owned.push_back(i);
 
-    // Old pass on owned sequences (RL), scattered back into a full-size vector.
+    // Mini-batch order (RL): a permutation per epoch, from one generator seeded per step.
+    std::mt19937_64 rng(cfg.seed);
+    auto permutation = [&](size_t n) {
+      std::vector<size_t> order(n);
+      std::iota(order.begin(), order.end(), 0);
+      if (cfg.shuffle) std::shuffle(order.begin(), order.end(), rng);
+      return order;
+    };
+    const bool rl_updates = !(tc.sft && cfg.sft_steps > 0);
+    const std::vector<size_t> order0 = rl_updates && cfg.epochs > 0 ? permutation(seqs.size()) : std::vector<size_t>{};
+    const int64_t n_mb = std::min<int64_t>(cfg.mini_batches, static_cast<int64_t>(seqs.size()));
+    auto mini_batch = [&](const std::vector<size_t>& order, int64_t k) {
+      const int64_t N = static_cast<int64_t>(order.size());
+      return std::vector<size_t>(order.begin() + k * N / n_mb, order.begin() + (k + 1) * N / n_mb);
+    };
+
+    // Old pass on owned sequences (RL), scattered back into a full-size vector. The first update's own
+    // sequences may be left to its forward (Trainer::old_pass, first_update).
     std::vector<OldPass> old(seqs.size());
     double t_old = 0;
     if (!tc.sft) {
       const double t0 = now_s();
+      std::vector<char> first(seqs.size(), 0);
+      if (!order0.empty() && n_mb > 0)
+        for (size_t i : mini_batch(order0, 0)) first[i] = 1;
       std::vector<Sequence> mine;
-      for (size_t i : owned) mine.push_back(seqs[i]);
+      std::vector<char> mine_first;
+      for (size_t i : owned) {
+        mine.push_back(seqs[i]);
+        mine_first.push_back(first[i]);
+      }
       std::vector<OldPass> o;
-      trainer.old_pass(mine, o, ref.get());
+      trainer.old_pass(mine, o, ref.get(), mine_first);
       for (size_t j = 0; j < owned.size(); ++j) old[owned[j]] = std::move(o[j]);
       t_old = now_s() - t0;
     }
 
-    // The whole-step mismatch/* and routing/* metrics over all sequences (weighted over ranks by tokens).
+    // Updates.
+    const double t_upd0 = now_s();
+    int64_t updates = 0;
+    double loss_sum = 0, trained_tokens = 0;
+    auto run_update = [&](const std::vector<size_t>& mb, nlohmann::json where_) {
+      std::vector<size_t> local;
+      int64_t tokens = 0, max_len = 0;
+      for (size_t i : mb) {
+        if (static_cast<int>(i % world) == rank) local.push_back(i);
+        tokens += static_cast<int64_t>(seqs[i].response.size());
+        max_len = std::max<int64_t>(max_len, seqs[i].response.size());
+      }
+      fault_hook(rank, updates + 1);
+      const double t0 = now_s();
+      algo::Metrics m = trainer.update(seqs, old, local, static_cast<int64_t>(mb.size()), tokens, max_len);
+      m["seconds"] = now_s() - t0;
+      ++updates;
+      loss_sum += m["loss"];
+      trained_tokens += static_cast<double>(tokens);
+      nlohmann::json j = metrics_json(m);
+      j["kind"] = "update";
+      for (auto& [k, v] : where_.items()) j[k] = v;
+      j["sequences"] = mb.size();
+      if (rank == 0) sink.line(j, sink.to_stderr);
+    };
+
+    if (tc.sft && cfg.sft_steps > 0) {
+      const size_t bs = cfg.sft_batch_size > 0 ? static_cast<size_t>(cfg.sft_batch_size) : std::min<size_t>(32, seqs.size());
+      cli::Progress progress("sft", cfg.sft_steps, "step");
+      std::vector<size_t> order = permutation(seqs.size());
+      size_t pos = 0;
+      int64_t pass = 0;
+      for (int64_t step = 0; step < cfg.sft_steps; ++step) {
+        std::vector<size_t> mb;
+        while (mb.size() < std::min(bs, seqs.size())) {
+          if (pos == order.size()) {
+            order = permutation(seqs.size());
+            pos = 0;
+            ++pass;
+          }
+          mb.push_back(order[pos++]);
+        }
+        int64_t tok = 0;
+        for (size_t i : mb) tok += static_cast<int64_t>(seqs[i].response.size());
+        run_update(mb, {{"epoch", pass}, {"mini_batch", step}});
+        progress.add(1, tok);
+      }
+      progress.finish();
+    } else {
+      for (int64_t e = 0; e < cfg.epochs; ++e) {
+        const std::vector<size_t> order = e == 0 ? order0 : permutation(seqs.size());
+        for (int64_t k = 0; k < n_mb; ++k) run_update(mini_batch(order, k), {{"epoch", e}, {"mini_batch", k}});
+      }
+    }
+    const double t_upd = now_s() - t_upd0;
+
+    // The whole-step mismatch/* and routing/* metrics over all sequences (weighted over ranks by tokens): after
+    // the updates, which complete the old-pass values the old pass left to the first of them.
     algo::Metrics summary;
     double owned_tokens = 0;
     for (size_t i : owned) owned_tokens += static_cast<double>(seqs[i].response.size());
@@ -550,73 +631,6 @@ algo::Metrics run_train_step(const StepConfig& cfg_in) {
       }
       summary.insert(part.begin(), part.end());
     }
-
-    // Updates.
-    const double t_upd0 = now_s();
-    int64_t updates = 0;
-    double loss_sum = 0, trained_tokens = 0;
-    std::mt19937_64 rng(cfg.seed);
-    auto permutation = [&](size_t n) {
-      std::vector<size_t> order(n);
-      std::iota(order.begin(), order.end(), 0);
-      if (cfg.shuffle) std::shuffle(order.begin(), order.end(), rng);
-      return order;
-    };
-    auto run_update = [&](const std::vector<size_t>& mb, nlohmann::json where_) {
-      std::vector<size_t> local;
-      int64_t tokens = 0, max_len = 0;
-      for (size_t i : mb) {
-        if (static_cast<int>(i % world) == rank) local.push_back(i);
-        tokens += static_cast<int64_t>(seqs[i].response.size());
-        max_len = std::max<int64_t>(max_len, seqs[i].response.size());
-      }
-      fault_hook(rank, updates + 1);
-      const double t0 = now_s();
-      algo::Metrics m = trainer.update(seqs, old, local, static_cast<int64_t>(mb.size()), tokens, max_len);
-      m["seconds"] = now_s() - t0;
-      ++updates;
-      loss_sum += m["loss"];
-      trained_tokens += static_cast<double>(tokens);
-      nlohmann::json j = metrics_json(m);
-      j["kind"] = "update";
-      for (auto& [k, v] : where_.items()) j[k] = v;
-      j["sequences"] = mb.size();
-      if (rank == 0) sink.line(j, sink.to_stderr);
-    };
-
-    if (tc.sft && cfg.sft_steps > 0) {
-      const size_t bs = cfg.sft_batch_size > 0 ? static_cast<size_t>(cfg.sft_batch_size) : std::min<size_t>(32, seqs.size());
-      cli::Progress progress("sft", cfg.sft_steps, "step");
-      std::vector<size_t> order = permutation(seqs.size());
-      size_t pos = 0;
-      int64_t pass = 0;
-      for (int64_t step = 0; step < cfg.sft_steps; ++step) {
-        std::vector<size_t> mb;
-        while (mb.size() < std::min(bs, seqs.size())) {
-          if (pos == order.size()) {
-            order = permutation(seqs.size());
-            pos = 0;
-            ++pass;
-          }
-          mb.push_back(order[pos++]);
-        }
-        int64_t tok = 0;
-        for (size_t i : mb) tok += static_cast<int64_t>(seqs[i].response.size());
-        run_update(mb, {{"epoch", pass}, {"mini_batch", step}});
-        progress.add(1, tok);
-      }
-      progress.finish();
-    } else {
-      for (int64_t e = 0; e < cfg.epochs; ++e) {
-        std::vector<size_t> order = permutation(seqs.size());
-        const int64_t N = static_cast<int64_t>(order.size()), K = std::min<int64_t>(cfg.mini_batches, N);
-        for (int64_t k = 0; k < K; ++k) {
-          std::vector<size_t> mb(order.begin() + k * N / K, order.begin() + (k + 1) * N / K);
-          run_update(mb, {{"epoch", e}, {"mini_batch", k}});
-        }
-      }
-    }
-    const double t_upd = now_s() - t_upd0;
 
     // Outputs of the step, all staged: --routing-out and --metrics are written to temporaries first, the
     // checkpoint is staged and swapped in, then the temporaries are renamed into place. An error before the

@@ -611,8 +611,36 @@ void Trainer::save(const std::string& dir, const std::vector<std::pair<std::stri
   swap_in(false);
 }
 
-void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, model::Qwen3Moe* ref) {
+namespace {
+// Row j's old-pass values from a forward of batch b, on the host: log-probs [B, T] under the tempered policy,
+// and (RL) the experts that forward used [B, T, L, K], their full-softmax probabilities, the router's native
+// top-K, and its logits (copy-old-logits, or R3 with record_routing; else undefined).
+void take_old(OldPass& o, const TrainConfig& cfg, const Batch& b, size_t j, const at::Tensor& logp, const at::Tensor& ridx,
+              const at::Tensor& rprob, const at::Tensor& native, const at::Tensor& rlog) {
+  const int64_t P = b.P[j], R = b.R[j], n1 = P + R - 1;
+  o.logp_old = logp[j].narrow(0, P - 1, R).clone();
+  if (cfg.sft) return;
+  o.idx = ridx[j].narrow(0, 0, n1).clone();
+  o.prob = rprob[j].narrow(0, P - 1, R).clone();
+  o.native_idx = native[j].narrow(0, P - 1, R).clone();
+  if (cfg.router == RouterControl::copy_old_logits) o.logits = rlog[j].narrow(0, 0, n1).clone();
+  if (cfg.record_routing) {
+    if (cfg.router == RouterControl::replay_rollout) {
+      o.routing_idx = native[j].narrow(0, 0, n1).clone();
+      o.routing_prob = at::softmax(rlog[j].narrow(0, 0, n1), -1).gather(-1, o.routing_idx);
+    } else {
+      o.routing_idx = o.idx;
+      o.routing_prob = rprob[j].narrow(0, 0, n1).clone();
+    }
+  }
+}
+}  // namespace
+
+void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, model::Qwen3Moe* ref,
+                       const std::vector<char>& first_update) {
   at::NoGradGuard ng;
+  if (!first_update.empty() && first_update.size() != seqs.size())
+    throw Error("old pass: " + std::to_string(first_update.size()) + " first-update flags for " + std::to_string(seqs.size()) + " sequences");
   // Expert parallel: the old pass's outputs are records (logp_old, --routing-out): exact rows, on every rank
   // of the group at once (ExpertParallel::exact_rows), until it returns or throws.
   struct ExactRows {
@@ -621,16 +649,24 @@ void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& 
     ~ExactRows() { if (ep) ep->exact_rows = false; }
   } exact_rows(impl_->ep.get());
   old.assign(seqs.size(), OldPass{});
+  fresh_ = true;
   const c10::Device dev = device_of(model_);
   const int64_t K = model_->config().num_experts_per_tok;
   const int64_t chunk = std::max<int64_t>(1, cfg_.micro_batch);
   const bool r3 = cfg_.router == RouterControl::replay_rollout;
+  const bool defer = !first_update.empty() && !cfg_.sft && !ref && !impl_->ep && !cfg_.loss.router_shift && !cfg_.record_routing &&
+                     (cfg_.router == RouterControl::free || cfg_.router == RouterControl::freeze || r3);
+  std::vector<size_t> todo;  // the sequences this pass runs
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (defer && first_update[i]) old[i].deferred = true;
+    else todo.push_back(i);
+  }
   if (impl_->ep) {
     // Expert parallel: every rank of a group runs as many forwards as the busiest one (the MoE layers'
     // exchanges pair up); the extra ones are idle (no rows of their own). A reference model (sharded as the
     // policy) exchanges over the same group, after the policy in every chunk, idle ones included.
     if (ref) (*ref)->set_expert_parallel(impl_->ep);
-    const double mine = static_cast<double>((seqs.size() + chunk - 1) / chunk);
+    const double mine = static_cast<double>((todo.size() + chunk - 1) / chunk);
     const int64_t extra = static_cast<int64_t>(comm_->max(mine) - mine);
     Batch b = idle_batch(dev);
     model::ForwardOptions fo;
@@ -647,10 +683,10 @@ void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& 
       impl_->ep->idle = false;
     }
   }
-  for (size_t first = 0; first < seqs.size(); first += chunk) {
-    const size_t last = std::min(seqs.size(), first + static_cast<size_t>(chunk));
+  for (size_t first = 0; first < todo.size(); first += chunk) {
+    const size_t last = std::min(todo.size(), first + static_cast<size_t>(chunk));
     std::vector<const Sequence*> part;
-    for (size_t i = first; i < last; ++i) part.push_back(&seqs[i]);
+    for (size_t i = first; i < last; ++i) part.push_back(&seqs[todo[i]]);
     Batch b = make_batch(part, dev);
     model::RoutingPlan plan = model::RoutingPlan::native();
     if (r3) {
@@ -684,31 +720,21 @@ void Trainer::old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& 
       lref = head(*ref, rf, b.target.to(device_of(*ref)), T, false).logp.to(at::kCPU);
     }
     for (size_t j = 0; j < part.size(); ++j) {
-      OldPass& o = old[first + j];
-      const int64_t P = b.P[j], R = b.R[j], n1 = P + R - 1;
-      o.logp_old = logp[j].narrow(0, P - 1, R).clone();
-      if (ref) o.logp_ref = lref[j].narrow(0, P - 1, R).clone();
-      if (cfg_.sft) continue;
-      o.idx = ridx[j].narrow(0, 0, n1).clone();
-      o.prob = rprob[j].narrow(0, P - 1, R).clone();
-      o.native_idx = native[j].narrow(0, P - 1, R).clone();
-      if (cfg_.router == RouterControl::copy_old_logits) o.logits = rlog[j].narrow(0, 0, n1).clone();
-      if (cfg_.record_routing) {
-        if (r3) {
-          o.routing_idx = native[j].narrow(0, 0, n1).clone();
-          o.routing_prob = at::softmax(rlog[j].narrow(0, 0, n1), -1).gather(-1, o.routing_idx);
-        } else {
-          o.routing_idx = o.idx;
-          o.routing_prob = rprob[j].narrow(0, 0, n1).clone();
-        }
-      }
+      OldPass& o = old[todo[first + j]];
+      take_old(o, cfg_, b, j, logp, ridx, rprob, native, rlog);
+      if (ref) o.logp_ref = lref[j].narrow(0, b.P[j] - 1, b.R[j]).clone();
     }
   }
 }
 
-algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vector<OldPass>& old,
-                              const std::vector<size_t>& local, int64_t global_rows, int64_t global_tokens,
-                              int64_t global_max_len) {
+algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, const std::vector<size_t>& local,
+                              int64_t global_rows, int64_t global_tokens, int64_t global_max_len) {
+  bool deferred = false;
+  for (size_t i : local) deferred = deferred || old[i].deferred;
+  // Only the first update after the old pass runs the weights that pass would have.
+  if (deferred && !fresh_)
+    throw Error("update: the old pass of a sequence was left to the first update after it, and this is a later one");
+  fresh_ = false;
   const c10::Device dev = device_of(model_);
   const int64_t K = model_->config().num_experts_per_tok;
   const bool dp = comm_ && comm_->world_size() > 1;
@@ -775,11 +801,28 @@ algo::Metrics Trainer::update(const std::vector<Sequence>& seqs, const std::vect
         fo.capture_routing = !replayed;
       }
       fo.return_router_logits = cfg_.loss.aux_coef != 0 || (shift && replayed);
+      // Deferred old-pass values come from this forward: its routing, and under R3 the router's native top-K.
+      if (deferred) {
+        fo.capture_routing = true;
+        fo.return_router_logits = fo.return_router_logits || cfg_.router == RouterControl::replay_rollout;
+      }
       fo.hidden_only = true;
       fo.checkpoint_layers = cfg_.checkpoint_activations;
       model::ForwardOutput fw = model_->forward(b.input, b.amask, plan, fo);
       model::HeadOutput hl = head(model_, fw, b.target, T, true);
       at::Tensor logp = hl.logp;
+      if (deferred) {
+        at::Tensor lp = logp.detach().to(at::kCPU, at::kFloat), ridx = fw.routing_indices.to(at::kCPU);
+        at::Tensor rprob = fw.routing_probs.to(at::kCPU, at::kFloat);
+        at::Tensor rlog = fo.return_router_logits ? fw.router_logits.detach().to(at::kCPU, at::kFloat) : at::Tensor();
+        at::Tensor native = cfg_.router == RouterControl::replay_rollout ? native_topk(rlog, K) : ridx;
+        for (size_t j = 0; j < local.size(); ++j) {
+          OldPass& o = old[local[j]];
+          if (!o.deferred) continue;
+          take_old(o, cfg_, b, j, lp, ridx, rprob, native, rlog);
+          o.deferred = false;
+        }
+      }
 
       algo::LossInputs in;
       in.logp = logp;

@@ -3,10 +3,12 @@
 // its layer count cut so that weights + Adam state fit a laptop; the per-layer shapes are the real ones).
 //
 //   bench_train_step [--threads N] [--seqs N] [--prompt P] [--response R] [--small-layers L] [--algo A] [--isa I]
-//                    [--reps N]
+//                    [--reps N] [--old-pass defer|full]
 //   (--algo sft: no old pass, the SFT loss; --small-layers 0: the tiny preset only; --isa none: without the
 //   few-rows kernels, so attention takes libtorch's matrix products, for a side-by-side comparison; --reps N: run
-//   N steps (at least 2; the first warms up allocators) and report the median of the others)
+//   N steps (at least 2; the first warms up allocators) and report the median of the others; --old-pass full:
+//   the old pass over every sequence, where moe-train-step leaves the first mini-batch's to that update's
+//   forward (Trainer::old_pass, first_update; the default here too, "defer"))
 // Against transformers' eager training step on the same work: tests/bench/train_vs_python.sh.
 //
 // 1 vs 2 processes: tests/bench/bench_train_dp.sh (needs the moe-* binaries). MOEKIT_MALLOC=glibc runs with glibc's
@@ -40,7 +42,8 @@ double peak_rss_mb() {
   return u.ru_maxrss / 1024.0;
 }
 
-void bench_one(const std::string& label, model::ModelConfig c, int seqs, int P, int R, const std::string& algo, int reps) {
+void bench_one(const std::string& label, model::ModelConfig c, int seqs, int P, int R, const std::string& algo, int reps,
+               bool full_old_pass) {
   model::Qwen3Moe m(c);
   model::init_weights(m, 1);
   int64_t params = 0;
@@ -67,7 +70,10 @@ void bench_one(const std::string& label, model::ModelConfig c, int seqs, int P, 
   for (int rep = 0; rep < reps; ++rep) {
     const double s0 = now();
     std::vector<train::OldPass> old(data.size());  // SFT: no old pass
-    if (!tc.sft) t.old_pass(data, old);
+    std::vector<char> first(data.size(), 0);  // as moe-train-step: the first mini-batch's from its own forward
+    if (!full_old_pass)
+      for (int i = 0; i < seqs / K; ++i) first[i] = 1;
+    if (!tc.sft) t.old_pass(data, old, nullptr, first);
     const double s1 = now();
     double f = 0, b = 0, o = 0;
     for (int k = 0; k < K; ++k) {
@@ -94,6 +100,7 @@ void bench_one(const std::string& label, model::ModelConfig c, int seqs, int P, 
 int bench_body(int argc, char** argv) {
   int threads = 2, seqs = 64, P = 12, R = 24, small_layers = 2, reps = 2;
   std::string algo = "rspo";
+  bool full_old_pass = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     auto v = [&] { return static_cast<int>(moe::bench::arg_int(argv[i + 1])); };
@@ -104,6 +111,7 @@ int bench_body(int argc, char** argv) {
     else if (a == "--small-layers") small_layers = v();
     else if (a == "--reps") reps = std::max(2, v());
     else if (a == "--algo") algo = argv[i + 1];
+    else if (a == "--old-pass") full_old_pass = std::string(argv[i + 1]) == "full";
     else if (a == "--isa") {
       if (!model::set_linear_rows_isa(argv[i + 1])) {
         std::fprintf(stderr, "--isa %s: not an instruction set this CPU has\n", argv[i + 1]);
@@ -116,13 +124,14 @@ int bench_body(int argc, char** argv) {
   }
   at::set_num_threads(threads);
   const bool tuned = cli::tune_malloc();  // as every moe-* program does
-  std::printf("bench_train_step: threads %d, algo %s, kernels %s, K=2 mini-batches, E=1, fp32 CPU, malloc %s\n", threads, algo.c_str(),
-              model::linear_rows_isa().c_str(), tuned ? "tuned as the moe-* programs (cli::tune_malloc)" : "glibc's defaults (MOEKIT_MALLOC=glibc or GLIBC_TUNABLES)");
-  bench_one("tiny", model::preset_config("tiny", 98), seqs, P, R, algo, reps);
+  std::printf("bench_train_step: threads %d, algo %s, kernels %s, K=2 mini-batches, E=1, fp32 CPU, old pass %s, malloc %s\n", threads,
+              algo.c_str(), model::linear_rows_isa().c_str(), full_old_pass ? "full" : "deferred for the first mini-batch",
+              tuned ? "tuned as the moe-* programs (cli::tune_malloc)" : "glibc's defaults (MOEKIT_MALLOC=glibc or GLIBC_TUNABLES)");
+  bench_one("tiny", model::preset_config("tiny", 98), seqs, P, R, algo, reps, full_old_pass);
   if (small_layers <= 0) return 0;
   auto small = model::preset_config("small", 98);
   small.num_hidden_layers = small_layers;
-  bench_one("small/" + std::to_string(small_layers) + "L", small, std::max(4, seqs / 8), P, R, algo, reps);
+  bench_one("small/" + std::to_string(small_layers) + "L", small, std::max(4, seqs / 8), P, R, algo, reps, full_old_pass);
   return 0;
 }
 

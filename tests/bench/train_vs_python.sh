@@ -21,19 +21,31 @@ trap 'rm -rf "$dir"' EXIT
 "$bin/bench_decode" save "$dir/model" tiny  # the weights Python loads (moekit's bench initialises the same way)
 echo "tiny preset, $seqs seqs x ($prompt + $response) tokens, $threads thread(s), median of $reps interleaved processes x $steps steps"
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# grpo runs moekit twice per rep: as moe-train-step steps (the first mini-batch's old-pass values from that
+# update's own forward: Trainer::old_pass, first_update) and with the old pass over every sequence, as the
+# reference does (--old-pass full).
 for algo in sft grpo; do
-  ours=() theirs=()
+  ours=() full=() theirs=()
   for ((r = 0; r < reps; r++)); do
-    l=$("$bin/bench_train_step" --threads "$threads" --seqs "$seqs" --prompt "$prompt" --response "$response" \
-          --small-layers 0 --algo "$algo" --reps $((steps + 1)) | awk '$1 == "tiny"')
-    ours+=("$(awk '{for (i = 1; i < NF; i++) if ($i == "step") print $(i + 1)}' <<<"$l")")
+    for mode in defer full; do
+      [[ $algo == sft && $mode == full ]] && continue
+      l=$("$bin/bench_train_step" --threads "$threads" --seqs "$seqs" --prompt "$prompt" --response "$response" \
+            --small-layers 0 --algo "$algo" --old-pass "$mode" --reps $((steps + 1)) | awk '$1 == "tiny"')
+      v=$(awk '{for (i = 1; i < NF; i++) if ($i == "step") print $(i + 1)}' <<<"$l")
+      if [[ $mode == defer ]]; then ours+=("$v"); else full+=("$v"); fi
+    done
     l=$("$py" "$here/ref_train.py" "$dir/model" "$algo" "$seqs" "$prompt" "$response" "$threads" "$steps" 2>/dev/null)
     theirs+=("$(awk '{print $4}' <<<"$l")")
   done
-  mo=$(printf '%s\n' "${ours[@]}" | median) mp=$(printf '%s\n' "${theirs[@]}" | median)
-  printf '%-5s moekit %.3f s/step  python %.3f s/step  moekit speed x%.2f of python\n' "$algo" "$mo" "$mp" \
-    "$(awk -v a="$mo" -v b="$mp" 'BEGIN {print b / a}')"
-  echo "    runs (s/step): moekit ${ours[*]} | python ${theirs[*]}"
+  mp=$(printf '%s\n' "${theirs[@]}" | median)
+  for mode in defer full; do
+    [[ $algo == sft && $mode == full ]] && continue
+    if [[ $mode == defer ]]; then runs=("${ours[@]}") name=$algo; else runs=("${full[@]}") name="$algo (old pass over every sequence, as python)"; fi
+    mo=$(printf '%s\n' "${runs[@]}" | median)
+    printf '%-5s moekit %.3f s/step  python %.3f s/step  moekit speed x%.2f of python\n' "$name" "$mo" "$mp" \
+      "$(awk -v a="$mo" -v b="$mp" 'BEGIN {print b / a}')"
+    echo "    runs (s/step): moekit ${runs[*]} | python ${theirs[*]}"
+  done
 done
 "$bin/bench_train_step" --threads "$threads" --seqs 2 --small-layers 0 | head -1
 "$py" "$here/ref_train.py" "$dir/model" sft 2 4 4 "$threads" 2>&1 >/dev/null | tail -1

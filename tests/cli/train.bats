@@ -89,6 +89,21 @@ same_dir() {
   grep '"router":"free"' "$TMP/m.jsonl" | grep -q 'routing/layer_mismatch'
 }
 
+@test "the first mini-batch takes its old-pass values from its own forward (ratios exactly 1) where it can" {
+  for router in free replay-rollout; do
+    fresh "$TMP/m"
+    rm -f "$TMP/g.jsonl"
+    moe-train-step -m "$TMP/m" "$W/rew.zst" --routing "$W/r.zst" --algo grpo --router "$router" --mini-batches 2 \
+      --lr 1e-2 --metrics "$TMP/g.jsonl" -q
+    # epoch 0, mini-batch 0 ran on the old pass's weights with its own log-probs: logp - logp_old is 0 exactly
+    [ "$(jq -c 'select(.kind == "update" and .mini_batch == 0) | .ppo_kl == 0' "$TMP/g.jsonl")" = true ]
+    # mini-batch 1 ran on moved weights against values of the old pass
+    [ "$(jq -c 'select(.kind == "update" and .mini_batch == 1) | .ppo_kl != 0' "$TMP/g.jsonl")" = true ]
+    # the whole-step metrics cover every sequence, those of mini-batch 0 included
+    [ "$(jq -c 'select(.kind == "summary") | has("mismatch/kl") and has("routing/layer_mismatch")' "$TMP/g.jsonl")" = true ]
+  done
+}
+
 @test "TIS, MIS, KL to a reference, entropy and aux terms run and log their metrics" {
   fresh "$TMP/m"
   moe-train-step -m "$TMP/m" "$W/rew.zst" --tis token --metrics "$TMP/a.jsonl" -q

@@ -549,3 +549,82 @@ TEST_CASE("sft: JSONL prompt+solution trains on solution + eos", "[train]") {
   CHECK(st["algo"] == "sft");
   std::system(("rm -rf " + dir).c_str());
 }
+
+TEST_CASE("the first update's old-pass values from its own forward: those of a full old pass", "[train]") {
+  auto seqs = make_seqs(8, 11);
+  const std::vector<size_t> mb0{0, 2, 4, 6}, mb1{1, 3, 5, 7};
+  std::vector<char> first(seqs.size(), 0);
+  for (size_t i : mb0) first[i] = 1;
+  auto sub = [&](const std::vector<size_t>& mb) {
+    std::vector<Sequence> s;
+    for (size_t i : mb) s.push_back(seqs[i]);
+    return s;
+  };
+  for (RouterControl rc : {RouterControl::free, RouterControl::freeze, RouterControl::replay_rollout}) {
+    INFO("router " << train::to_string(rc));
+    auto ma = tiny_model(), mb = tiny_model();
+    if (rc == RouterControl::replay_rollout) add_foreign_routing(ma, seqs);
+    TrainConfig tc;
+    tc.router = rc;
+    tc.optim.lr = 1e-2;
+    Trainer full(ma, tc), part(mb, tc);
+    std::vector<OldPass> oa, ob;
+    full.old_pass(seqs, oa);
+    part.old_pass(seqs, ob, nullptr, first);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      CHECK(ob[i].deferred == (first[i] != 0));
+      CHECK(ob[i].logp_old.defined() == !first[i]);
+    }
+    auto fa = full.update(seqs, oa, mb0, 4, tokens_of(sub(mb0)), max_len(sub(mb0)));
+    auto fb = part.update(seqs, ob, mb0, 4, tokens_of(sub(mb0)), max_len(sub(mb0)));
+    for (size_t i : mb0) {
+      const OldPass &a = oa[i], &b = ob[i];
+      CHECK_FALSE(b.deferred);
+      CHECK(a.logp_old.sizes() == b.logp_old.sizes());
+      CHECK(at::allclose(a.logp_old, b.logp_old, 0, 1e-5));
+      CHECK(at::equal(a.idx, b.idx));
+      CHECK(at::allclose(a.prob, b.prob, 0, 1e-6));
+      CHECK(at::equal(a.native_idx, b.native_idx));
+    }
+    CHECK(fb["loss"] == Approx(fa["loss"]).margin(1e-6));
+    CHECK(fb["ppo_kl"] == 0.0);  // logp - logp_old: the same forward's values, so exactly 0
+    // The second mini-batch, after the first update moved the weights (Adam's first step is about lr * the
+    // gradient's sign, so entries with a gradient near 0 may move apart: the losses agree, not every weight).
+    auto sa = full.update(seqs, oa, mb1, 4, tokens_of(sub(mb1)), max_len(sub(mb1)));
+    auto sb = part.update(seqs, ob, mb1, 4, tokens_of(sub(mb1)), max_len(sub(mb1)));
+    CHECK(sb["loss"] == Approx(sa["loss"]).epsilon(1e-3));
+    CHECK(sb["ppo_kl"] == Approx(sa["ppo_kl"]).epsilon(1e-2).margin(1e-7));
+  }
+}
+
+TEST_CASE("old-pass values left to the first update: only that update may take them", "[train]") {
+  auto seqs = make_seqs(4, 12);
+  std::vector<char> first{1, 1, 0, 0};
+  {
+    auto m = tiny_model();
+    Trainer t(m, TrainConfig{});
+    std::vector<OldPass> old;
+    t.old_pass(seqs, old, nullptr, first);
+    t.update(seqs, old, {2, 3}, 2, tokens_of(seqs), max_len(seqs));  // the weights move
+    CHECK_THROWS_WITH(t.update(seqs, old, {0, 1}, 2, tokens_of(seqs), max_len(seqs)), Catch::Contains("first update after it"));
+    CHECK_THROWS_WITH(t.old_pass(seqs, old, nullptr, {1}), Catch::Contains("1 first-update flags for 4 sequences"));
+  }
+  // Where the first update's forward needs the old pass (RSPO's probabilities at the old experts, replaying
+  // the old pass's experts), a reference model's log-probs are wanted or the routing is recorded, the old
+  // pass computes everything.
+  for (int mode = 0; mode < 4; ++mode) {
+    INFO("mode " << mode);
+    auto m = tiny_model(), ref = tiny_model(2);
+    TrainConfig tc;
+    if (mode == 0) tc.loss.algo = algo::Algo::rspo;
+    if (mode == 1) tc.router = RouterControl::replay_old;
+    if (mode == 3) tc.record_routing = true;
+    Trainer t(m, tc);
+    std::vector<OldPass> old;
+    t.old_pass(seqs, old, mode == 2 ? &ref : nullptr, first);
+    for (auto& o : old) {
+      CHECK_FALSE(o.deferred);
+      CHECK(o.logp_old.defined());
+    }
+  }
+}

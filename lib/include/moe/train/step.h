@@ -62,6 +62,8 @@ struct OldPass {
   at::Tensor logp_ref;     // [R] float32 reference-model log-probs (with a reference model)
   at::Tensor routing_idx, routing_prob;  // [P+R-1, L, K] native top-K and its full-softmax probabilities at
                                          // every input position (TrainConfig::record_routing only)
+  bool deferred = false;  // left to the first update's own forward (Trainer::old_pass, first_update); that
+                          // update fills the fields above and clears this
 };
 
 struct TrainConfig {
@@ -104,15 +106,24 @@ class Trainer {
 
   // No-grad pass with the current weights: fills old[i] for seqs[i] (see OldPass). R3 replays the rollout
   // routing, so every sequence needs rollout_routing then. `ref` (optional) gives logp_ref.
-  void old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, model::Qwen3Moe* ref = nullptr);
+  // first_update (empty, or one flag per sequence): the sequences of the first update after this pass. The
+  // weights have not moved for that update, so its own forward computes what the old pass would (verl's
+  // actor takes log_prob.detach() as the old log-probs when a step has one mini-batch and one epoch); where
+  // the trainer can take them from there, those sequences are left out of this pass (OldPass::deferred). It
+  // can with the router free, frozen or replaying the rollout's routing, without the router shift (RSPO's
+  // probabilities at the old experts feed that forward), a reference model, expert parallelism or
+  // record_routing (--routing-out's records are the old pass's, batched by micro_batch); else it computes
+  // them here.
+  void old_pass(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, model::Qwen3Moe* ref = nullptr,
+                const std::vector<char>& first_update = {});
 
   // One optimizer update on this rank's share `local` (indices into seqs/old) of a mini-batch whose sizes
   // over all ranks are `global_rows` sequences, `global_tokens` response tokens and `global_max_len` longest
   // response. The gradient equals that of the single-process loss on the whole mini-batch (see step.cpp).
+  // Fills the deferred old-pass values of its sequences (only the first update after old_pass may hold any).
   // Throws moe::Error on a non-finite loss or gradient (weights untouched then).
-  algo::Metrics update(const std::vector<Sequence>& seqs, const std::vector<OldPass>& old,
-                       const std::vector<size_t>& local, int64_t global_rows, int64_t global_tokens,
-                       int64_t global_max_len);
+  algo::Metrics update(const std::vector<Sequence>& seqs, std::vector<OldPass>& old, const std::vector<size_t>& local,
+                       int64_t global_rows, int64_t global_tokens, int64_t global_max_len);
 
   model::Qwen3Moe& model() { return model_; }
   int64_t global_step() const { return global_step_; }
@@ -133,6 +144,7 @@ class Trainer {
   std::vector<std::pair<std::string, at::Tensor>> trained_;
   int64_t global_step_ = 0;
   nlohmann::json state_ = nlohmann::json::object();
+  bool fresh_ = false;  // no update since the last old pass
 };
 
 // Everything moe-train-step does.
