@@ -1,7 +1,9 @@
 // Decode figures of the generation engine. Prints numbers, never fails on a time.
-//   bench_decode gen MODEL_DIR BATCH PROMPT NEW greedy|sampled THREADS [RUNS=5]
+//   bench_decode gen MODEL_DIR BATCH PROMPT NEW greedy|sampled|both THREADS [RUNS=5]
 //       one warm-up, then RUNS timed rollout::generate (no eos: every row runs NEW tokens); prints the median
 //       run's "moekit <mode> batch B: X tok/s (S s wall), Y tok/s per CPU second (C s)". Prompts: token (7 b + 3 t) % (V - 3) + 3, as ref_decode.py.
+//       both: greedy and sampled runs alternate in the one process, each mode's line, then the median over the
+//       pairs of sampled / greedy tokens per CPU second (the machine's drift cancels within a pair).
 //   bench_decode experts THREADS [TOKENS...]
 //       the expert dispatch of one MoE layer at a Qwen3-30B-A3B shape (hidden 2048, 128 experts, top-8,
 //       moe_intermediate 768) and at the tiny preset's, random weights: the host loop, the loop on transposed weights (rollout::generate's,
@@ -32,6 +34,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -65,6 +68,7 @@ void banner(int threads) {
 int gen(int argc, char** argv) {
   if (argc < 8) return 2;
   std::string dir = argv[2], mode = argv[6];
+  if (mode != "greedy" && mode != "sampled" && mode != "both") return 2;
   int64_t B = moe::bench::arg_int(argv[3]), P = moe::bench::arg_int(argv[4]), N = moe::bench::arg_int(argv[5]);
   banner(moe::bench::arg_int(argv[7]));
   model::Qwen3Moe m = model::load_model(dir, c10::Device(c10::kCPU), at::kFloat);
@@ -76,32 +80,48 @@ int gen(int argc, char** argv) {
     for (int64_t t = 0; t < P; ++t) r.prompt.push_back((7 * b + 3 * t) % (V - 3) + 3);
     reqs.push_back(r);
   }
-  rollout::GenerateOptions opt;
-  opt.max_new_tokens = N;
-  opt.seed = 1;
-  opt.sampling.greedy = mode == "greedy";
-  opt.sampling.temperature = 1.0;
-  auto warm = opt;
-  warm.max_new_tokens = 4;
-  rollout::generate(m, reqs, warm);
-  // RUNS timed runs (the same work, the same seed), the median run's rates: one run of a small batch is
-  // tens of milliseconds, which a shared machine's noise swamps.
+  std::vector<std::string> modes = mode == "both" ? std::vector<std::string>{"greedy", "sampled"} : std::vector<std::string>{mode};
+  std::vector<rollout::GenerateOptions> opts;
+  for (const auto& md : modes) {
+    rollout::GenerateOptions opt;
+    opt.max_new_tokens = N;
+    opt.seed = 1;
+    opt.sampling.greedy = md == "greedy";
+    opt.sampling.temperature = 1.0;
+    auto warm = opt;
+    warm.max_new_tokens = 4;
+    rollout::generate(m, reqs, warm);
+    opts.push_back(opt);
+  }
+  // RUNS timed runs (the same work, the same seed) of each mode, interleaved; the median run's rates: one
+  // run of a small batch is tens of milliseconds, which a shared machine's noise swamps.
   const int runs = argc > 8 ? static_cast<int>(std::max<long long>(1, moe::bench::arg_int(argv[8]))) : 5;
-  std::vector<double> cpus, walls;
+  std::vector<std::vector<double>> cpus(modes.size()), walls(modes.size());
+  std::vector<double> ratios;  // both: sampled / greedy rate of each pair of runs
   int64_t toks = 0;
   for (int r = 0; r < runs; ++r) {
-    double t0 = now(), c0 = cpu_now();
-    auto out = rollout::generate(m, reqs, opt);
-    cpus.push_back(cpu_now() - c0);
-    walls.push_back(now() - t0);
-    toks = 0;
-    for (auto& g : out) toks += g.tokens.size();
+    for (size_t k = 0; k < modes.size(); ++k) {
+      double t0 = now(), c0 = cpu_now();
+      auto out = rollout::generate(m, reqs, opts[k]);
+      cpus[k].push_back(cpu_now() - c0);
+      walls[k].push_back(now() - t0);
+      int64_t n = 0;
+      for (auto& g : out) n += g.tokens.size();
+      if (k > 0 && n != toks) throw std::runtime_error("bench_decode: the modes generated different token counts");
+      toks = n;
+    }
+    if (modes.size() == 2) ratios.push_back(cpus[0].back() / cpus[1].back());
   }
-  std::sort(cpus.begin(), cpus.end());
-  std::sort(walls.begin(), walls.end());
-  const double c = cpus[cpus.size() / 2], t = walls[walls.size() / 2];
-  std::printf("moekit %s batch %lld: %.0f tok/s (%.3f s wall), %.0f tok/s per CPU second (%.3f s)\n", mode.c_str(), (long long)B,
-              toks / t, t, toks / c, c);
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  for (size_t k = 0; k < modes.size(); ++k) {
+    const double c = median(cpus[k]), t = median(walls[k]);
+    std::printf("moekit %s batch %lld: %.0f tok/s (%.3f s wall), %.0f tok/s per CPU second (%.3f s)\n", modes[k].c_str(),
+                (long long)B, toks / t, t, toks / c, c);
+  }
+  if (!ratios.empty()) std::printf("moekit sampled / greedy batch %lld: x%.3f (median of %d interleaved pairs, CPU time)\n", (long long)B, median(ratios), runs);
   return 0;
 }
 

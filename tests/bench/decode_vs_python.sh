@@ -4,7 +4,7 @@
 # processes, each with a warm-up and RUNS timed runs whose median it reports), medians compared. Rates are
 # tokens per CPU second of the process (with one thread, what a loaded shared machine distorts least); the
 # wall-clock ratio is printed beside it.
-# Prints numbers, never fails on a time.
+# Then sampled / greedy of moekit within one process (see below). Prints numbers, never fails on a time.
 # moekit is built against Debian's libtorch 1.13 + OpenBLAS; Python runs the PyPI torch wheel (2.15, MKL).
 #   tests/bench/decode_vs_python.sh [preset=tiny] [threads=1] [prompt=16] [new=24] [batches="64 256"] [reps=3] [runs=5]
 # Needs build/bench/bench_decode and /work/.venv-ref (PYTHON= to use another interpreter with torch +
@@ -38,6 +38,16 @@ for b in $batches; do
       "$wo" "$wp" "$(awk -v a="$wo" -v b="$wp" 'BEGIN {print a / b}')"
     echo "    runs (tok/CPU-s): moekit ${ours[*]} | python ${theirs[*]}"
   done
+done
+# Sampled against greedy in one process (bench_decode gen ... both: the modes alternate, the ratio of each
+# pair of runs), the median over REPS processes: the figure above compares medians of separate processes,
+# whose spread on this shared machine is larger than the gap itself.
+for b in $batches; do
+  rs=()
+  for ((r = 0; r < reps; r++)); do
+    rs+=("$("$bench" gen "$dir/model" "$b" "$prompt" "$new" both "$threads" "$runs" 2>/dev/null | awk '/sampled \/ greedy/ {print substr($6, 2)}')")
+  done
+  printf 'batch %4s moekit sampled / greedy x%.3f (in-process pairs; processes: %s)\n' "$b" "$(printf '%s\n' "${rs[@]}" | median)" "${rs[*]}"
 done
 # BLAS in use, once each
 "$bench" gen "$dir/model" 2 4 2 greedy "$threads" 2>&1 >/dev/null | head -1
