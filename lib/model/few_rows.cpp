@@ -399,6 +399,67 @@ struct SwiGlu : public torch::autograd::Function<SwiGlu> {
   }
 };
 
+// A MoE layer's experts as one autograd node: xs [M, H] dense in blocks of rows[k] rows, block k through
+// the SwiGLU of w[3k], w[3k + 1], w[3k + 2] (gate and up [I, H], down [O, I]) into its rows of one ys [M, O].
+// Each block's products are SwiGlu's (linear_rows': its kernel up to kFewRows rows, else x W^T as at::linear
+// runs it), written into the blocks of one buffer; the gate activations in one pass over all blocks. Where a
+// node per expert made E nodes, their outputs concatenated (and, backward, the split's gradients
+// concatenated), this writes every block in place.
+struct SwiGluBlocks : public torch::autograd::Function<SwiGluBlocks> {
+  // y [n, O] = x W^T into y (a block of a dense buffer), as linear_rows computes it.
+  static void linear_into(const at::Tensor& x, const at::Tensor& w, at::Tensor y) {
+    if (x.size(0) <= kernel::kFewRows) y.copy_(few_rows_forward(x, w));
+    else at::mm_out(y, x, w.t());
+  }
+  static void mm_into(const at::Tensor& a, const at::Tensor& b, at::Tensor y) { at::mm_out(y, a, b); }
+  // rows_t: the block sizes, int64 on the CPU.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& xs, const at::Tensor& rows_t, at::TensorList w) {
+    const std::vector<int64_t> rows(rows_t.data_ptr<int64_t>(), rows_t.data_ptr<int64_t>() + rows_t.numel());
+    const int64_t M = xs.size(0), I = w[0].size(0), O = w[2].size(0);
+    at::Tensor g = at::empty({M, I}, xs.options()), u = at::empty({M, I}, xs.options()), h = at::empty({M, I}, xs.options());
+    at::Tensor ys = at::empty({M, O}, xs.options());
+    at::NoGradGuard ng;
+    for (size_t k = 0, r0 = 0; k < rows.size(); r0 += rows[k], ++k) {
+      const at::Tensor x = xs.narrow(0, r0, rows[k]);
+      linear_into(x, w[3 * k], g.narrow(0, r0, rows[k]));
+      linear_into(x, w[3 * k + 1], u.narrow(0, r0, rows[k]));
+    }
+    silu_mul_into(g, u, h);
+    for (size_t k = 0, r0 = 0; k < rows.size(); r0 += rows[k], ++k)
+      linear_into(h.narrow(0, r0, rows[k]), w[3 * k + 2], ys.narrow(0, r0, rows[k]));
+    std::vector<at::Tensor> keep{xs, g, u, h};
+    keep.insert(keep.end(), w.begin(), w.end());
+    ctx->save_for_backward(keep);
+    ctx->saved_data["rows"] = rows;
+    return ys;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &xs = saved[0], &g = saved[1], &u = saved[2], &h = saved[3];
+    const std::vector<int64_t> rows = ctx->saved_data["rows"].toIntVector();
+    const at::Tensor gy = grads[0].contiguous();
+    at::Tensor gh = at::empty_like(h), gg = at::empty_like(g), gu = at::empty_like(u);
+    for (size_t k = 0, r0 = 0; k < rows.size(); r0 += rows[k], ++k) mm_into(gy.narrow(0, r0, rows[k]), saved[4 + 3 * k + 2], gh.narrow(0, r0, rows[k]));
+    silu_mul_backward_into(g, u, gh, gg, gu);
+    variable_list out(2 + 3 * rows.size());  // xs, rows_t (none), the weights
+    if (ctx->needs_input_grad(0)) out[0] = at::empty_like(xs);
+    for (size_t k = 0, r0 = 0; k < rows.size(); r0 += rows[k], ++k) {
+      const int64_t n = rows[k];
+      const at::Tensor x = xs.narrow(0, r0, n), ggk = gg.narrow(0, r0, n), guk = gu.narrow(0, r0, n);
+      const at::Tensor &wg = saved[4 + 3 * k], &wu = saved[5 + 3 * k];
+      if (out[0].defined()) {
+        at::Tensor gx = out[0].narrow(0, r0, n);
+        mm_into(ggk, wg, gx);
+        gx.addmm_(guk, wu);
+      }
+      if (ctx->needs_input_grad(2 + 3 * k)) out[2 + 3 * k] = ggk.t().mm(x);
+      if (ctx->needs_input_grad(3 + 3 * k)) out[3 + 3 * k] = guk.t().mm(x);
+      if (ctx->needs_input_grad(4 + 3 * k)) out[4 + 3 * k] = gy.narrow(0, r0, n).t().mm(h.narrow(0, r0, n));
+    }
+    return out;
+  }
+};
+
 // out [N, H] = 0, then out[token[i]] += weight[i] * ys[i] for i in order: token [M] int64 (each < N),
 // weight [M], ys [M, H] dense.
 struct ScatterWeighted : public torch::autograd::Function<ScatterWeighted> {
@@ -449,6 +510,23 @@ at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& wg, const at::Tens
   std::vector<int64_t> sz = x.sizes().vec();
   sz.back() = wd.size(0);
   return SwiGlu::apply(x.reshape({-1, H}).contiguous(), wg, wu, wd).view(sz);
+}
+
+at::Tensor swiglu_blocks(const at::Tensor& xs, const std::vector<int64_t>& rows, const std::vector<at::Tensor>& w) {
+  if (rows.empty() || w.size() != 3 * rows.size() || xs.dim() != 2 || !rows_kernel_takes({&xs})) return {};
+  const int64_t H = xs.size(1), I = w[0].size(0), O = w[2].size(0);
+  int64_t M = 0;
+  for (size_t k = 0; k < rows.size(); ++k) {
+    if (rows[k] < 1) return {};
+    M += rows[k];
+    const at::Tensor &wg = w[3 * k], &wu = w[3 * k + 1], &wd = w[3 * k + 2];
+    if (!rows_kernel_takes({&wg, &wu, &wd})) return {};
+    for (const at::Tensor* t : {&wg, &wu, &wd})
+      if (t->dim() != 2 || !t->is_contiguous()) return {};
+    if (wg.size(0) != I || wg.size(1) != H || wu.size(0) != I || wu.size(1) != H || wd.size(0) != O || wd.size(1) != I) return {};
+  }
+  if (M != xs.size(0)) return {};
+  return SwiGluBlocks::apply(xs.contiguous(), at::tensor(rows, at::kLong), at::TensorList(w));
 }
 
 at::Tensor swiglu_rows_t(const at::Tensor& x, const at::Tensor& wgT, const at::Tensor& wuT, const at::Tensor& wdT) {

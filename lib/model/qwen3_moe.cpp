@@ -248,23 +248,36 @@ at::Tensor SparseMoeImpl::dispatch_loop(const at::Tensor& x, const at::Tensor& s
   at::Tensor counts = at::bincount(slot_expert, {}, E + 1).to(at::kCPU);
   const int64_t* cnt = counts.data_ptr<int64_t>();
   const int64_t n_run = slot_expert.size(0) - cnt[E];
-  at::Tensor out = at::zeros_like(x);
-  if (n_run == 0) return out;
+  if (n_run == 0) return at::zeros_like(x);
   order = order.narrow(0, 0, n_run);
   at::Tensor token = at::div(order, K, "floor");
   at::Tensor xs = x.index_select(0, token);
   at::Tensor weight = gating.reshape({-1}).index_select(0, order).unsqueeze(1);
-  // One split into every expert's block, not a narrow per expert: the backward of a narrow fills a zero
-  // tensor the size of all of xs and adds its block in, so E narrows cost E times xs in the backward (the
-  // largest part of a train step at 64 experts); a split's backward concatenates the blocks' gradients once.
-  std::vector<at::Tensor> blocks = xs.split_with_sizes(at::IntArrayRef(cnt, E), 0);
-  std::vector<at::Tensor> parts;
-  for (int64_t e = 0; e < E; ++e)
-    if (cnt[e] > 0) parts.push_back(run_expert(e, blocks[e], transposed));
-  at::Tensor ys = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+  at::Tensor ys;
+  if (!transposed) {
+    // The CPU in float32: every expert's block in one node and one buffer (swiglu_blocks).
+    std::vector<int64_t> rows;
+    std::vector<at::Tensor> w;
+    for (int64_t e = 0; e < E; ++e)
+      if (cnt[e] > 0) {
+        rows.push_back(cnt[e]);
+        for (const Linear* l : {&experts[e]->gate_proj, &experts[e]->up_proj, &experts[e]->down_proj}) w.push_back((*l)->weight);
+      }
+    ys = swiglu_blocks(xs, rows, w);
+  }
+  if (!ys.defined()) {
+    // One split into every expert's block, not a narrow per expert: the backward of a narrow fills a zero
+    // tensor the size of all of xs and adds its block in, so E narrows cost E times xs in the backward (the
+    // largest part of a train step at 64 experts); a split's backward concatenates the blocks' gradients once.
+    std::vector<at::Tensor> blocks = xs.split_with_sizes(at::IntArrayRef(cnt, E), 0);
+    std::vector<at::Tensor> parts;
+    for (int64_t e = 0; e < E; ++e)
+      if (cnt[e] > 0) parts.push_back(run_expert(e, blocks[e], transposed));
+    ys = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+  }
   // Both add in index order: each row sums its experts in ascending expert order, as a loop would.
   if (at::Tensor y = scatter_weighted_rows(x.size(0), token, weight, ys); y.defined()) return y;  // CPU float32
-  return out.index_add_(0, token, ys * weight);
+  return at::zeros_like(x).index_add_(0, token, ys * weight);
 }
 
 // No host copy: every expert gets a block of C = N rows (an expert is chosen at most once per row), filled

@@ -415,3 +415,55 @@ TEST_CASE("swiglu_rows_t equals swiglu_rows from transposed weights, for more th
   CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({9, H + 1}), gT, uT, dT).defined());
   CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({9, H}), gT, uT, wd).defined());
 }
+
+TEST_CASE("swiglu_blocks equals swiglu_rows per block, concatenated: outputs and gradients, bit for bit", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");
+    return;
+  }
+  at::manual_seed(16);
+  const int64_t H = 20, I = 13, O = 24;
+  // Blocks of 1, 4 (linear_rows' kernel), 5 and 37 rows (matrix products); I = 13: a tail in every row of
+  // the gate activations, which swiglu_blocks runs over all blocks at once.
+  const std::vector<int64_t> rows{1, 37, 4, 5};
+  std::vector<at::Tensor> w;
+  for (size_t k = 0; k < rows.size(); ++k)
+    for (at::Tensor t : {at::randn({I, H}) * 1.5, at::randn({I, H}) * 0.3, at::randn({O, I}) * 0.3}) w.push_back(t.requires_grad_());
+  at::Tensor x = at::randn({47, H}).requires_grad_();
+  at::Tensor gy = at::randn({47, O});
+  at::Tensor got = moe::model::swiglu_blocks(x, rows, w);
+  REQUIRE(got.defined());
+  std::vector<at::Tensor> parts;
+  for (size_t k = 0, r0 = 0; k < rows.size(); r0 += rows[k], ++k)
+    parts.push_back(moe::model::swiglu_rows(x.narrow(0, r0, rows[k]), w[3 * k], w[3 * k + 1], w[3 * k + 2]));
+  at::Tensor want = at::cat(parts, 0);
+  CHECK(at::equal(got, want));
+  std::vector<at::Tensor> inputs{x};
+  inputs.insert(inputs.end(), w.begin(), w.end());
+  auto grads_of = [&](const at::Tensor& y) {
+    for (auto& t : inputs) t.mutable_grad().reset();
+    y.backward(gy, /*retain_graph=*/true);
+    std::vector<at::Tensor> g;
+    for (auto& t : inputs) g.push_back(t.grad().clone());
+    return g;
+  };
+  auto g1 = grads_of(got), g2 = grads_of(want);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    INFO("input " << i);
+    CHECK(at::equal(g1[i], g2[i]));
+  }
+  {  // without gradients: the same forward
+    at::NoGradGuard ng;
+    CHECK(at::equal(moe::model::swiglu_blocks(x, rows, w), want));
+  }
+  // Row counts that do not add up to x's rows, a block of none, shapes that do not fit, other dtypes: undefined.
+  CHECK_FALSE(moe::model::swiglu_blocks(x, {1, 37, 4, 4}, w).defined());
+  CHECK_FALSE(moe::model::swiglu_blocks(x, {0, 38, 4, 5}, w).defined());
+  CHECK_FALSE(moe::model::swiglu_blocks(x, {47}, w).defined());
+  std::vector<at::Tensor> bad = w;
+  bad[5] = at::randn({O, I + 1});
+  CHECK_FALSE(moe::model::swiglu_blocks(x, rows, bad).defined());
+  std::vector<at::Tensor> dbl;
+  for (auto& t : w) dbl.push_back(t.detach().to(at::kDouble));
+  CHECK_FALSE(moe::model::swiglu_blocks(x.detach().to(at::kDouble), rows, dbl).defined());
+}

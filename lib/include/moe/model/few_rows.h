@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <vector>
 
 namespace moe::model {
 
@@ -50,6 +51,14 @@ at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& wg, const at::Tens
 // kLinearRowsKernelRows (up to that, linear_rows' kernel reads the weights as they lie), else undefined: the
 // caller takes swiglu_rows.
 at::Tensor swiglu_rows_t(const at::Tensor& x, const at::Tensor& wgT, const at::Tensor& wuT, const at::Tensor& wdT);
+
+// A MoE layer's experts in one node: ys [M, O] for xs [M, H] whose rows come in blocks, rows[k] rows (>= 1)
+// through the SwiGLU MLP of w[3k] (gate), w[3k + 1] (up) [I, H] and w[3k + 2] (down) [O, I] (contiguous), as
+// swiglu_rows computes each block; one buffer for all blocks where swiglu_rows per block made one node and
+// one tensor each (then concatenated, and backward their gradients concatenated again). Differentiable in
+// xs and the weights; the same forward with and without gradients. Undefined when it does not apply (not
+// CPU float32, no few-rows kernel, shapes that do not fit): the caller takes swiglu_rows per block.
+at::Tensor swiglu_blocks(const at::Tensor& xs, const std::vector<int64_t>& rows, const std::vector<at::Tensor>& w);
 
 // A MoE layer's combine: out [N, H] = 0, then out[token[i]] += weight[i] * ys[i] for i in order (token [M]
 // int64 rows of out, weight [M] or [M, 1], ys [M, H]): mul and index_add_ in one pass, differentiable in
