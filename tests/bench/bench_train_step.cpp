@@ -111,7 +111,8 @@ int bench_body(int argc, char** argv) {
     else if (a == "--small-layers") small_layers = v();
     else if (a == "--reps") reps = std::max(2, v());
     else if (a == "--algo") algo = argv[i + 1];
-    else if (a == "--old-pass") full_old_pass = std::string(argv[i + 1]) == "full";
+    else if (a == "--old-pass" && (std::string(argv[i + 1]) == "full" || std::string(argv[i + 1]) == "defer"))
+      full_old_pass = std::string(argv[i + 1]) == "full";
     else if (a == "--isa") {
       if (!model::set_linear_rows_isa(argv[i + 1])) {
         std::fprintf(stderr, "--isa %s: not an instruction set this CPU has\n", argv[i + 1]);
@@ -125,7 +126,8 @@ int bench_body(int argc, char** argv) {
   at::set_num_threads(threads);
   const bool tuned = cli::tune_malloc();  // as every moe-* program does
   std::printf("bench_train_step: threads %d, algo %s, kernels %s, K=2 mini-batches, E=1, fp32 CPU, old pass %s, malloc %s\n", threads,
-              algo.c_str(), model::linear_rows_isa().c_str(), full_old_pass ? "full" : "deferred for the first mini-batch",
+              algo.c_str(), model::linear_rows_isa().c_str(),
+              full_old_pass ? "over every sequence" : "offers the first mini-batch to its update (where the trainer can take it: not rspo)",
               tuned ? "tuned as the moe-* programs (cli::tune_malloc)" : "glibc's defaults (MOEKIT_MALLOC=glibc or GLIBC_TUNABLES)");
   bench_one("tiny", model::preset_config("tiny", 98), seqs, P, R, algo, reps, full_old_pass);
   if (small_layers <= 0) return 0;

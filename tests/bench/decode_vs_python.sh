@@ -45,7 +45,7 @@ done
 for b in $batches; do
   rs=()
   for ((r = 0; r < reps; r++)); do
-    rs+=("$("$bench" gen "$dir/model" "$b" "$prompt" "$new" both "$threads" "$runs" 2>/dev/null | awk '/sampled \/ greedy/ {print substr($6, 2)}')")
+    rs+=("$("$bench" gen "$dir/model" "$b" "$prompt" "$new" both "$threads" "$runs" 2>/dev/null | awk '/sampled \/ greedy/ {print substr($7, 2)}')")
   done
   printf 'batch %4s moekit sampled / greedy x%.3f (in-process pairs; processes: %s)\n' "$b" "$(printf '%s\n' "${rs[@]}" | median)" "${rs[*]}"
 done
