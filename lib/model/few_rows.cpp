@@ -406,9 +406,9 @@ struct SwiGlu : public torch::autograd::Function<SwiGlu> {
 // node per expert made E nodes, their outputs concatenated (and, backward, the split's gradients
 // concatenated), this writes every block in place.
 struct SwiGluBlocks : public torch::autograd::Function<SwiGluBlocks> {
-  // y [n, O] = x W^T into y (a block of a dense buffer), as linear_rows computes it.
+  // y [n, O] = x W^T into y (a block of a dense buffer), as linear_rows computes it (its rule: takes_kernel).
   static void linear_into(const at::Tensor& x, const at::Tensor& w, at::Tensor y) {
-    if (x.size(0) <= kernel::kFewRows) y.copy_(few_rows_forward(x, w));
+    if (takes_kernel(x, w, x.size(0))) y.copy_(few_rows_forward(x, w));
     else at::mm_out(y, x, w.t());
   }
   static void mm_into(const at::Tensor& a, const at::Tensor& b, at::Tensor y) { at::mm_out(y, a, b); }
