@@ -318,6 +318,58 @@ struct RmsNormRows : public torch::autograd::Function<RmsNormRows> {
   }
 };
 
+// h2 and a2 [n, H] dense, w [H]: x = h2 + a2 and y = RMSNorm(x), each [n, H], inv [n]. The backward takes
+// x's own gradient (the residual stream's) with y's: gx + RMSNorm's backward, the sum the autograd engine
+// would form, once for both inputs.
+struct AddRmsNormRows : public torch::autograd::Function<AddRmsNormRows> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& h2, const at::Tensor& a2, const at::Tensor& w, double eps) {
+    const int64_t n = h2.size(0), H = h2.size(1);
+    at::Tensor x = at::empty_like(h2), y = at::empty_like(h2), inv = at::empty({n}, h2.options());
+    const float *hp = h2.data_ptr<float>(), *ap = a2.data_ptr<float>(), *wp = w.data_ptr<float>();
+    float *xp = x.data_ptr<float>(), *yp = y.data_ptr<float>(), *ip = inv.data_ptr<float>();
+    at::parallel_for(0, n, rows_grain(H), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        float* xr = xp + r * H;
+        for (int64_t i = 0; i < H; ++i) xr[i] = hp[r * H + i] + ap[r * H + i];
+        ip[r] = kernel::rms_norm_row(xr, wp, H, static_cast<float>(eps), yp + r * H);
+      }
+    });
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({x, w, inv});
+    return {x, y};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &inv = saved[2];
+    const at::Tensor gx = grads[0].defined() ? grads[0].contiguous() : at::Tensor();
+    if (!grads[1].defined()) return {gx, gx, at::Tensor(), at::Tensor()};
+    const at::Tensor gy = grads[1].contiguous();
+    const int64_t n = x.size(0), H = x.size(1);
+    const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *ip = inv.data_ptr<float>(), *gp = gy.data_ptr<float>();
+    const float* gxp = gx.defined() ? gx.data_ptr<float>() : nullptr;
+    at::Tensor g;
+    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
+      g = at::empty_like(x);
+      float* op = g.data_ptr<float>();
+      at::parallel_for(0, n, rows_grain(H), [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          float* o = op + r * H;
+          kernel::rms_norm_row_backward(xp + r * H, wp, ip[r], gp + r * H, H, o);
+          if (gxp)
+            for (int64_t i = 0; i < H; ++i) o[i] += gxp[r * H + i];
+        }
+      });
+    }
+    at::Tensor gw;
+    if (ctx->needs_input_grad(2)) {  // rows in order, one thread
+      gw = at::zeros_like(w);
+      float* gwp = gw.data_ptr<float>();
+      for (int64_t r = 0; r < n; ++r) kernel::add_scaled_product(gp + r * H, xp + r * H, ip[r], H, gwp);
+    }
+    return {g, g, gw, at::Tensor()};
+  }
+};
+
 // x [B, T, N, D] dense, w [D], cos and sin [B, T, D] dense: y [B, N, T, D] (the heads' layout attention
 // takes), inv [B, T, N].
 struct NormRopeRows : public torch::autograd::Function<NormRopeRows> {
@@ -569,6 +621,15 @@ at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps) {
   const int64_t H = w.size(0);
   at::Tensor y = RmsNormRows::apply(x.reshape({-1, H}).contiguous(), w.contiguous(), eps);
   return y.view(x.sizes());
+}
+
+std::vector<at::Tensor> add_rms_norm_rows(const at::Tensor& h, const at::Tensor& a, const at::Tensor& w, double eps) {
+  if (!rows_kernel_takes({&h, &a, &w}) || w.dim() != 1 || h.dim() < 1 || h.sizes() != a.sizes() || h.size(-1) != w.size(0) ||
+      h.numel() == 0)
+    return {};
+  const int64_t H = w.size(0);
+  variable_list r = AddRmsNormRows::apply(h.reshape({-1, H}).contiguous(), a.reshape({-1, H}).contiguous(), w.contiguous(), eps);
+  return {r[0].view(h.sizes()), r[1].view(h.sizes())};
 }
 
 at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cos, const at::Tensor& sin, double eps) {

@@ -18,6 +18,8 @@
 #include <map>
 #include <set>
 #include <regex>
+#include <tuple>
+#include <utility>
 
 #include "moe/algo/router.h"
 #include "moe/io/error.h"
@@ -525,27 +527,40 @@ struct LayerArgs {
 };
 
 struct LayerOutput {
-  at::Tensor hidden, indices, probs, probs_at, router_logits;
+  at::Tensor hidden, normed, indices, probs, probs_at, router_logits;
 };
 
+// {h + a, n(h + a)}: the residual add and the norm after it in one pass where the kernel applies.
+std::pair<at::Tensor, at::Tensor> add_norm(const at::Tensor& h, const at::Tensor& a, RMSNormImpl& n) {
+  if (std::vector<at::Tensor> r = add_rms_norm_rows(h, a, n.weight, n.eps); !r.empty()) return {r[0], r[1]};
+  at::Tensor x = h + a;
+  return {x, n.forward(x)};
+}
+
 // One decoder layer: attention (into the KV cache when cache_k is defined), then the MoE or dense MLP, each
-// with its residual. The one body of the plain and the activation-checkpointed paths.
-LayerOutput run_layer(DecoderLayer layer, const at::Tensor& h, const LayerArgs& a, const at::Tensor& cache_k = {},
-                      const at::Tensor& cache_v = {}, int64_t past = 0) {
-  at::Tensor x = h + layer->self_attn->forward(layer->input_layernorm(h), a.cos, a.sin, a.allowed, cache_k, cache_v, past);
-  at::Tensor y = layer->post_attention_layernorm(x);
+// with its residual. The one body of the plain and the activation-checkpointed paths. hn is
+// input_layernorm(h) when the caller has it (the layer before computed it with its residual add), else
+// undefined; with next (the norm that follows: the next layer's input_layernorm or the final norm), the last
+// residual add and that norm run as one, o.normed = next(o.hidden).
+LayerOutput run_layer(DecoderLayer layer, const at::Tensor& h, const at::Tensor& hn, RMSNormImpl* next, const LayerArgs& a,
+                      const at::Tensor& cache_k = {}, const at::Tensor& cache_v = {}, int64_t past = 0) {
+  at::Tensor attn = layer->self_attn->forward(hn.defined() ? hn : layer->input_layernorm(h), a.cos, a.sin, a.allowed, cache_k, cache_v, past);
+  auto [x, y] = add_norm(h, attn, *layer->post_attention_layernorm);
+  at::Tensor mlp;
   LayerOutput o;
   if (!layer->moe) {
-    o.hidden = x + layer->dense(y);
-    return o;
+    mlp = layer->dense(y);
+  } else {
+    MoeLayerOutput r = layer->moe->forward(y.reshape({a.N, -1}), a.mode, a.indices, a.logits, a.valid, a.probs_at, a.want_logits,
+                                           a.want_capture, a.run_rows, a.differentiable);
+    mlp = r.hidden.view(x.sizes());
+    o.indices = r.indices;
+    o.probs = r.probs;
+    o.probs_at = r.probs_at;
+    o.router_logits = r.router_logits;
   }
-  MoeLayerOutput r = layer->moe->forward(y.reshape({a.N, -1}), a.mode, a.indices, a.logits, a.valid, a.probs_at, a.want_logits,
-                                         a.want_capture, a.run_rows, a.differentiable);
-  o.hidden = x + r.hidden.view(x.sizes());
-  o.indices = r.indices;
-  o.probs = r.probs;
-  o.probs_at = r.probs_at;
-  o.router_logits = r.router_logits;
+  if (next) std::tie(o.hidden, o.normed) = add_norm(x, mlp, *next);
+  else o.hidden = x + mlp;
   return o;
 }
 
@@ -676,6 +691,7 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
   std::vector<at::Tensor> cap_i, cap_p, out_pat, out_logits;
   // Padding rows skip the experts (their outputs are never read by a real token).
   at::Tensor run_rows = attention_mask.defined() ? valid : at::Tensor();
+  at::Tensor hn;  // norm(h) for the layer or final norm that takes h next, when the layer before computed it
   int64_t moe_ix = 0;
   for (size_t i = 0; i < layers.size(); ++i) {
     auto& layer = layers[i];
@@ -690,15 +706,21 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
       // differentiated pass, so the recomputed outputs are the first run's bit for bit.
       a.differentiable = true;
       auto run = [layer, a](const std::vector<at::Tensor>& in) -> std::vector<at::Tensor> {
-        LayerOutput r = run_layer(layer, in[0], a);
+        LayerOutput r = run_layer(layer, in[0], at::Tensor(), nullptr, a);
         return {r.hidden, r.probs_at, r.router_logits, r.indices, r.probs};
       };
       std::vector<at::Tensor> t = checkpoint(run, {h}, 3);
-      o = {t[0], t[3], t[4], t[1], t[2]};
+      o.hidden = t[0];
+      o.indices = t[3];
+      o.probs = t[4];
+      o.probs_at = t[1];
+      o.router_logits = t[2];
     } else {
-      o = run_layer(layer, h, a, cache ? cache->k[i] : at::Tensor(), cache ? cache->v[i] : at::Tensor(), past);
+      RMSNormImpl* next = i + 1 < layers.size() ? layers[i + 1]->input_layernorm.get() : norm.get();
+      o = run_layer(layer, h, hn, next, a, cache ? cache->k[i] : at::Tensor(), cache ? cache->v[i] : at::Tensor(), past);
     }
     h = o.hidden;
+    hn = o.normed;  // undefined after a checkpointed layer: the next one norms its own input
     if (layer->moe) {
       if (opt.capture_routing) {
         cap_i.push_back(o.indices);
@@ -710,7 +732,7 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
     }
   }
   if (cache) cache->len = S;
-  h = norm(h);
+  h = hn.defined() ? hn : norm(h);
   if (opt.last_logits_only) h = h.slice(1, T - 1);
   ForwardOutput out;
   if (opt.hidden_only) out.hidden = h;

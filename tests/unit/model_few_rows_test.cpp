@@ -312,6 +312,55 @@ TEST_CASE("rms_norm_rows and norm_rope_rows equal their tensor operations, with 
   CHECK_FALSE(moe::model::norm_rope_rows(at::randn({1, 2, 1, 3}), at::ones({3}), at::ones({1, 2, 3}), at::ones({1, 2, 3}), 1e-6).defined());
 }
 
+TEST_CASE("add_rms_norm_rows is the residual add then rms_norm_rows, bit for bit, with gradients", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");
+    return;
+  }
+  at::manual_seed(13);
+  for (int64_t H : {5, 96, 131}) {
+    // Which outputs the loss reads: both (x's gradient is the residual's plus RMSNorm's), y only (x's
+    // gradient undefined, as after the last layer), x only (y's undefined).
+    for (int used : {3, 2, 1}) {
+      INFO("row length " << H << ", outputs used " << used);
+      at::Tensor h = at::randn({2, 9, H}) * 2, a = at::randn({2, 9, H}), w = at::randn({H});
+      at::Tensor gx = at::randn({2, 9, H}), gy = at::randn({2, 9, H});
+      auto run = [&](bool fused) {
+        at::Tensor hh = h.clone().requires_grad_(), aa = a.clone().requires_grad_(), ww = w.clone().requires_grad_();
+        at::Tensor x, y;
+        if (fused) {
+          std::vector<at::Tensor> r = moe::model::add_rms_norm_rows(hh, aa, ww, 1e-6);
+          REQUIRE(r.size() == 2);
+          x = r[0];
+          y = r[1];
+        } else {
+          x = hh + aa;
+          y = moe::model::rms_norm_rows(x, ww, 1e-6);
+        }
+        at::Tensor loss = at::zeros({});
+        if (used & 1) loss = loss + (x * gx).sum();
+        if (used & 2) loss = loss + (y * gy).sum();
+        loss.backward();
+        return std::vector<at::Tensor>{x.detach(), y.detach(), hh.grad(), aa.grad(), ww.grad()};
+      };
+      std::vector<at::Tensor> ours = run(true), ref = run(false);
+      for (size_t i = 0; i < ours.size(); ++i) {
+        INFO("result " << i << " (x, y, dh, da, dw)");
+        REQUIRE(ours[i].defined() == ref[i].defined());
+        if (ref[i].defined()) CHECK(at::equal(ours[i], ref[i]));
+      }
+      CHECK(at::equal(ours[2], ours[3]));  // h and a get one gradient
+      if (!(used & 2)) CHECK_FALSE(ours[4].defined());
+      at::NoGradGuard ng;
+      std::vector<at::Tensor> r = moe::model::add_rms_norm_rows(h, a, w, 1e-6);
+      CHECK(at::equal(r[0], ours[0]));
+      CHECK(at::equal(r[1], ours[1]));
+    }
+  }
+  CHECK(moe::model::add_rms_norm_rows(at::randn({2, 4}, at::kDouble), at::randn({2, 4}, at::kDouble), at::ones({4}, at::kDouble), 1e-6).empty());
+  CHECK(moe::model::add_rms_norm_rows(at::randn({2, 4}), at::randn({4, 2}), at::ones({4}), 1e-6).empty());  // shapes differ
+}
+
 TEST_CASE("the row kernels' results do not depend on the threads", "[model][few_rows]") {
   if (isas().size() == 1) {
     WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");

@@ -37,6 +37,11 @@ at::Tensor attention_blocks(const at::Tensor& qg, const at::Tensor& k, const at:
 // squares in another order; the exponential within 2 ulp).
 // RMSNorm, float32 throughout: w * (x * rsqrt(mean(x^2, -1) + eps)), x [..., H], w [H].
 at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps);
+// The residual add and the next RMSNorm in one pass: {x, y} with x = h + a and y = RMSNorm(x) as
+// rms_norm_rows, h and a of one shape [..., H]. Backward, x's gradient and RMSNorm's sum in the same pass
+// (the sum the autograd engine forms for a tensor used twice, bit for bit); h and a get that one tensor. Empty
+// when it does not apply.
+std::vector<at::Tensor> add_rms_norm_rows(const at::Tensor& h, const at::Tensor& a, const at::Tensor& w, double eps);
 // Attention's q/k norm then rotary embedding: x [B, T, N, D] (N heads), w [D], cos and sin [B, T, D] ->
 // [B, N, T, D] contiguous: RMSNorm(x) * cos + rotate_half(RMSNorm(x)) * sin, heads before positions.
 at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cos, const at::Tensor& sin, double eps);
