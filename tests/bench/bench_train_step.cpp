@@ -2,9 +2,10 @@
 // backward / optimizer, and peak RSS, on the tiny preset and a small-real-MoE-shaped preset ("small", with
 // its layer count cut so that weights + Adam state fit a laptop; the per-layer shapes are the real ones).
 //
-//   bench_train_step [--threads N] [--seqs N] [--prompt P] [--response R] [--small-layers L] [--algo A] [--isa I]
-//                    [--reps N] [--old-pass defer|full]
-//   (--algo sft: no old pass, the SFT loss; --small-layers 0: the tiny preset only; --isa none: without the
+//   bench_train_step [--threads N] [--seqs N] [--prompt P] [--response R] [--small-layers L] [--small-seqs N]
+//                    [--algo A] [--isa I] [--reps N] [--old-pass defer|full]
+//   (--algo sft: no old pass, the SFT loss; --small-layers 0: the tiny preset only; --seqs 0: the small preset
+//   only; --small-seqs: its sequences, by default max(4, seqs / 8); --isa none: without the
 //   few-rows kernels, so attention takes libtorch's matrix products, for a side-by-side comparison; --reps N: run
 //   N steps (at least 2; the first warms up allocators) and report the median of the others; --old-pass full:
 //   the old pass over every sequence, where moe-train-step leaves the first mini-batch's to that update's
@@ -98,7 +99,7 @@ void bench_one(const std::string& label, model::ModelConfig c, int seqs, int P, 
 }  // namespace
 
 int bench_body(int argc, char** argv) {
-  int threads = 2, seqs = 64, P = 12, R = 24, small_layers = 2, reps = 2;
+  int threads = 2, seqs = 64, P = 12, R = 24, small_layers = 2, small_seqs = -1, reps = 2;
   std::string algo = "rspo";
   bool full_old_pass = false;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -109,10 +110,17 @@ int bench_body(int argc, char** argv) {
     else if (a == "--prompt") P = v();
     else if (a == "--response") R = v();
     else if (a == "--small-layers") small_layers = v();
+    else if (a == "--small-seqs") small_seqs = v();
     else if (a == "--reps") reps = std::max(2, v());
     else if (a == "--algo") algo = argv[i + 1];
-    else if (a == "--old-pass" && (std::string(argv[i + 1]) == "full" || std::string(argv[i + 1]) == "defer"))
-      full_old_pass = std::string(argv[i + 1]) == "full";
+    else if (a == "--old-pass") {
+      const std::string m = argv[i + 1];
+      if (m != "full" && m != "defer") {
+        std::fprintf(stderr, "--old-pass %s: defer or full\n", m.c_str());
+        return 2;
+      }
+      full_old_pass = m == "full";
+    }
     else if (a == "--isa") {
       if (!model::set_linear_rows_isa(argv[i + 1])) {
         std::fprintf(stderr, "--isa %s: not an instruction set this CPU has\n", argv[i + 1]);
@@ -129,11 +137,12 @@ int bench_body(int argc, char** argv) {
               algo.c_str(), model::linear_rows_isa().c_str(),
               full_old_pass ? "over every sequence" : "offers the first mini-batch to its update (where the trainer can take it: not rspo)",
               tuned ? "tuned as the moe-* programs (cli::tune_malloc)" : "glibc's defaults (MOEKIT_MALLOC=glibc or GLIBC_TUNABLES)");
-  bench_one("tiny", model::preset_config("tiny", 98), seqs, P, R, algo, reps, full_old_pass);
+  if (seqs > 0) bench_one("tiny", model::preset_config("tiny", 98), seqs, P, R, algo, reps, full_old_pass);
   if (small_layers <= 0) return 0;
+  if (small_seqs < 1) small_seqs = std::max(4, seqs / 8);
   auto small = model::preset_config("small", 98);
   small.num_hidden_layers = small_layers;
-  bench_one("small/" + std::to_string(small_layers) + "L", small, std::max(4, seqs / 8), P, R, algo, reps, full_old_pass);
+  bench_one("small/" + std::to_string(small_layers) + "L", small, small_seqs, P, R, algo, reps, full_old_pass);
   return 0;
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Python eager reference of tests/bench/train_vs_python.sh: one train step of transformers'
-Qwen3MoeForCausalLM (eager attention, float32, CPU) on a moekit model dir, the same work as the `tiny` line
-of `bench_train_step`: SEQS sequences of PROMPT + RESPONSE random tokens (response tokens train), two
+Qwen3MoeForCausalLM (eager attention, float32, CPU) on a moekit model dir, the same work as the `tiny` (or
+`small/8L`) line of `bench_train_step`: SEQS sequences of PROMPT + RESPONSE random tokens (response tokens train), two
 mini-batches, each a forward, a backward, global-norm clipping at 1.0 and an AdamW step (lr 1e-4, betas
 0.9/0.999, eps 1e-8, no weight decay, moekit's defaults).
   sft:  loss = mean over response tokens of -log p(token)
