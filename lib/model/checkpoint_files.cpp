@@ -81,6 +81,16 @@ void carry_over_files(const std::string& old_dir, const std::string& staged) {
   }
 }
 
+void write_companions(const std::string& staged, const std::string& old_dir, const std::string& config_json,
+                      const std::vector<std::pair<std::string, std::string>>& files) {
+  io::write_new_file(staged + "/config.json", config_json);
+  for (const auto& [name, contents] : files) {
+    if (name.empty() || name.find('/') != std::string::npos) throw Error("save: bad file name '" + name + "'");
+    io::write_new_file(staged + "/" + name, contents);
+  }
+  carry_over_files(old_dir, staged);
+}
+
 std::vector<std::pair<std::string, std::string>> companion_files(const std::string& model_dir) {
   std::vector<std::pair<std::string, std::string>> out;
   for (const auto& n : entries(model_dir)) {

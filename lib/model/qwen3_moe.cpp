@@ -906,14 +906,9 @@ void save_model(Qwen3Moe& m, const std::string& dir, const std::vector<std::pair
   try {
     ModelConfig cfg = m->config();
     cfg.torch_dtype = torch_dtype_name(m->embed_weight.scalar_type());
-    io::write_new_file(staged + "/config.json", config_to_json(cfg).dump(2) + "\n");
     write_weights(staged, weights.empty() ? named_weights(m) : weights, max_shard_bytes);
-    for (const auto& [name, contents] : extra_files) {
-      if (name.empty() || name.find('/') != std::string::npos) throw Error("save_model: bad file name '" + name + "'");
-      io::write_new_file(staged + "/" + name, contents);
-    }
     if (add_files) add_files(staged);
-    carry_over_files(d, staged);
+    write_companions(staged, d, config_to_json(cfg).dump(2) + "\n", extra_files);
     io::sync_dir(staged);
     io::replace_dir(staged, d);
   } catch (...) {

@@ -385,14 +385,7 @@ void save_sharded(Communicator& comm, const std::string& dir_in, const model::Mo
       part["optimizer_bytes"] = o_bytes;
       w_shards.clear();
       o_shards.clear();
-      if (rank == 0) {
-        io::write_new_file(staged + "/config.json", model::config_to_json(mc).dump(2) + "\n");
-        for (const auto& [name, contents] : files) {
-          if (name.empty() || name.find('/') != std::string::npos) throw Error("save: bad file name '" + name + "'");
-          io::write_new_file(staged + "/" + name, contents);
-        }
-        model::carry_over_files(dir, staged);
-      }
+      if (rank == 0) model::write_companions(staged, dir, model::config_to_json(mc).dump(2) + "\n", files);
     } catch (...) {
       err = std::current_exception();
       failed[rank] = 1;

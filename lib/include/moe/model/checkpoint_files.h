@@ -31,6 +31,11 @@ void write_weights(const std::string& dir, std::vector<std::pair<std::string, at
 void check_carry_over(const std::string& old_dir);
 void carry_over_files(const std::string& old_dir, const std::string& staged);
 
+// The rest of a staged checkpoint beside its tensors: config.json (its text), the caller's files (name ->
+// contents; an empty name or one with '/' throws moe::Error), then carry_over_files from old_dir. New files.
+void write_companions(const std::string& staged, const std::string& old_dir, const std::string& config_json,
+                      const std::vector<std::pair<std::string, std::string>>& files);
+
 // The files of model_dir a training step carries into its output dir (name -> contents): every regular
 // file but the weight files, config.json, optimizer.safetensors and trainer_state.json (written anew).
 std::vector<std::pair<std::string, std::string>> companion_files(const std::string& model_dir);
