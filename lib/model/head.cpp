@@ -22,10 +22,13 @@ at::Tensor chunk_logits(const at::Tensor& h, const at::Tensor& w, double tempera
 }
 
 // Differentiable in hidden [N, H] and weight [V, H]; outputs logp [N] and entropy [N] (empty when not asked).
-// The backward recomputes each chunk's logits: d logp/dz = onehot - p, d H/dz = -p (log p + H).
+// The backward recomputes each chunk's logits: d logp/dz = onehot - p, d H/dz = -p (log p + H); but with
+// keep_logp (a pass that will run backward, all rows in one chunk: a small vocabulary or few rows) the
+// forward keeps its log p, at most one chunk's memory, and the backward runs no second product (recomputing
+// would give the same bits).
 struct ChunkedHead : public torch::autograd::Function<ChunkedHead> {
   static variable_list forward(AutogradContext* ctx, at::Tensor hidden, at::Tensor weight, at::Tensor targets,
-                               double temperature, bool want_entropy, int64_t chunk) {
+                               double temperature, bool want_entropy, int64_t chunk, bool keep_logp) {
     const int64_t N = hidden.size(0);
     at::Tensor logp = at::empty({N}, hidden.options().dtype(at::kFloat));
     at::Tensor ent = want_entropy ? at::empty({N}, logp.options()) : at::empty({0}, logp.options());
@@ -34,10 +37,9 @@ struct ChunkedHead : public torch::autograd::Function<ChunkedHead> {
       at::Tensor z = chunk_logits(hidden.narrow(0, s, n), weight, temperature);  // [n, V]
       at::Tensor lse = at::logsumexp(z, -1);                                     // [n]
       logp.narrow(0, s, n).copy_(z.gather(1, targets.narrow(0, s, n).unsqueeze(1)).squeeze(1) - lse);
-      if (want_entropy) {
-        z.sub_(lse.unsqueeze(1));  // log p
-        ent.narrow(0, s, n).copy_(-(z.exp() * z).sum(-1));
-      }
+      if (want_entropy || keep_logp) z.sub_(lse.unsqueeze(1));  // log p
+      if (want_entropy) ent.narrow(0, s, n).copy_(-(z.exp() * z).sum(-1));
+      if (keep_logp) ctx->saved_data["logp"] = z;
     }
     ctx->save_for_backward({hidden, weight, targets});
     ctx->saved_data["temperature"] = temperature;
@@ -55,15 +57,20 @@ struct ChunkedHead : public torch::autograd::Function<ChunkedHead> {
     const at::Tensor g_ent = grads.size() > 1 && grads[1].defined() && grads[1].numel() > 0 ? grads[1] : at::Tensor();
     const int64_t N = hidden.size(0);
     at::Tensor grad_h, grad_w;
-    if (!g_logp.defined() && !g_ent.defined()) return {grad_h, grad_w, {}, {}, {}, {}};
+    if (!g_logp.defined() && !g_ent.defined()) return {grad_h, grad_w, {}, {}, {}, {}, {}};
     const bool need_h = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1);
     if (need_h) grad_h = at::empty_like(hidden);
     if (need_w) grad_w = at::zeros(weight.sizes(), weight.options().dtype(at::kFloat));
     for (int64_t s = 0; s < N; s += chunk) {
       const int64_t n = std::min(chunk, N - s);
       at::Tensor h = hidden.narrow(0, s, n);
-      at::Tensor z = chunk_logits(h, weight, temperature);
-      z.sub_(at::logsumexp(z, -1, true));  // log p
+      at::Tensor z;
+      if (ctx->saved_data.count("logp")) {  // one chunk: the forward's
+        z = ctx->saved_data["logp"].toTensor();
+      } else {
+        z = chunk_logits(h, weight, temperature);
+        z.sub_(at::logsumexp(z, -1, true));  // log p
+      }
       at::Tensor p = z.exp();
       at::Tensor gz = at::zeros_like(p);  // dL/dz, z = logits / T
       if (g_logp.defined()) {
@@ -80,7 +87,7 @@ struct ChunkedHead : public torch::autograd::Function<ChunkedHead> {
       if (need_w) grad_w.addmm_(gz.t(), h.to(at::kFloat));
     }
     if (need_w) grad_w = grad_w.to(weight.scalar_type());
-    return {grad_h, grad_w, {}, {}, {}, {}};
+    return {grad_h, grad_w, {}, {}, {}, {}, {}};
   }
 };
 
@@ -97,7 +104,8 @@ HeadOutput head_logprobs(const at::Tensor& hidden, const at::Tensor& weight, con
   const int64_t chunk = chunk_rows > 0 ? chunk_rows : head_chunk_rows(weight.size(0));
   const int64_t H = hidden.size(-1);
   at::Tensor t = targets.reshape({-1}).to(hidden.device(), at::kLong);
-  auto out = ChunkedHead::apply(hidden.reshape({-1, H}), weight, t, temperature, want_entropy, chunk);
+  const bool keep_logp = t.size(0) <= chunk && at::GradMode::is_enabled() && (hidden.requires_grad() || weight.requires_grad());
+  auto out = ChunkedHead::apply(hidden.reshape({-1, H}), weight, t, temperature, want_entropy, chunk, keep_logp);
   HeadOutput r;
   r.logp = out[0].view(targets.sizes());
   if (want_entropy) r.entropy = out[1].view(targets.sizes());

@@ -47,14 +47,18 @@ TEST_CASE("chunked head: gradients in hidden and weight equal autograd's through
   const int64_t B = 2, T = 9, H = 12, V = 67;
   at::Tensor h0 = at::randn({B, T, H}), w0 = at::randn({V, H}) * 0.3, y = at::randint(V, {B, T});
   at::Tensor a = at::randn({B, T}), c = at::randn({B, T});
+  // chunk 4: every chunk's logits recomputed by the backward; 1000: all rows in one chunk, whose log p the
+  // forward keeps (the backward runs no product of its own).
+  for (int64_t chunk : {4, 1000})
   for (bool with_entropy : {false, true}) {
+    INFO("chunk " << chunk << ", entropy " << with_entropy);
     const double temp = 0.8;
     at::Tensor h1 = h0.clone().requires_grad_(), w1 = w0.clone().requires_grad_();
     Plain ref = plain(h1, w1, y, temp);
     at::Tensor l1 = (a * ref.logp).sum() + (with_entropy ? (c * ref.entropy).sum() : at::zeros({}));
     l1.backward();
     at::Tensor h2 = h0.clone().requires_grad_(), w2 = w0.clone().requires_grad_();
-    auto r = head_logprobs(h2, w2, y, temp, true, 4);  // the entropy output exists; it takes part iff with_entropy
+    auto r = head_logprobs(h2, w2, y, temp, true, chunk);  // the entropy output exists; it takes part iff with_entropy
     at::Tensor l2 = (a * r.logp).sum() + (with_entropy ? (c * r.entropy).sum() : at::zeros({}));
     l2.backward();
     CHECK(std::abs(l1.item<double>() - l2.item<double>()) < 1e-4);
