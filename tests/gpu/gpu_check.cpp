@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
   const std::string cmd = argc > 1 ? argv[1] : "";
   try {
     if (cmd == "devices") {
-      std::printf("%zu\n", torch::cuda::device_count());
+      std::printf("%lld\n", static_cast<long long>(torch::cuda::device_count()));  // size_t in libtorch 1.13, int in 2.x
       return 0;
     }
     if (cmd == "parity" && argc >= 3) {
