@@ -60,9 +60,9 @@ std::string safetensors_dtype(c10::ScalarType t) {
 at::Tensor SafetensorsFile::get(const std::string& name, c10::optional<c10::ScalarType> dtype) const {
   const TensorEntry& e = entry(name);
   c10::ScalarType st = scalar_type_of(e.dtype);
-  // Copy straight out of the mapping; the tensor owns its memory so the file may be closed afterwards.
+  // Read straight into the tensor, which owns its memory: the file may be closed afterwards.
   at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(st));
-  if (e.end > e.begin) std::memcpy(t.data_ptr(), bytes(e), e.end - e.begin);
+  if (e.end > e.begin) read_bytes(e, t.data_ptr());
   if (dtype && *dtype != st) {
     if (!at::isFloatingType(st) || !at::isFloatingType(*dtype))
       throw Error(path() + ": tensor '" + name + "' of dtype " + e.dtype + " cannot be converted to " + c10::toString(*dtype));

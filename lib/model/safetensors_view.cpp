@@ -64,6 +64,20 @@ SafetensorsView::~SafetensorsView() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+void SafetensorsView::read_bytes(const TensorEntry& e, void* dst) const {
+  constexpr size_t kPiece = size_t{64} << 20;
+  auto* out = static_cast<uint8_t*>(dst);
+  const size_t n = e.end - e.begin;
+  const off_t at = static_cast<off_t>(data_start_ + e.begin);
+  for (size_t done = 0; done < n;) {
+    const ssize_t r = ::pread(fd_, out + done, std::min(kPiece, n - done), at + static_cast<off_t>(done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw Error(path_ + ": read: " + std::strerror(errno));
+    if (r == 0) throw Error(path_ + ": truncated since it was opened (" + std::to_string(done) + " of " + std::to_string(n) + " bytes of a tensor read)");
+    done += static_cast<size_t>(r);
+  }
+}
+
 const TensorEntry& SafetensorsView::entry(const std::string& name) const {
   auto it = entries_.find(name);
   if (it == entries_.end()) throw Error(path_ + ": no tensor '" + name + "'");

@@ -205,6 +205,11 @@ TEST_CASE("safetensors rejects broken files", "[model]") {
   len3[0] = static_cast<char>(hdr3.size());
   CHECK_THROWS_WITH(try_bytes(len3 + hdr3 + "x"), Catch::Contains("unknown dtype"));
   CHECK_THROWS_AS(SafetensorsFile(dir + "/missing.safetensors"), moe::Error);
+  // Cut short after it was opened (another process rewriting it): an error naming the file, not SIGBUS.
+  write_safetensors(dir + "/cut.safetensors", {{"w", at::randn({64, 64})}});
+  SafetensorsFile cut(dir + "/cut.safetensors");
+  REQUIRE(::truncate((dir + "/cut.safetensors").c_str(), 4096) == 0);
+  CHECK_THROWS_WITH(cut.get("w"), Catch::Contains("cut.safetensors") && Catch::Contains("truncated since it was opened"));
 }
 
 // ---------------------------------------------------------------- weights
