@@ -1,5 +1,6 @@
-// safetensors files (u64 LE header length, JSON header, contiguous little-endian data), read by mmap
-// and written atomically; sharded checkpoints through model.safetensors.index.json.
+// safetensors files (u64 LE header length, JSON header, contiguous little-endian data): the header parsed
+// from a mapping, tensors read with pread, files written atomically; sharded checkpoints through
+// model.safetensors.index.json.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
@@ -15,8 +16,8 @@
 
 namespace moe::model {
 
-// One memory-mapped safetensors file (the header checks of SafetensorsView), whose tensors are copied out
-// one at a time as libtorch tensors.
+// One memory-mapped safetensors file (the header checks of SafetensorsView), whose tensors are read
+// (SafetensorsView::read_bytes) one at a time as libtorch tensors.
 class SafetensorsFile : public SafetensorsView {
  public:
   using SafetensorsView::SafetensorsView;
