@@ -581,6 +581,23 @@ at::Tensor swiglu_blocks(const at::Tensor& xs, const std::vector<int64_t>& rows,
   return SwiGluBlocks::apply(xs.contiguous(), at::tensor(rows, at::kLong), at::TensorList(w));
 }
 
+namespace {
+// a [m, n] b [n, D], both dense float32 on the CPU, by the kernel's matmul_rows: groups of 4 rows over the
+// threads (each element is summed alike whatever the split).
+at::Tensor matmul_rows(const at::Tensor& a, const at::Tensor& b) {
+  const int64_t m = a.size(0), n = a.size(1), D = b.size(1);
+  at::Tensor y = at::empty({m, D}, a.options());
+  const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t groups = (m + 3) / 4;
+  at::parallel_for(0, groups, std::max<int64_t>(1, 65536 / std::max<int64_t>(4 * n * D, 1)), [&](int64_t g0, int64_t g1) {
+    const int64_t r0 = 4 * g0, r1 = std::min(m, 4 * g1);
+    kernel::matmul_rows(ap + r0 * n, n, r1 - r0, bp, n, D, D, yp + r0 * D, D);
+  });
+  return y;
+}
+}  // namespace
+
 at::Tensor swiglu_rows_t(const at::Tensor& x, const at::Tensor& wgT, const at::Tensor& wuT, const at::Tensor& wdT) {
   if (!rows_kernel_takes({&x, &wgT, &wuT, &wdT}) || x.dim() != 2 || x.size(0) <= kLinearRowsKernelRows) return {};
   for (const at::Tensor* w : {&wgT, &wuT, &wdT})
@@ -589,10 +606,10 @@ at::Tensor swiglu_rows_t(const at::Tensor& x, const at::Tensor& wgT, const at::T
   if (wgT.size(0) != H || wuT.size(0) != H || wuT.size(1) != I || wdT.size(0) != I) return {};
   at::NoGradGuard ng;
   const at::Tensor x2 = x.contiguous();
-  at::Tensor g = at::mm(x2, wgT), u = at::mm(x2, wuT);
+  at::Tensor g = matmul_rows(x2, wgT), u = matmul_rows(x2, wuT);
   at::Tensor h = at::empty_like(g);
   silu_mul_into(g, u, h);
-  return at::mm(h, wdT);
+  return matmul_rows(h, wdT);
 }
 
 bool copy_4d(const at::Tensor& dst, const at::Tensor& src) {

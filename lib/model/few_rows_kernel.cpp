@@ -248,9 +248,9 @@ __attribute__((target("avx2,fma"))) void combine_rows_avx2(const float* a, const
 
 // M rows of A (up to 4) against NV vectors of X's columns (up to 3), the last partial unless FULL: M * NV
 // independent FMA chains sharing each load of X (one row's NV chains wait on FMA latency: a third of the
-// peak at NV = 3). Term j is skipped when every row's A[r][j] is 0; each element's sum is in j order, one
-// fused multiply-add per term, as combine_chunk's.
-template <int M, int NV, bool FULL>
+// peak at NV = 3). With SKIP, term j is skipped when every row's A[r][j] is 0 (attention's masked keys);
+// each element's sum is in j order, one fused multiply-add per term, as combine_chunk's.
+template <int M, int NV, bool FULL, bool SKIP>
 __attribute__((target("avx2,fma"))) inline void combine_block(const float* A, int64_t lda, const float* X, int64_t n, int64_t ldx,
                                                               float* Y, int64_t ldy, __m256i last) {
   __m256 acc[M][NV];
@@ -260,14 +260,16 @@ __attribute__((target("avx2,fma"))) inline void combine_block(const float* A, in
     for (int c = 0; c < NV; ++c) acc[r][c] = _mm256_setzero_ps();
   }
   for (int64_t j = 0; j < n; ++j) {
-    uint32_t bits = 0;  // the rows' terms without their signs: 0 when every one is +-0
-    MOE_UNROLL
-    for (int r = 0; r < M; ++r) {
-      uint32_t u;
-      std::memcpy(&u, A + r * lda + j, sizeof u);
-      bits |= u << 1;
+    if constexpr (SKIP) {
+      uint32_t bits = 0;  // the rows' terms without their signs: 0 when every one is +-0
+      MOE_UNROLL
+      for (int r = 0; r < M; ++r) {
+        uint32_t u;
+        std::memcpy(&u, A + r * lda + j, sizeof u);
+        bits |= u << 1;
+      }
+      if (bits == 0) continue;
     }
-    if (bits == 0) continue;
     const float* xr = X + j * ldx;
     __m256 x[NV];
     MOE_UNROLL
@@ -291,22 +293,43 @@ __attribute__((target("avx2,fma"))) inline void combine_block(const float* A, in
   }
 }
 
-template <int M, int NV>
+template <int M, int NV, bool SKIP>
 __attribute__((target("avx2,fma"))) inline void combine_block(const float* A, int64_t lda, const float* X, int64_t n, int64_t ldx,
                                                               float* Y, int64_t ldy, int64_t left) {
-  if (left >= 8 * NV) return combine_block<M, NV, true>(A, lda, X, n, ldx, Y, ldy, __m256i{});
-  combine_block<M, NV, false>(A, lda, X, n, ldx, Y, ldy, tail_mask(left - 8 * (NV - 1)));
+  if (left >= 8 * NV) return combine_block<M, NV, true, SKIP>(A, lda, X, n, ldx, Y, ldy, __m256i{});
+  combine_block<M, NV, false, SKIP>(A, lda, X, n, ldx, Y, ldy, tail_mask(left - 8 * (NV - 1)));
+}
+
+// Columns [d, d + 24) of M rows: up to 3 vectors, only as many as are left.
+template <int M, bool SKIP>
+__attribute__((target("avx2,fma"))) inline void combine_columns(const float* A, int64_t lda, const float* X, int64_t n, int64_t D,
+                                                                int64_t ldx, float* Y, int64_t ldy, int64_t d) {
+  const int64_t left = D - d;
+  switch (std::min<int64_t>(3, (left + 7) / 8)) {
+    case 1: return combine_block<M, 1, SKIP>(A, lda, X + d, n, ldx, Y + d, ldy, left);
+    case 2: return combine_block<M, 2, SKIP>(A, lda, X + d, n, ldx, Y + d, ldy, left);
+    default: return combine_block<M, 3, SKIP>(A, lda, X + d, n, ldx, Y + d, ldy, left);
+  }
 }
 
 template <int M>
 __attribute__((target("avx2,fma"))) void combine_row_block_avx2(const float* A, int64_t lda, const float* X, int64_t n, int64_t D,
                                                                 int64_t ldx, float* Y, int64_t ldy) {
-  for (int64_t d = 0; d < D; d += 24) {  // up to 3 vectors at a time, only as many as are left
-    const int64_t left = D - d;
-    switch (std::min<int64_t>(3, (left + 7) / 8)) {
-      case 1: combine_block<M, 1>(A, lda, X + d, n, ldx, Y + d, ldy, left); break;
-      case 2: combine_block<M, 2>(A, lda, X + d, n, ldx, Y + d, ldy, left); break;
-      default: combine_block<M, 3>(A, lda, X + d, n, ldx, Y + d, ldy, left); break;
+  for (int64_t d = 0; d < D; d += 24) combine_columns<M, true>(A, lda, X, n, D, ldx, Y, ldy, d);
+}
+
+// matmul_rows: 24 columns at a time (X's block of them stays in L1), every row of A against them, 4 rows at
+// a time (12 accumulators, 3 loads of X and 4 broadcasts of A per term), the last 1-3 rows alone.
+__attribute__((target("avx2,fma"))) void matmul_rows_avx2(const float* A, int64_t lda, int64_t m, const float* X, int64_t n,
+                                                          int64_t D, int64_t ldx, float* Y, int64_t ldy) {
+  for (int64_t d = 0; d < D; d += 24) {
+    int64_t r = 0;
+    for (; r + 4 <= m; r += 4) combine_columns<4, false>(A + r * lda, lda, X, n, D, ldx, Y + r * ldy, ldy, d);
+    switch (m - r) {
+      case 1: combine_columns<1, false>(A + r * lda, lda, X, n, D, ldx, Y + r * ldy, ldy, d); break;
+      case 2: combine_columns<2, false>(A + r * lda, lda, X, n, D, ldx, Y + r * ldy, ldy, d); break;
+      case 3: combine_columns<3, false>(A + r * lda, lda, X, n, D, ldx, Y + r * ldy, ldy, d); break;
+      default: break;
     }
   }
 }
@@ -631,6 +654,11 @@ void combine_row_block(const float* A, int64_t lda, int64_t m, const float* X, i
   }
 }
 
+void matmul_rows(const float* A, int64_t lda, int64_t m, const float* X, int64_t n, int64_t D, int64_t ldx, float* Y, int64_t ldy) {
+  if (g_isa == Isa::none) throw std::logic_error("matmul_rows: no kernel selected");
+  matmul_rows_avx2(A, lda, m, X, n, D, ldx, Y, ldy);
+}
+
 void softmax_row(const float* s, const bool* allowed, float scale, int64_t n, float* p) {
   if (g_isa == Isa::none) throw std::logic_error("softmax_row: no kernel selected");
   softmax_row_avx2(s, allowed, scale, n, p);
@@ -671,6 +699,9 @@ void combine_rows(const float*, const float*, int64_t, int64_t, int64_t, float*)
 }
 void combine_row_block(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t) {
   throw std::logic_error("combine_row_block: no kernel for this architecture");
+}
+void matmul_rows(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t) {
+  throw std::logic_error("matmul_rows: no kernel for this architecture");
 }
 void softmax_row(const float*, const bool*, float, int64_t, float*) {
   throw std::logic_error("softmax_row: no kernel for this architecture");

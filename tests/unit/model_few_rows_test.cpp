@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -457,24 +458,43 @@ TEST_CASE("swiglu_rows equals down(silu(gate(x)) * up(x)), with gradients in x a
   CHECK_FALSE(moe::model::swiglu_rows(at::randn({2, 3}), at::randn({4, 5}), at::randn({4, 3}), at::randn({3, 4})).defined());
 }
 
-TEST_CASE("swiglu_rows_t equals swiglu_rows from transposed weights, for more than 4 rows", "[model][few_rows]") {
+TEST_CASE("swiglu_rows_t equals swiglu_rows from transposed weights, for more than 4 rows, whatever the rows beside and the threads", "[model][few_rows]") {
   if (isas().size() == 1) {
     WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");
     return;
   }
   at::manual_seed(15);
   at::NoGradGuard ng;
-  const int64_t H = 20, I = 13, O = 24;
-  at::Tensor wg = at::randn({I, H}) * 1.5, wu = at::randn({I, H}) * 0.3, wd = at::randn({O, I}) * 0.3;
-  at::Tensor gT = wg.t().contiguous(), uT = wu.t().contiguous(), dT = wd.t().contiguous();
-  for (int64_t n : {5, 37, 300}) {
-    INFO("rows " << n);
-    at::Tensor x = at::randn({n, H});
-    at::Tensor got = moe::model::swiglu_rows_t(x, gT, uT, dT);
-    REQUIRE(got.defined());
-    CHECK(got.sizes() == at::IntArrayRef({n, O}));
-    CHECK(max_rel(got, moe::model::swiglu_rows(x, wg, wu, wd)) < 1e-6);
+  const int threads = at::get_num_threads();
+  // The products run 24 columns and 4 rows at a time: widths with every kind of last block of columns (13: one
+  // of 2 vectors, the second partial; 24: 3 whole; 50: 24 + 24 + 2; 40: 24 + 2 whole vectors), row counts
+  // with every remainder of 4.
+  for (auto [H, I, O] : {std::array<int64_t, 3>{20, 13, 24}, std::array<int64_t, 3>{33, 50, 40}}) {
+    at::Tensor wg = at::randn({I, H}) * 1.5, wu = at::randn({I, H}) * 0.3, wd = at::randn({O, I}) * 0.3;
+    at::Tensor gT = wg.t().contiguous(), uT = wu.t().contiguous(), dT = wd.t().contiguous();
+    for (int64_t n : {5, 6, 7, 8, 37, 300}) {
+      INFO("H " << H << " I " << I << " O " << O << ", rows " << n);
+      at::Tensor x = at::randn({n, H});
+      at::Tensor got = moe::model::swiglu_rows_t(x, gT, uT, dT);
+      REQUIRE(got.defined());
+      CHECK(got.sizes() == at::IntArrayRef({n, O}));
+      CHECK(max_rel(got, moe::model::swiglu_rows(x, wg, wu, wd)) < 1e-6);
+      // A row's bits depend neither on the rows beside it (the rows in two calls of more than 4 rows each: 18
+      // and 19 of 37, 150 and 150 of 300, so the 4-row groups fall elsewhere) nor on the threads.
+      if (const int64_t a = n / 2; a > moe::model::kLinearRowsKernelRows) {
+        at::Tensor parts = at::cat({moe::model::swiglu_rows_t(x.narrow(0, 0, a), gT, uT, dT),
+                                    moe::model::swiglu_rows_t(x.narrow(0, a, n - a), gT, uT, dT)});
+        CHECK(at::equal(parts, got));
+      }
+      at::set_num_threads(threads == 1 ? 2 : 1);
+      at::Tensor other = moe::model::swiglu_rows_t(x, gT, uT, dT);
+      at::set_num_threads(threads);
+      CHECK(at::equal(other, got));
+    }
   }
+  const int64_t H = 20, I = 13, O = 24;
+  at::Tensor wg = at::randn({I, H}), wu = at::randn({I, H}), wd = at::randn({O, I});
+  at::Tensor gT = wg.t().contiguous(), uT = wu.t().contiguous(), dT = wd.t().contiguous();
   // Up to 4 rows (linear_rows' kernel), weights not lying transposed, other dtypes, wrong shapes: undefined.
   CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({4, H}), gT, uT, dT).defined());
   CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({9, H}), wg.t(), uT, dT).defined());
