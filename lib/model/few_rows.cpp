@@ -582,34 +582,56 @@ at::Tensor swiglu_blocks(const at::Tensor& xs, const std::vector<int64_t>& rows,
 }
 
 namespace {
-// a [m, n] b [n, D], both dense float32 on the CPU, by the kernel's matmul_rows: groups of 4 rows over the
-// threads (each element is summed alike whatever the split).
-at::Tensor matmul_rows(const at::Tensor& a, const at::Tensor& b) {
-  const int64_t m = a.size(0), n = a.size(1), D = b.size(1);
+// a [m, in] W^T [in, out] from W's panels, a dense float32 on the CPU: groups of 4 rows over the threads
+// (each element is summed alike whatever the split).
+at::Tensor matmul_packed(const at::Tensor& a, const PackedWeight& w) {
+  const int64_t m = a.size(0), n = w.in, D = w.out;
   at::Tensor y = at::empty({m, D}, a.options());
-  const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
+  const float *ap = a.data_ptr<float>(), *pp = w.panels.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t groups = (m + 3) / 4;
   at::parallel_for(0, groups, std::max<int64_t>(1, 65536 / std::max<int64_t>(4 * n * D, 1)), [&](int64_t g0, int64_t g1) {
     const int64_t r0 = 4 * g0, r1 = std::min(m, 4 * g1);
-    kernel::matmul_rows(ap + r0 * n, n, r1 - r0, bp, n, D, D, yp + r0 * D, D);
+    kernel::matmul_panels(ap + r0 * n, n, r1 - r0, pp, n, D, yp + r0 * D, D);
   });
   return y;
 }
+
+// w was packed by pack_weight and x's rows are its inputs, more of them than linear_rows' kernel takes.
+bool packed_takes(const at::Tensor& x, const PackedWeight& w) {
+  return w.defined() && rows_kernel_takes({&x}) && x.dim() >= 1 && x.size(-1) == w.in && w.in > 0 &&
+         x.numel() / w.in > kLinearRowsKernelRows;
+}
 }  // namespace
 
-at::Tensor swiglu_rows_t(const at::Tensor& x, const at::Tensor& wgT, const at::Tensor& wuT, const at::Tensor& wdT) {
-  if (!rows_kernel_takes({&x, &wgT, &wuT, &wdT}) || x.dim() != 2 || x.size(0) <= kLinearRowsKernelRows) return {};
-  for (const at::Tensor* w : {&wgT, &wuT, &wdT})
-    if (w->dim() != 2 || !w->is_contiguous()) return {};
-  const int64_t H = x.size(1), I = wgT.size(1);
-  if (wgT.size(0) != H || wuT.size(0) != H || wuT.size(1) != I || wdT.size(0) != I) return {};
+PackedWeight pack_weight(const at::Tensor& w) {
+  if (!rows_kernel_takes({&w}) || w.dim() != 2) return {};
+  const int64_t out = w.size(0), in = w.size(1);
+  const at::Tensor wc = w.detach().contiguous();
+  PackedWeight p{at::empty({(out + kernel::kPanel - 1) / kernel::kPanel, in, kernel::kPanel}, wc.options()), out, in};
+  kernel::pack_panels(wc.data_ptr<float>(), out, in, p.panels.data_ptr<float>());
+  return p;
+}
+
+at::Tensor linear_packed(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias) {
+  if (!packed_takes(x, w)) return {};
+  if (bias.defined() && (!rows_kernel_takes({&bias}) || bias.dim() != 1 || bias.size(0) != w.out)) return {};
+  at::NoGradGuard ng;
+  std::vector<int64_t> sz = x.sizes().vec();
+  sz.back() = w.out;
+  at::Tensor y = matmul_packed(x.reshape({-1, w.in}).contiguous(), w);
+  if (bias.defined()) y.add_(bias);
+  return y.view(sz);
+}
+
+at::Tensor swiglu_packed(const at::Tensor& x, const PackedWeight& g, const PackedWeight& u, const PackedWeight& d) {
+  if (!packed_takes(x, g) || x.dim() != 2 || !u.defined() || u.in != g.in || u.out != g.out || !d.defined() || d.in != g.out) return {};
   at::NoGradGuard ng;
   const at::Tensor x2 = x.contiguous();
-  at::Tensor g = matmul_rows(x2, wgT), u = matmul_rows(x2, wuT);
-  at::Tensor h = at::empty_like(g);
-  silu_mul_into(g, u, h);
-  return matmul_rows(h, wdT);
+  at::Tensor gx = matmul_packed(x2, g), ux = matmul_packed(x2, u);
+  at::Tensor h = at::empty_like(gx);
+  silu_mul_into(gx, ux, h);
+  return matmul_packed(h, d);
 }
 
 bool copy_4d(const at::Tensor& dst, const at::Tensor& src) {

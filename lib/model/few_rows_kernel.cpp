@@ -300,35 +300,38 @@ __attribute__((target("avx2,fma"))) inline void combine_block(const float* A, in
   combine_block<M, NV, false, SKIP>(A, lda, X, n, ldx, Y, ldy, tail_mask(left - 8 * (NV - 1)));
 }
 
-// Columns [d, d + 24) of M rows: up to 3 vectors, only as many as are left.
+// The next 24 columns of M rows (X and Y at their first), `left` of them left: up to 3 vectors, only as many
+// as are left.
 template <int M, bool SKIP>
-__attribute__((target("avx2,fma"))) inline void combine_columns(const float* A, int64_t lda, const float* X, int64_t n, int64_t D,
-                                                                int64_t ldx, float* Y, int64_t ldy, int64_t d) {
-  const int64_t left = D - d;
+__attribute__((target("avx2,fma"))) inline void combine_columns(const float* A, int64_t lda, const float* X, int64_t n, int64_t ldx,
+                                                                float* Y, int64_t ldy, int64_t left) {
   switch (std::min<int64_t>(3, (left + 7) / 8)) {
-    case 1: return combine_block<M, 1, SKIP>(A, lda, X + d, n, ldx, Y + d, ldy, left);
-    case 2: return combine_block<M, 2, SKIP>(A, lda, X + d, n, ldx, Y + d, ldy, left);
-    default: return combine_block<M, 3, SKIP>(A, lda, X + d, n, ldx, Y + d, ldy, left);
+    case 1: return combine_block<M, 1, SKIP>(A, lda, X, n, ldx, Y, ldy, left);
+    case 2: return combine_block<M, 2, SKIP>(A, lda, X, n, ldx, Y, ldy, left);
+    default: return combine_block<M, 3, SKIP>(A, lda, X, n, ldx, Y, ldy, left);
   }
 }
 
 template <int M>
 __attribute__((target("avx2,fma"))) void combine_row_block_avx2(const float* A, int64_t lda, const float* X, int64_t n, int64_t D,
                                                                 int64_t ldx, float* Y, int64_t ldy) {
-  for (int64_t d = 0; d < D; d += 24) combine_columns<M, true>(A, lda, X, n, D, ldx, Y, ldy, d);
+  for (int64_t d = 0; d < D; d += 24) combine_columns<M, true>(A, lda, X + d, n, ldx, Y + d, ldy, D - d);
 }
 
-// matmul_rows: 24 columns at a time (X's block of them stays in L1), every row of A against them, 4 rows at
-// a time (12 accumulators, 3 loads of X and 4 broadcasts of A per term), the last 1-3 rows alone.
-__attribute__((target("avx2,fma"))) void matmul_rows_avx2(const float* A, int64_t lda, int64_t m, const float* X, int64_t n,
-                                                          int64_t D, int64_t ldx, float* Y, int64_t ldy) {
-  for (int64_t d = 0; d < D; d += 24) {
+// matmul_panels: panel by panel (24 columns of X: 96 bytes a term, read in order), every row of A against it,
+// 4 rows at a time (12 accumulators, 3 loads of the panel and 4 broadcasts of A per term), the last 1-3 rows
+// alone.
+__attribute__((target("avx2,fma"))) void matmul_panels_avx2(const float* A, int64_t lda, int64_t m, const float* P, int64_t n,
+                                                            int64_t D, float* Y, int64_t ldy) {
+  static_assert(kPanel == 24, "a panel is combine_columns' 3 vectors");
+  for (int64_t d = 0; d < D; d += kPanel) {
+    const float* X = P + d * n;  // panel d / kPanel: [n, kPanel]
     int64_t r = 0;
-    for (; r + 4 <= m; r += 4) combine_columns<4, false>(A + r * lda, lda, X, n, D, ldx, Y + r * ldy, ldy, d);
+    for (; r + 4 <= m; r += 4) combine_columns<4, false>(A + r * lda, lda, X, n, kPanel, Y + r * ldy + d, ldy, D - d);
     switch (m - r) {
-      case 1: combine_columns<1, false>(A + r * lda, lda, X, n, D, ldx, Y + r * ldy, ldy, d); break;
-      case 2: combine_columns<2, false>(A + r * lda, lda, X, n, D, ldx, Y + r * ldy, ldy, d); break;
-      case 3: combine_columns<3, false>(A + r * lda, lda, X, n, D, ldx, Y + r * ldy, ldy, d); break;
+      case 1: combine_columns<1, false>(A + r * lda, lda, X, n, kPanel, Y + r * ldy + d, ldy, D - d); break;
+      case 2: combine_columns<2, false>(A + r * lda, lda, X, n, kPanel, Y + r * ldy + d, ldy, D - d); break;
+      case 3: combine_columns<3, false>(A + r * lda, lda, X, n, kPanel, Y + r * ldy + d, ldy, D - d); break;
       default: break;
     }
   }
@@ -654,9 +657,9 @@ void combine_row_block(const float* A, int64_t lda, int64_t m, const float* X, i
   }
 }
 
-void matmul_rows(const float* A, int64_t lda, int64_t m, const float* X, int64_t n, int64_t D, int64_t ldx, float* Y, int64_t ldy) {
-  if (g_isa == Isa::none) throw std::logic_error("matmul_rows: no kernel selected");
-  matmul_rows_avx2(A, lda, m, X, n, D, ldx, Y, ldy);
+void matmul_panels(const float* A, int64_t lda, int64_t m, const float* P, int64_t n, int64_t D, float* Y, int64_t ldy) {
+  if (g_isa == Isa::none) throw std::logic_error("matmul_panels: no kernel selected");
+  matmul_panels_avx2(A, lda, m, P, n, D, Y, ldy);
 }
 
 void softmax_row(const float* s, const bool* allowed, float scale, int64_t n, float* p) {
@@ -700,8 +703,8 @@ void combine_rows(const float*, const float*, int64_t, int64_t, int64_t, float*)
 void combine_row_block(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t) {
   throw std::logic_error("combine_row_block: no kernel for this architecture");
 }
-void matmul_rows(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t) {
-  throw std::logic_error("matmul_rows: no kernel for this architecture");
+void matmul_panels(const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t) {
+  throw std::logic_error("matmul_panels: no kernel for this architecture");
 }
 void softmax_row(const float*, const bool*, float, int64_t, float*) {
   throw std::logic_error("softmax_row: no kernel for this architecture");
@@ -710,5 +713,17 @@ void softmax_row_backward(const float*, float, float, int64_t, float*) {
   throw std::logic_error("softmax_row_backward: no kernel for this architecture");
 }
 #endif
+
+// Plain loops (once per weight; no instruction set needed).
+void pack_panels(const float* w, int64_t D, int64_t n, float* P) {
+  for (int64_t d0 = 0; d0 < D; d0 += kPanel) {
+    float* panel = P + d0 * n;
+    const int64_t cols = std::min(kPanel, D - d0);
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t c = 0; c < cols; ++c) panel[j * kPanel + c] = w[(d0 + c) * n + j];
+      for (int64_t c = cols; c < kPanel; ++c) panel[j * kPanel + c] = 0.f;
+    }
+  }
+}
 
 }  // namespace moe::model::kernel

@@ -160,7 +160,18 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) {
   weight = register_parameter("weight", at::empty({out, in}));
   if (with_bias) bias = register_parameter("bias", at::zeros({out}));
 }
-at::Tensor LinearImpl::forward(const at::Tensor& x) { return linear_rows(x, weight, bias); }
+at::Tensor LinearImpl::forward(const at::Tensor& x) {
+  if (packed_ && !at::GradMode::is_enabled()) {
+    if (!wp_.defined() && 4 * weight.numel() <= (int64_t{4} << 20)) wp_ = pack_weight(weight);
+    if (at::Tensor y = linear_packed(x, wp_, bias); y.defined()) return y;
+  }
+  return linear_rows(x, weight, bias);
+}
+
+void LinearImpl::set_packed(bool on) {
+  packed_ = on;
+  wp_ = PackedWeight();
+}
 
 MlpImpl::MlpImpl(int64_t hidden, int64_t inner) {
   gate_proj = register_module("gate_proj", Linear(hidden, inner, false));
@@ -228,14 +239,14 @@ at::Tensor SparseMoeImpl::run_expert(size_t e, const at::Tensor& xe, bool transp
   const int64_t bytes = 4 * (wg.numel() + m->up_proj->weight.numel() + m->down_proj->weight.numel());
   if (transposed && xe.size(0) > kLinearRowsKernelRows && bytes <= (int64_t{4} << 20) && wg.device().is_cpu() &&
       wg.scalar_type() == at::kFloat) {
-    if (wt_.size() != 3 * experts.size()) wt_.assign(3 * experts.size(), at::Tensor());
-    at::Tensor* t = &wt_[3 * e];
+    if (wt_.size() != 3 * experts.size()) wt_.assign(3 * experts.size(), PackedWeight());
+    PackedWeight* t = &wt_[3 * e];
     if (!t[0].defined()) {
-      t[0] = m->gate_proj->weight.t().contiguous();
-      t[1] = m->up_proj->weight.t().contiguous();
-      t[2] = m->down_proj->weight.t().contiguous();
+      t[0] = pack_weight(m->gate_proj->weight);
+      t[1] = pack_weight(m->up_proj->weight);
+      t[2] = pack_weight(m->down_proj->weight);
     }
-    if (at::Tensor y = swiglu_rows_t(xe, t[0], t[1], t[2]); y.defined()) return y;
+    if (at::Tensor y = swiglu_packed(xe, t[0], t[1], t[2]); y.defined()) return y;
   }
   return experts[e]->forward(xe);
 }
@@ -489,11 +500,16 @@ std::vector<at::Tensor> Qwen3MoeImpl::router_parameters() {
 
 void Qwen3MoeImpl::set_expert_kernel(ExpertKernel k) {
   if (k == ExpertKernel::grouped && !grouped_mm_available()) k = ExpertKernel::padded;
-  for (auto& l : layers)
+  const bool packed = k == ExpertKernel::transposed;
+  for (auto& l : layers) {
     if (l->moe) {
       l->moe->kernel = k;
-      if (k != ExpertKernel::transposed) l->moe->drop_transposed();
+      if (!packed) l->moe->drop_transposed();
+      l->moe->gate->set_packed(packed);
     }
+    for (Linear* p : {&l->self_attn->q_proj, &l->self_attn->k_proj, &l->self_attn->v_proj, &l->self_attn->o_proj}) (*p)->set_packed(packed);
+  }
+  if (lm_head) lm_head->set_packed(packed);
 }
 
 ExpertKernel Qwen3MoeImpl::expert_kernel() const {
@@ -736,7 +752,7 @@ ForwardOutput Qwen3MoeImpl::forward(const at::Tensor& input_ids, const at::Tenso
   if (opt.last_logits_only) h = h.slice(1, T - 1);
   ForwardOutput out;
   if (opt.hidden_only) out.hidden = h;
-  else out.logits = linear_rows(h, lm_head_weight());
+  else out.logits = lm_head ? lm_head(h) : linear_rows(h, embed_weight);
   // Per-layer [N, x] results -> [B, T, L, x]; a model without MoE layers gives empty L axes.
   auto stack = [&](const std::vector<at::Tensor>& v, int64_t last, c10::ScalarType st) {
     return v.empty() ? at::empty({B, T, 0, last}, at::TensorOptions().dtype(st).device(dev)) : at::stack(v, 1).view({B, T, L, last});

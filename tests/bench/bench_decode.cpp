@@ -6,7 +6,7 @@
 //       pairs of sampled / greedy tokens per CPU second (the machine's drift cancels within a pair).
 //   bench_decode experts THREADS [TOKENS...]
 //       the expert dispatch of one MoE layer at a Qwen3-30B-A3B shape (hidden 2048, 128 experts, top-8,
-//       moe_intermediate 768) and at the tiny preset's, random weights: the host loop, the loop on transposed weights (rollout::generate's,
+//       moe_intermediate 768) and at the tiny preset's, random weights: the host loop, the loop on packed weights (rollout::generate's,
 //       copies made in the first of the interleaved runs), the padded batched matmul (and at::_grouped_mm where
 //       the libtorch has it), tokens/s, outputs compared.
 //   bench_decode bandwidth THREADS [LAYERS=8] [BATCHES...=1 2 4]
@@ -20,6 +20,10 @@
 //       256x1024, an expert's gate/up 256x1024 and down 1024x256): model::linear_rows (the decode path)
 //       against at::linear (a matrix product, which repacks the weight) and at::mv per row, interleaved,
 //       over 64 distinct weights so that every call reads its weight from memory; GB/s of weight read.
+//   bench_decode products THREADS
+//       x W^T for 5-512 rows at the tiny and small presets' shapes: model::linear_packed (generation's products,
+//       from packed panels of W^T) against at::mm on W^T and at::linear on W, interleaved, best of 9, over 8
+//       distinct weights in turn; GFLOP/s and the time ratios.
 //   bench_decode save MODEL_DIR PRESET   writes a randomly initialised model (for the Python side).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -294,6 +298,50 @@ int few_rows(int argc, char** argv) {
   return 0;
 }
 
+int products(int argc, char** argv) {
+  if (argc < 3) return 2;
+  banner(moe::bench::arg_int(argv[2]));
+  at::NoGradGuard ng;
+  struct Shape {
+    int64_t rows, H, O;
+  };
+  // tiny: q/o and an expert's products 96x96, k/v 96 -> 48; small: q/o 1024x1024, an expert's gate/up 1024 -> 256
+  // and down 256 -> 1024.
+  const Shape shapes[] = {{16, 96, 96},     {64, 96, 96},     {256, 96, 96},    {512, 96, 48},     {5, 1024, 1024},
+                          {64, 1024, 1024}, {256, 1024, 1024}, {16, 1024, 256}, {64, 1024, 256},  {64, 256, 1024}};
+  for (const Shape& s : shapes) {
+    std::vector<at::Tensor> w, wT;
+    std::vector<model::PackedWeight> wp;
+    for (int i = 0; i < 8; ++i) {
+      w.push_back(at::randn({s.O, s.H}));
+      wT.push_back(w.back().t().contiguous());
+      wp.push_back(model::pack_weight(w.back()));
+    }
+    at::Tensor x = at::randn({s.rows, s.H});
+    double t_ours = 1e30, t_mm = 1e30, t_lin = 1e30, diff = 0;
+    const int inner = std::max<int64_t>(1, (int64_t{1} << 24) / (s.rows * s.H * s.O));  // ~16 M multiply-adds a run
+    for (int rep = 0; rep < 9; ++rep) {
+      double t0 = now();
+      for (int k = 0; k < inner; ++k)
+        for (auto& p : wp) model::linear_packed(x, p);
+      t_ours = std::min(t_ours, now() - t0);
+      t0 = now();
+      for (int k = 0; k < inner; ++k)
+        for (auto& t : wT) at::mm(x, t);
+      t_mm = std::min(t_mm, now() - t0);
+      t0 = now();
+      for (int k = 0; k < inner; ++k)
+        for (auto& t : w) at::linear(x, t);
+      t_lin = std::min(t_lin, now() - t0);
+    }
+    for (size_t i = 0; i < w.size(); ++i) diff = std::max(diff, (model::linear_packed(x, wp[i]) - at::linear(x, w[i])).abs().max().item<double>());
+    const double gf = 2.0 * s.rows * s.H * s.O * inner * w.size() / 1e9;
+    std::printf("  %4lld rows x [%4lld -> %4lld]: linear_packed %5.1f GFLOP/s, at::mm(W^T) %5.1f (x%.2f), at::linear %5.1f (x%.2f); max diff %.1e\n",
+                (long long)s.rows, (long long)s.H, (long long)s.O, gf / t_ours, gf / t_mm, t_mm / t_ours, gf / t_lin, t_lin / t_ours, diff);
+  }
+  return 0;
+}
+
 int save(int argc, char** argv) {
   if (argc < 4) return 2;
   model::ModelConfig cfg = model::preset_config(argv[3], 98);
@@ -312,6 +360,7 @@ int bench_body(int argc, char** argv) {
   else if (what == "save") rc = save(argc, argv);
   else if (what == "bandwidth") rc = bandwidth(argc, argv);
   else if (what == "few-rows") rc = few_rows(argc, argv);
+  else if (what == "products") rc = products(argc, argv);
   if (rc == 2) std::fprintf(stderr, "usage: see the comment at the top of tests/bench/bench_decode.cpp\n");
   return rc;
 }

@@ -458,7 +458,60 @@ TEST_CASE("swiglu_rows equals down(silu(gate(x)) * up(x)), with gradients in x a
   CHECK_FALSE(moe::model::swiglu_rows(at::randn({2, 3}), at::randn({4, 5}), at::randn({4, 3}), at::randn({3, 4})).defined());
 }
 
-TEST_CASE("swiglu_rows_t equals swiglu_rows from transposed weights, for more than 4 rows, whatever the rows beside and the threads", "[model][few_rows]") {
+TEST_CASE("linear_packed sums each output in order, one fused multiply-add per term, for more than 4 rows", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");
+    return;
+  }
+  at::manual_seed(16);
+  at::NoGradGuard ng;
+  // Panels of 24 outputs, 4 rows at a time: outputs with every kind of last panel (1, 13: partial vectors;
+  // 24: one whole panel; 40: 24 + 2 whole vectors; 50: 24 + 24 + 2), row counts with every remainder of 4.
+  for (int64_t H : {1, 20, 33}) {
+    for (int64_t O : {1, 13, 24, 40, 50}) {
+      at::Tensor w = at::randn({O, H}), b = at::randn({O});
+      const moe::model::PackedWeight p = moe::model::pack_weight(w);
+      REQUIRE(p.defined());
+      CHECK(p.panels.sizes() == at::IntArrayRef({(O + 23) / 24, H, 24}));
+      for (int64_t n : {5, 6, 7, 8, 37}) {
+        INFO("H " << H << " O " << O << ", rows " << n);
+        at::Tensor x = at::randn({n, H});
+        // The kernel's contract, computed here by std::fma: y[r][o] = fma(x[r][H-1], w[o][H-1], ... fma(x[r][0],
+        // w[o][0], 0)), then + b[o] in float.
+        at::Tensor want = at::empty({n, O}), want_b = at::empty({n, O});
+        const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>();
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t o = 0; o < O; ++o) {
+            float acc = 0.f;
+            for (int64_t j = 0; j < H; ++j) acc = std::fma(xp[r * H + j], wp[o * H + j], acc);
+            want[r][o] = acc;
+            want_b[r][o] = acc + bp[o];
+          }
+        at::Tensor got = moe::model::linear_packed(x, p);
+        REQUIRE(got.defined());
+        CHECK(at::equal(got, want));
+        CHECK(at::equal(moe::model::linear_packed(x, p, b), want_b));
+        // Leading dimensions: [1, n, H] -> [1, n, O].
+        CHECK(at::equal(moe::model::linear_packed(x.unsqueeze(0), p), want.unsqueeze(0)));
+        CHECK(max_dot_err(got, at::linear(x, w), x, w) < 1e-5);
+      }
+    }
+  }
+  // Up to 4 rows (linear_rows' kernel), other dtypes, a bias or input of the wrong size, an unpacked weight:
+  // undefined.
+  at::Tensor w = at::randn({13, 20});
+  const moe::model::PackedWeight p = moe::model::pack_weight(w);
+  CHECK_FALSE(moe::model::linear_packed(at::randn({4, 20}), p).defined());
+  CHECK_FALSE(moe::model::linear_packed(at::randn({2, 2, 20}), p).defined());
+  CHECK_FALSE(moe::model::linear_packed(at::randn({9, 20}, at::kDouble), p).defined());
+  CHECK_FALSE(moe::model::linear_packed(at::randn({9, 21}), p).defined());
+  CHECK_FALSE(moe::model::linear_packed(at::randn({9, 20}), p, at::randn({12})).defined());
+  CHECK_FALSE(moe::model::linear_packed(at::randn({9, 20}), moe::model::PackedWeight()).defined());
+  CHECK_FALSE(moe::model::pack_weight(w.to(at::kDouble)).defined());
+  CHECK_FALSE(moe::model::pack_weight(at::randn({13})).defined());
+}
+
+TEST_CASE("swiglu_packed equals swiglu_rows, for more than 4 rows, whatever the rows beside and the threads", "[model][few_rows]") {
   if (isas().size() == 1) {
     WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");
     return;
@@ -466,41 +519,37 @@ TEST_CASE("swiglu_rows_t equals swiglu_rows from transposed weights, for more th
   at::manual_seed(15);
   at::NoGradGuard ng;
   const int threads = at::get_num_threads();
-  // The products run 24 columns and 4 rows at a time: widths with every kind of last block of columns (13: one
-  // of 2 vectors, the second partial; 24: 3 whole; 50: 24 + 24 + 2; 40: 24 + 2 whole vectors), row counts
-  // with every remainder of 4.
+  using moe::model::pack_weight;
   for (auto [H, I, O] : {std::array<int64_t, 3>{20, 13, 24}, std::array<int64_t, 3>{33, 50, 40}}) {
     at::Tensor wg = at::randn({I, H}) * 1.5, wu = at::randn({I, H}) * 0.3, wd = at::randn({O, I}) * 0.3;
-    at::Tensor gT = wg.t().contiguous(), uT = wu.t().contiguous(), dT = wd.t().contiguous();
+    const moe::model::PackedWeight g = pack_weight(wg), u = pack_weight(wu), d = pack_weight(wd);
     for (int64_t n : {5, 6, 7, 8, 37, 300}) {
       INFO("H " << H << " I " << I << " O " << O << ", rows " << n);
       at::Tensor x = at::randn({n, H});
-      at::Tensor got = moe::model::swiglu_rows_t(x, gT, uT, dT);
+      at::Tensor got = moe::model::swiglu_packed(x, g, u, d);
       REQUIRE(got.defined());
       CHECK(got.sizes() == at::IntArrayRef({n, O}));
       CHECK(max_rel(got, moe::model::swiglu_rows(x, wg, wu, wd)) < 1e-6);
       // A row's bits depend neither on the rows beside it (the rows in two calls of more than 4 rows each: 18
       // and 19 of 37, 150 and 150 of 300, so the 4-row groups fall elsewhere) nor on the threads.
       if (const int64_t a = n / 2; a > moe::model::kLinearRowsKernelRows) {
-        at::Tensor parts = at::cat({moe::model::swiglu_rows_t(x.narrow(0, 0, a), gT, uT, dT),
-                                    moe::model::swiglu_rows_t(x.narrow(0, a, n - a), gT, uT, dT)});
+        at::Tensor parts = at::cat({moe::model::swiglu_packed(x.narrow(0, 0, a), g, u, d), moe::model::swiglu_packed(x.narrow(0, a, n - a), g, u, d)});
         CHECK(at::equal(parts, got));
       }
       at::set_num_threads(threads == 1 ? 2 : 1);
-      at::Tensor other = moe::model::swiglu_rows_t(x, gT, uT, dT);
+      at::Tensor other = moe::model::swiglu_packed(x, g, u, d);
       at::set_num_threads(threads);
       CHECK(at::equal(other, got));
     }
   }
   const int64_t H = 20, I = 13, O = 24;
-  at::Tensor wg = at::randn({I, H}), wu = at::randn({I, H}), wd = at::randn({O, I});
-  at::Tensor gT = wg.t().contiguous(), uT = wu.t().contiguous(), dT = wd.t().contiguous();
-  // Up to 4 rows (linear_rows' kernel), weights not lying transposed, other dtypes, wrong shapes: undefined.
-  CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({4, H}), gT, uT, dT).defined());
-  CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({9, H}), wg.t(), uT, dT).defined());
-  CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({9, H}, at::kDouble), gT.to(at::kDouble), uT.to(at::kDouble), dT.to(at::kDouble)).defined());
-  CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({9, H + 1}), gT, uT, dT).defined());
-  CHECK_FALSE(moe::model::swiglu_rows_t(at::randn({9, H}), gT, uT, wd).defined());
+  const moe::model::PackedWeight g = pack_weight(at::randn({I, H})), u = pack_weight(at::randn({I, H})), d = pack_weight(at::randn({O, I}));
+  // Up to 4 rows (linear_rows' kernel), other dtypes, shapes that do not chain: undefined.
+  CHECK_FALSE(moe::model::swiglu_packed(at::randn({4, H}), g, u, d).defined());
+  CHECK_FALSE(moe::model::swiglu_packed(at::randn({9, H}, at::kDouble), g, u, d).defined());
+  CHECK_FALSE(moe::model::swiglu_packed(at::randn({9, H + 1}), g, u, d).defined());
+  CHECK_FALSE(moe::model::swiglu_packed(at::randn({9, H}), g, pack_weight(at::randn({I + 1, H})), d).defined());
+  CHECK_FALSE(moe::model::swiglu_packed(at::randn({9, H}), g, u, pack_weight(at::randn({O, I + 1}))).defined());
 }
 
 TEST_CASE("swiglu_blocks equals swiglu_rows per block, concatenated: outputs and gradients, bit for bit", "[model][few_rows]") {

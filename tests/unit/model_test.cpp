@@ -654,6 +654,44 @@ TEST_CASE("the transposed expert kernel computes as the loop, on copies remade a
   }
 }
 
+TEST_CASE("a Linear set packed runs linear_packed on a copy without gradients, linear_rows with them", "[model]") {
+  if (moe::model::linear_rows_isa() == "none") {
+    WARN("no AVX2/FMA on this CPU: no packed products, nothing to check");
+    return;
+  }
+  at::manual_seed(21);
+  moe::model::Linear l(20, 30, true);
+  {
+    at::NoGradGuard ng;
+    l->weight.normal_();
+    l->bias.normal_();
+  }
+  at::Tensor x = at::randn({2, 7, 20});
+  const at::Tensor plain = moe::model::linear_rows(x, l->weight, l->bias);
+  l->set_packed(true);
+  {
+    at::NoGradGuard ng;
+    const at::Tensor want = moe::model::linear_packed(x, moe::model::pack_weight(l->weight), l->bias);
+    REQUIRE(want.defined());
+    CHECK(at::equal(l(x), want));
+    CHECK_FALSE(at::equal(want, plain));  // the kernels sum in other orders: the check above can tell them apart
+    CHECK(at::equal(l(x.narrow(1, 0, 2)), moe::model::linear_rows(x.narrow(1, 0, 2), l->weight, l->bias)));  // 4 rows
+    // The copy is not kept current; setting it again makes a new one.
+    l->weight.mul_(2);
+    CHECK(at::equal(l(x), want));
+    l->set_packed(true);
+    CHECK(at::equal(l(x), moe::model::linear_packed(x, moe::model::pack_weight(l->weight), l->bias)));
+  }
+  // With gradients: linear_rows, and they flow.
+  at::Tensor y = l(x);
+  CHECK(at::equal(y.detach(), moe::model::linear_rows(x, l->weight, l->bias).detach()));
+  y.sum().backward();
+  CHECK(l->weight.grad().defined());
+  l->set_packed(false);
+  at::NoGradGuard ng;
+  CHECK(at::equal(l(x), moe::model::linear_rows(x, l->weight, l->bias)));
+}
+
 TEST_CASE("bf16 model runs and stays near fp32", "[model]") {
   Qwen3Moe m = tiny_model(11);
   auto [ids, mask] = padded_batch({random_seq(5, 50, 30)}, true);

@@ -49,13 +49,25 @@ at::Tensor norm_rope_rows(const at::Tensor& x, const at::Tensor& w, const at::Te
 // [I, H], wd [O, I]: one autograd node with its own backward (six matrix products), silu(g) * u and its
 // gradient in one pass each.
 at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& wg, const at::Tensor& wu, const at::Tensor& wd);
-// The same without gradients from transposed weights: wgT and wuT [H, I], wdT [I, O], dense. Each product is a
-// plain x W^T with W^T lying in memory, which OpenBLAS runs faster than x wg^T (a transposed operand) at 8-64
-// rows while the weights fit in the caches (`bench_decode experts`: a tiny-preset MoE layer 1.25-1.62x, one of
-// Qwen3-30B-A3B's shape 0.96-1.06x). CPU float32 with more rows than
-// kLinearRowsKernelRows (up to that, linear_rows' kernel reads the weights as they lie), else undefined: the
-// caller takes swiglu_rows.
-at::Tensor swiglu_rows_t(const at::Tensor& x, const at::Tensor& wgT, const at::Tensor& wuT, const at::Tensor& wdT);
+// A weight packed for generation's products: W [out, in] as panels of W^T, 24 outputs each
+// ([ceil(out / 24), in, 24], zeros past out), which the row kernel reads in order with no repacking per call.
+struct PackedWeight {
+  at::Tensor panels;
+  int64_t out = 0, in = 0;
+  bool defined() const { return panels.defined(); }
+};
+// Undefined unless w is a 2-D CPU float32 tensor and this CPU has the row kernel. A copy: it does not follow
+// later changes to w.
+PackedWeight pack_weight(const at::Tensor& w);
+// x W^T (+ b) without gradients, x [..., in], bias [out] or undefined: the row kernel's register blocks (4
+// rows by 24 outputs, each output one chain of fused multiply-adds over `in` in order), so a row's result
+// depends neither on the rows beside it nor on the threads. CPU float32 with more than kLinearRowsKernelRows
+// rows (up to that, linear_rows' kernel reads W as it lies), else undefined: the caller takes linear_rows.
+// `bench_decode products` compares it with OpenBLAS.
+at::Tensor linear_packed(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias = {});
+// SwiGLU without gradients, its three products as linear_packed's: g and u [I, H], d [O, I] packed. CPU
+// float32 with more than kLinearRowsKernelRows rows, else undefined: the caller takes swiglu_rows.
+at::Tensor swiglu_packed(const at::Tensor& x, const PackedWeight& g, const PackedWeight& u, const PackedWeight& d);
 
 // A MoE layer's experts in one node: ys [M, O] for xs [M, H] whose rows come in blocks, rows[k] rows (>= 1)
 // through the SwiGLU MLP of w[3k] (gate), w[3k + 1] (up) [I, H] and w[3k + 2] (down) [O, I] (contiguous), as

@@ -22,6 +22,7 @@
 
 #include "moe/model/config.h"
 #include "moe/model/expert_parallel.h"
+#include "moe/model/few_rows.h"
 
 namespace moe::model {
 
@@ -91,9 +92,9 @@ struct KVCache {
 // How a MoE layer runs its experts (chosen once at load, see choose_expert_kernel):
 enum class ExpertKernel {
   loop,     // host loop over experts with tokens (expert counts on the host: free on the CPU)
-  transposed,  // no-grad only: the loop, an expert's block of more than 4 rows on a transposed copy of its
-               // weights (CPU float32, experts up to 4 MiB; made at first use: swiglu_rows_t); rollout::generate
-               // takes it for a call
+  transposed,  // no-grad only: the loop, an expert's block of more than 4 rows on packed copies of its weights
+               // (CPU float32, experts up to 4 MiB; made at first use: swiglu_packed), and the other linear
+               // layers' products likewise (LinearImpl::set_packed); rollout::generate takes it for a call
   padded,   // no-grad only: one batched matmul over all experts, each padded to the batch's rows (no host copy)
   grouped,  // no-grad only: at::_grouped_mm over the rows sorted by expert (libtorch >= 2.9; else padded)
 };
@@ -114,6 +115,14 @@ class LinearImpl : public torch::nn::Module {
   LinearImpl(int64_t in, int64_t out, bool bias);
   at::Tensor forward(const at::Tensor& x);
   at::Tensor weight, bias;
+  // Generation's products (ExpertKernel::transposed sets it): with gradients off, more than 4 rows go through
+  // linear_packed on a packed copy of a weight of at most 4 MiB, made at first use and not kept current (the
+  // weights do not change while it is set); setting it off frees the copy.
+  void set_packed(bool on);
+
+ private:
+  bool packed_ = false;
+  PackedWeight wp_;
 };
 TORCH_MODULE(Linear);
 
@@ -153,7 +162,7 @@ class SparseMoeImpl : public torch::nn::Module {
   std::shared_ptr<ExpertParallel> ep;  // set (Qwen3MoeImpl::set_expert_parallel) when experts are sharded
   bool norm_topk_prob;
   ExpertKernel kernel = ExpertKernel::loop;  // used without gradients; with gradients always the loop (see forward)
-  // Frees the transposed copies of ExpertKernel::transposed (they are not kept current: made once, for weights
+  // Frees the packed copies of ExpertKernel::transposed (they are not kept current: made once, for weights
   // that do not change while the kernel is set).
   void drop_transposed() { wt_.clear(); }
 
@@ -163,7 +172,7 @@ class SparseMoeImpl : public torch::nn::Module {
   // optimizer steps and loads keep them current; rebuilt if a parameter was moved (to(dtype/device)).
   void fuse_experts();
   at::Tensor gate_up_w_, down_w_;
-  std::vector<at::Tensor> wt_;  // ExpertKernel::transposed: gate^T, up^T, down^T of each expert, made at first use
+  std::vector<PackedWeight> wt_;  // ExpertKernel::transposed: gate, up and down of each expert packed, made at first use
   // Expert e on its rows xe; transposed (no gradients): ExpertKernel::transposed's path where it applies.
   at::Tensor run_expert(size_t e, const at::Tensor& xe, bool transposed);
   at::Tensor dispatch_loop(const at::Tensor& x, const at::Tensor& slot_expert, const at::Tensor& gating, bool transposed = false);
@@ -213,8 +222,8 @@ class Qwen3MoeImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return cfg_; }
   const std::vector<int>& moe_layer_ids() const { return moe_layers_; }
-  // Sets the expert kernel of every MoE layer (padded/grouped fall back as ExpertKernel says); leaving
-  // transposed frees its copies. expert_kernel: the first MoE layer's (loop without one).
+  // Sets the expert kernel of every MoE layer (padded/grouped fall back as ExpertKernel says), and the linear
+  // layers' packed products with transposed; leaving transposed frees its copies. expert_kernel: the first MoE layer's (loop without one).
   void set_expert_kernel(ExpertKernel k);
   ExpertKernel expert_kernel() const;
   // The fastest kernel for the model's device: loop on the CPU (its counts are already on the host),

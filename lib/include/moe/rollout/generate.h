@@ -48,8 +48,8 @@ struct SequenceRouting {
 };
 
 // While it lives, a model on the loop expert kernel runs on model::ExpertKernel::transposed (CPU float32:
-// transposed copies of its small experts' weights, made as they are used); then it gets the loop back and the
-// copies are freed. generate runs in one; so must forwards that serve its experts to another rank's
+// packed copies of its small experts' and linear layers' weights, made as they are used); then it gets the
+// loop back and the copies are freed. generate runs in one; so must forwards that serve its experts to another rank's
 // generate (expert parallel), for the same products bit for bit. Nested scopes leave the outer one's.
 class TransposedExperts {
  public:
