@@ -52,6 +52,113 @@ struct FewRowsLinear : public torch::autograd::Function<FewRowsLinear> {
   }
 };
 
+// ---- products by the row kernel's register blocks (kernel::matmul), without the BLAS's repacking ----
+}  // namespace
+
+PackedWeight pack_weight(const at::Tensor& w) {
+  if (kernel::few_rows_isa() == kernel::Isa::none || !w.defined() || !w.device().is_cpu() || w.scalar_type() != at::kFloat ||
+      w.dim() != 2)
+    return {};
+  const int64_t out = w.size(0), in = w.size(1);
+  const at::Tensor wc = w.detach().contiguous();
+  PackedWeight p{at::empty({(out + kernel::kPanel - 1) / kernel::kPanel, in, kernel::kPanel}, wc.options()), out, in};
+  kernel::pack_panels(wc.data_ptr<float>(), out, in, p.panels.data_ptr<float>());
+  return p;
+}
+
+namespace {
+
+// y [m, D] (rows y.stride(0) apart, dense within) = a [m, n] X, a dense: groups of 4 rows over the threads
+// (each element is summed alike whatever the split). X as kernel::matmul reads it (ldx, step).
+void matmul_into(const at::Tensor& a, const float* X, int64_t D, int64_t ldx, int64_t step, const at::Tensor& y) {
+  const int64_t m = a.size(0), n = a.size(1), ldy = y.stride(0);
+  const float* ap = a.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, (m + 3) / 4, std::max<int64_t>(1, 65536 / std::max<int64_t>(4 * n * D, 1)), [&](int64_t g0, int64_t g1) {
+    const int64_t r0 = 4 * g0, r1 = std::min(m, 4 * g1);
+    kernel::matmul(ap + r0 * n, n, r1 - r0, X, n, D, ldx, step, yp + r0 * ldy, ldy);
+  });
+}
+
+// x2 [m, in] W^T into y [m, out] (rows dense) from W's panels.
+void xwt_packed_into(const at::Tensor& x2, const PackedWeight& w, const at::Tensor& y) {
+  matmul_into(x2, w.panels.data_ptr<float>(), w.out, kernel::kPanel, kernel::kPanel * w.in, y);
+}
+at::Tensor xwt_packed(const at::Tensor& x2, const PackedWeight& w) {
+  at::Tensor y = at::empty({x2.size(0), w.out}, x2.options());
+  xwt_packed_into(x2, w, y);
+  return y;
+}
+
+// Weights whose products the kernel runs in training as well: at most 64 Ki floats with rows of at most 512
+// (every layer of the tiny preset; none of the small preset's), where OpenBLAS spent about a third of its time
+// zeroing and repacking operands (perf of an SFT step). Larger ones stay with the BLAS; either way a weight's
+// forward, its no-grad forward and its backward always take the same path.
+bool small_weight(const at::Tensor& w) {
+  return kernel::few_rows_isa() != kernel::Isa::none && w.device().is_cpu() && w.scalar_type() == at::kFloat && w.dim() == 2 &&
+         w.is_contiguous() && w.size(1) <= 512 && w.numel() <= 65536;
+}
+
+// x2 [m, H] dense -> y = x2 W^T [m, O] for a small W, packed for the call.
+void xwt_small_into(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& y) { xwt_packed_into(x2, pack_weight(w), y); }
+
+// y = g [m, O] W [O, H] (x's gradient; y's rows dense): the kernel on W as it lies for a small W, else the
+// BLAS.
+void gw_into(const at::Tensor& g, const at::Tensor& w, at::Tensor y) {
+  if (!small_weight(w)) {
+    at::mm_out(y, g, w);
+    return;
+  }
+  matmul_into(g.contiguous(), w.data_ptr<float>(), w.size(1), w.size(1), kernel::kPanel, y);
+}
+at::Tensor gw_mm(const at::Tensor& g, const at::Tensor& w) {
+  at::Tensor y = at::empty({g.size(0), w.size(1)}, g.options());
+  gw_into(g, w, y);
+  return y;
+}
+
+// g^T x (W's gradient, W [O, H]; g [m, O], x [m, H]): for a small W the kernel on g transposed (each element
+// one chain of fused multiply-adds over the m rows in order), else the BLAS.
+at::Tensor gtx_mm(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w) {
+  if (!small_weight(w)) return g.t().mm(x);
+  const at::Tensor gc = g.contiguous(), xc = x.contiguous();
+  const int64_t m = gc.size(0), O = gc.size(1), H = xc.size(1);
+  at::Tensor gt = at::empty({O, m}, gc.options()), y = at::empty({O, H}, gc.options());
+  kernel::transpose(gc.data_ptr<float>(), m, O, gt.data_ptr<float>());
+  matmul_into(gt, xc.data_ptr<float>(), H, H, kernel::kPanel, y);
+  return y;
+}
+
+// y = gg wg + gu wu (SwiGLU's gradient in x; y's rows dense): for small weights both by the kernel, then
+// added; else the BLAS's product and addmm_.
+void gx_two_into(const at::Tensor& gg, const at::Tensor& wg, const at::Tensor& gu, const at::Tensor& wu, at::Tensor y) {
+  if (!small_weight(wg) || !small_weight(wu)) {
+    at::mm_out(y, gg, wg);
+    y.addmm_(gu, wu);
+    return;
+  }
+  gw_into(gg, wg, y);
+  y.add_(gw_mm(gu, wu));
+}
+
+// x2 [m, H] dense (m > kFewRows) W^T for a small W, differentiable: the three products by the kernel.
+struct SmallLinear : public torch::autograd::Function<SmallLinear> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2, const at::Tensor& w) {
+    ctx->save_for_backward({x2, w});
+    at::Tensor y = at::empty({x2.size(0), w.size(0)}, x2.options());
+    xwt_small_into(x2, w, y);
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x2 = saved[0], &w = saved[1];
+    at::Tensor gx, gw;
+    if (ctx->needs_input_grad(0)) gx = gw_mm(grads[0], w);
+    if (ctx->needs_input_grad(1)) gw = gtx_mm(grads[0], x2, w);
+    return {gx, gw};
+  }
+};
+
 bool takes_kernel(const at::Tensor& x, const at::Tensor& w, int64_t rows) {
   return rows >= 1 && rows <= kernel::kFewRows && x.device().is_cpu() && w.device().is_cpu() &&
          x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && w.dim() == 2 && w.is_contiguous() &&
@@ -85,6 +192,13 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     sz.back() = w.size(0);
     return y.view(sz);
   };
+  if (rows > kernel::kFewRows && small_weight(w) && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.size(-1) == w.size(1)) {
+    at::Tensor x2 = x.reshape({rows, H}).contiguous();
+    if (at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())) return shaped(SmallLinear::apply(x2, w));
+    at::Tensor y = at::empty({rows, w.size(0)}, x2.options());
+    xwt_small_into(x2, w, y);
+    return shaped(y);
+  }
   if (!takes_kernel(x, w, rows)) {
     // One row elsewhere (another device or dtype, a CPU without AVX2): a matrix-vector product also reads the
     // weight once.
@@ -439,14 +553,17 @@ struct SwiGlu : public torch::autograd::Function<SwiGlu> {
     auto saved = ctx->get_saved_variables();
     const at::Tensor &x2 = saved[0], &wg = saved[1], &wu = saved[2], &wd = saved[3], &g = saved[4], &u = saved[5], &h = saved[6];
     const at::Tensor gy = grads[0].contiguous();
-    at::Tensor gwd = ctx->needs_input_grad(3) ? gy.t().mm(h) : at::Tensor();
-    at::Tensor gh = gy.mm(wd);
+    at::Tensor gwd = ctx->needs_input_grad(3) ? gtx_mm(gy, h, wd) : at::Tensor();
+    at::Tensor gh = gw_mm(gy, wd);
     at::Tensor gg = at::empty_like(g), gu = at::empty_like(u);
     silu_mul_backward_into(g, u, gh, gg, gu);
     at::Tensor gx;
-    if (ctx->needs_input_grad(0)) gx = gg.mm(wg).addmm_(gu, wu);
-    at::Tensor gwg = ctx->needs_input_grad(1) ? gg.t().mm(x2) : at::Tensor();
-    at::Tensor gwu = ctx->needs_input_grad(2) ? gu.t().mm(x2) : at::Tensor();
+    if (ctx->needs_input_grad(0)) {
+      gx = at::empty_like(x2);
+      gx_two_into(gg, wg, gu, wu, gx);
+    }
+    at::Tensor gwg = ctx->needs_input_grad(1) ? gtx_mm(gg, x2, wg) : at::Tensor();
+    at::Tensor gwu = ctx->needs_input_grad(2) ? gtx_mm(gu, x2, wu) : at::Tensor();
     return {gx, gwg, gwu, gwd};
   }
 };
@@ -458,12 +575,13 @@ struct SwiGlu : public torch::autograd::Function<SwiGlu> {
 // node per expert made E nodes, their outputs concatenated (and, backward, the split's gradients
 // concatenated), this writes every block in place.
 struct SwiGluBlocks : public torch::autograd::Function<SwiGluBlocks> {
-  // y [n, O] = x W^T into y (a block of a dense buffer), as linear_rows computes it (its rule: takes_kernel).
+  // y [n, O] = x W^T into y (a block of a dense buffer), as linear_rows computes it (its rules: takes_kernel,
+  // small_weight).
   static void linear_into(const at::Tensor& x, const at::Tensor& w, at::Tensor y) {
     if (takes_kernel(x, w, x.size(0))) y.copy_(few_rows_forward(x, w));
+    else if (small_weight(w)) xwt_small_into(x, w, y);
     else at::mm_out(y, x, w.t());
   }
-  static void mm_into(const at::Tensor& a, const at::Tensor& b, at::Tensor y) { at::mm_out(y, a, b); }
   // rows_t: the block sizes, int64 on the CPU.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& xs, const at::Tensor& rows_t, at::TensorList w) {
     const std::vector<int64_t> rows(rows_t.data_ptr<int64_t>(), rows_t.data_ptr<int64_t>() + rows_t.numel());
@@ -491,7 +609,7 @@ struct SwiGluBlocks : public torch::autograd::Function<SwiGluBlocks> {
     const std::vector<int64_t> rows = ctx->saved_data["rows"].toIntVector();
     const at::Tensor gy = grads[0].contiguous();
     at::Tensor gh = at::empty_like(h), gg = at::empty_like(g), gu = at::empty_like(u);
-    for (size_t k = 0, r0 = 0; k < rows.size(); r0 += rows[k], ++k) mm_into(gy.narrow(0, r0, rows[k]), saved[4 + 3 * k + 2], gh.narrow(0, r0, rows[k]));
+    for (size_t k = 0, r0 = 0; k < rows.size(); r0 += rows[k], ++k) gw_into(gy.narrow(0, r0, rows[k]), saved[4 + 3 * k + 2], gh.narrow(0, r0, rows[k]));
     silu_mul_backward_into(g, u, gh, gg, gu);
     variable_list out(2 + 3 * rows.size());  // xs, rows_t (none), the weights
     if (ctx->needs_input_grad(0)) out[0] = at::empty_like(xs);
@@ -499,14 +617,10 @@ struct SwiGluBlocks : public torch::autograd::Function<SwiGluBlocks> {
       const int64_t n = rows[k];
       const at::Tensor x = xs.narrow(0, r0, n), ggk = gg.narrow(0, r0, n), guk = gu.narrow(0, r0, n);
       const at::Tensor &wg = saved[4 + 3 * k], &wu = saved[5 + 3 * k];
-      if (out[0].defined()) {
-        at::Tensor gx = out[0].narrow(0, r0, n);
-        mm_into(ggk, wg, gx);
-        gx.addmm_(guk, wu);
-      }
-      if (ctx->needs_input_grad(2 + 3 * k)) out[2 + 3 * k] = ggk.t().mm(x);
-      if (ctx->needs_input_grad(3 + 3 * k)) out[3 + 3 * k] = guk.t().mm(x);
-      if (ctx->needs_input_grad(4 + 3 * k)) out[4 + 3 * k] = gy.narrow(0, r0, n).t().mm(h.narrow(0, r0, n));
+      if (out[0].defined()) gx_two_into(ggk, wg, guk, wu, out[0].narrow(0, r0, n));
+      if (ctx->needs_input_grad(2 + 3 * k)) out[2 + 3 * k] = gtx_mm(ggk, x, wg);
+      if (ctx->needs_input_grad(3 + 3 * k)) out[3 + 3 * k] = gtx_mm(guk, x, wu);
+      if (ctx->needs_input_grad(4 + 3 * k)) out[4 + 3 * k] = gtx_mm(gy.narrow(0, r0, n), h.narrow(0, r0, n), saved[4 + 3 * k + 2]);
     }
     return out;
   }
@@ -582,21 +696,6 @@ at::Tensor swiglu_blocks(const at::Tensor& xs, const std::vector<int64_t>& rows,
 }
 
 namespace {
-// a [m, in] W^T [in, out] from W's panels, a dense float32 on the CPU: groups of 4 rows over the threads
-// (each element is summed alike whatever the split).
-at::Tensor matmul_packed(const at::Tensor& a, const PackedWeight& w) {
-  const int64_t m = a.size(0), n = w.in, D = w.out;
-  at::Tensor y = at::empty({m, D}, a.options());
-  const float *ap = a.data_ptr<float>(), *pp = w.panels.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const int64_t groups = (m + 3) / 4;
-  at::parallel_for(0, groups, std::max<int64_t>(1, 65536 / std::max<int64_t>(4 * n * D, 1)), [&](int64_t g0, int64_t g1) {
-    const int64_t r0 = 4 * g0, r1 = std::min(m, 4 * g1);
-    kernel::matmul_panels(ap + r0 * n, n, r1 - r0, pp, n, D, yp + r0 * D, D);
-  });
-  return y;
-}
-
 // w was packed by pack_weight and x's rows are its inputs, more of them than linear_rows' kernel takes.
 bool packed_takes(const at::Tensor& x, const PackedWeight& w) {
   return w.defined() && rows_kernel_takes({&x}) && x.dim() >= 1 && x.size(-1) == w.in && w.in > 0 &&
@@ -604,22 +703,13 @@ bool packed_takes(const at::Tensor& x, const PackedWeight& w) {
 }
 }  // namespace
 
-PackedWeight pack_weight(const at::Tensor& w) {
-  if (!rows_kernel_takes({&w}) || w.dim() != 2) return {};
-  const int64_t out = w.size(0), in = w.size(1);
-  const at::Tensor wc = w.detach().contiguous();
-  PackedWeight p{at::empty({(out + kernel::kPanel - 1) / kernel::kPanel, in, kernel::kPanel}, wc.options()), out, in};
-  kernel::pack_panels(wc.data_ptr<float>(), out, in, p.panels.data_ptr<float>());
-  return p;
-}
-
 at::Tensor linear_packed(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias) {
   if (!packed_takes(x, w)) return {};
   if (bias.defined() && (!rows_kernel_takes({&bias}) || bias.dim() != 1 || bias.size(0) != w.out)) return {};
   at::NoGradGuard ng;
   std::vector<int64_t> sz = x.sizes().vec();
   sz.back() = w.out;
-  at::Tensor y = matmul_packed(x.reshape({-1, w.in}).contiguous(), w);
+  at::Tensor y = xwt_packed(x.reshape({-1, w.in}).contiguous(), w);
   if (bias.defined()) y.add_(bias);
   return y.view(sz);
 }
@@ -628,10 +718,10 @@ at::Tensor swiglu_packed(const at::Tensor& x, const PackedWeight& g, const Packe
   if (!packed_takes(x, g) || x.dim() != 2 || !u.defined() || u.in != g.in || u.out != g.out || !d.defined() || d.in != g.out) return {};
   at::NoGradGuard ng;
   const at::Tensor x2 = x.contiguous();
-  at::Tensor gx = matmul_packed(x2, g), ux = matmul_packed(x2, u);
+  at::Tensor gx = xwt_packed(x2, g), ux = xwt_packed(x2, u);
   at::Tensor h = at::empty_like(gx);
   silu_mul_into(gx, ux, h);
-  return matmul_packed(h, d);
+  return xwt_packed(h, d);
 }
 
 bool copy_4d(const at::Tensor& dst, const at::Tensor& src) {

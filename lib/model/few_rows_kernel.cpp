@@ -318,20 +318,19 @@ __attribute__((target("avx2,fma"))) void combine_row_block_avx2(const float* A, 
   for (int64_t d = 0; d < D; d += 24) combine_columns<M, true>(A, lda, X + d, n, ldx, Y + d, ldy, D - d);
 }
 
-// matmul_panels: panel by panel (24 columns of X: 96 bytes a term, read in order), every row of A against it,
-// 4 rows at a time (12 accumulators, 3 loads of the panel and 4 broadcasts of A per term), the last 1-3 rows
-// alone.
-__attribute__((target("avx2,fma"))) void matmul_panels_avx2(const float* A, int64_t lda, int64_t m, const float* P, int64_t n,
-                                                            int64_t D, float* Y, int64_t ldy) {
+// matmul: 24 columns at a time (a panel: 96 bytes a term), every row of A against them, 4 rows at a time (12
+// accumulators, 3 loads of X and 4 broadcasts of A per term), the last 1-3 rows alone.
+__attribute__((target("avx2,fma"))) void matmul_avx2(const float* A, int64_t lda, int64_t m, const float* X, int64_t n, int64_t D,
+                                                     int64_t ldx, int64_t step, float* Y, int64_t ldy) {
   static_assert(kPanel == 24, "a panel is combine_columns' 3 vectors");
   for (int64_t d = 0; d < D; d += kPanel) {
-    const float* X = P + d * n;  // panel d / kPanel: [n, kPanel]
+    const float* Xd = X + (d / kPanel) * step;
     int64_t r = 0;
-    for (; r + 4 <= m; r += 4) combine_columns<4, false>(A + r * lda, lda, X, n, kPanel, Y + r * ldy + d, ldy, D - d);
+    for (; r + 4 <= m; r += 4) combine_columns<4, false>(A + r * lda, lda, Xd, n, ldx, Y + r * ldy + d, ldy, D - d);
     switch (m - r) {
-      case 1: combine_columns<1, false>(A + r * lda, lda, X, n, kPanel, Y + r * ldy + d, ldy, D - d); break;
-      case 2: combine_columns<2, false>(A + r * lda, lda, X, n, kPanel, Y + r * ldy + d, ldy, D - d); break;
-      case 3: combine_columns<3, false>(A + r * lda, lda, X, n, kPanel, Y + r * ldy + d, ldy, D - d); break;
+      case 1: combine_columns<1, false>(A + r * lda, lda, Xd, n, ldx, Y + r * ldy + d, ldy, D - d); break;
+      case 2: combine_columns<2, false>(A + r * lda, lda, Xd, n, ldx, Y + r * ldy + d, ldy, D - d); break;
+      case 3: combine_columns<3, false>(A + r * lda, lda, Xd, n, ldx, Y + r * ldy + d, ldy, D - d); break;
       default: break;
     }
   }
@@ -657,9 +656,10 @@ void combine_row_block(const float* A, int64_t lda, int64_t m, const float* X, i
   }
 }
 
-void matmul_panels(const float* A, int64_t lda, int64_t m, const float* P, int64_t n, int64_t D, float* Y, int64_t ldy) {
-  if (g_isa == Isa::none) throw std::logic_error("matmul_panels: no kernel selected");
-  matmul_panels_avx2(A, lda, m, P, n, D, Y, ldy);
+void matmul(const float* A, int64_t lda, int64_t m, const float* X, int64_t n, int64_t D, int64_t ldx, int64_t step, float* Y,
+            int64_t ldy) {
+  if (g_isa == Isa::none) throw std::logic_error("matmul: no kernel selected");
+  matmul_avx2(A, lda, m, X, n, D, ldx, step, Y, ldy);
 }
 
 void softmax_row(const float* s, const bool* allowed, float scale, int64_t n, float* p) {
@@ -703,8 +703,8 @@ void combine_rows(const float*, const float*, int64_t, int64_t, int64_t, float*)
 void combine_row_block(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t) {
   throw std::logic_error("combine_row_block: no kernel for this architecture");
 }
-void matmul_panels(const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t) {
-  throw std::logic_error("matmul_panels: no kernel for this architecture");
+void matmul(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t) {
+  throw std::logic_error("matmul: no kernel for this architecture");
 }
 void softmax_row(const float*, const bool*, float, int64_t, float*) {
   throw std::logic_error("softmax_row: no kernel for this architecture");

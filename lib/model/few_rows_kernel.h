@@ -38,15 +38,18 @@ void combine_rows(const float* a, const float* X, int64_t n, int64_t D, int64_t 
 // order, one fused multiply-add per term.
 void combine_row_block(const float* A, int64_t lda, int64_t m, const float* X, int64_t n, int64_t D, int64_t ldx, float* Y,
                        int64_t ldy);
-// A weight W [D, n] (nn.Linear's [out, in]) as panels of kPanel outputs for matmul_panels: panel p is
-// [n, kPanel] row-major, P[p][j][c] = W[p * kPanel + c][j], zeros past D; ceil(D / kPanel) * kPanel * n floats.
-// Each panel is read in order, a term's kPanel columns in one 96-byte piece, where W^T's rows lie far apart.
+// Y [m, D] = A [m, n] X [n, D], any m (A's rows lda apart, Y's ldy): combine_row_block's register blocks
+// with no term skipped, so each Y[r][d] is sum over j < n of A[r][j] X[j][d] in j order, one fused
+// multiply-add per term from 0, whatever m, the rows beside it or a caller's split of the rows. X is read 24
+// columns at a time: columns [24 b, 24 b + 24) of row j at X + b * step + j * ldx. A dense X [n, D]: ldx = D,
+// step = 24; W's panels (pack_panels): ldx = 24, step = 24 n.
+void matmul(const float* A, int64_t lda, int64_t m, const float* X, int64_t n, int64_t D, int64_t ldx, int64_t step, float* Y,
+            int64_t ldy);
+// X = W^T for matmul as panels, W [D, n] (nn.Linear's [out, in]): panel p is [n, kPanel] row-major,
+// P[p][j][c] = W[p * kPanel + c][j], zeros past D; ceil(D / kPanel) * kPanel * n floats. Each panel is read in
+// order, a term's kPanel columns in one 96-byte piece, where W^T's rows may lie far apart.
 constexpr int64_t kPanel = 24;
 void pack_panels(const float* w, int64_t D, int64_t n, float* P);
-// Y [m, D] = A [m, n] W^T from W's panels, any m (A's rows lda apart, Y's ldy): combine_row_block's register
-// blocks with no term skipped, so each Y[r][d] is sum over j < n of A[r][j] * W[d][j] in j order, one fused
-// multiply-add per term from 0, whatever m, the rows beside it or a caller's split of the rows.
-void matmul_panels(const float* A, int64_t lda, int64_t m, const float* P, int64_t n, int64_t D, float* Y, int64_t ldy);
 // Softmax of one row's allowed scores: with mx the largest allowed s[j] * scale (NaN scores passed over),
 // p[j] = allowed[j] ? exp(s[j] * scale - mx) : 0 (one fused multiply-subtract, the exponential a polynomial
 // within 2 ulp of expf), then each times 1 / (their sum, in a fixed order); j < n, at least one allowed.

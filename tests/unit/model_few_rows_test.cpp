@@ -511,6 +511,44 @@ TEST_CASE("linear_packed sums each output in order, one fused multiply-add per t
   CHECK_FALSE(moe::model::pack_weight(at::randn({13})).defined());
 }
 
+TEST_CASE("linear_rows on a small weight: the row kernel's sums forward and backward, the BLAS's on a larger one", "[model][few_rows]") {
+  if (isas().size() == 1) {
+    WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");
+    return;
+  }
+  at::manual_seed(17);
+  // Each output one chain of fused multiply-adds in order: y = x W^T over H, x's gradient g W over O, W's
+  // gradient g^T x over the rows.
+  auto chain = [](const at::Tensor& a, const at::Tensor& b) {  // a [m, n] b [n, D], in n order, by std::fma
+    const int64_t m = a.size(0), n = a.size(1), D = b.size(1);
+    at::Tensor y = at::empty({m, D});
+    const at::Tensor ac = a.contiguous(), bc = b.contiguous();
+    const float *ap = ac.data_ptr<float>(), *bp = bc.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t d = 0; d < D; ++d) {
+        float acc = 0.f;
+        for (int64_t j = 0; j < n; ++j) acc = std::fma(ap[r * n + j], bp[j * D + d], acc);
+        yp[r * D + d] = acc;
+      }
+    return y;
+  };
+  const int64_t H = 40, O = 30, n = 37;
+  at::Tensor w = at::randn({O, H}).requires_grad_(), x = at::randn({n, H}).requires_grad_(), g = at::randn({n, O});
+  at::Tensor y = linear_rows(x, w);
+  y.backward(g);
+  CHECK(at::equal(y.detach(), chain(x.detach(), w.detach().t())));
+  CHECK(at::equal(x.grad(), chain(g, w.detach())));
+  CHECK(at::equal(w.grad(), chain(g.t(), x.detach())));
+  {
+    at::NoGradGuard ng;  // the no-grad pass computes alike
+    CHECK(at::equal(linear_rows(x, w), y.detach()));
+  }
+  // Rows of more than 512 floats: at::linear's products.
+  at::Tensor wl = at::randn({O, 600}), xl = at::randn({n, 600});
+  CHECK(at::equal(linear_rows(xl, wl), at::linear(xl, wl)));
+}
+
 TEST_CASE("swiglu_packed equals swiglu_rows, for more than 4 rows, whatever the rows beside and the threads", "[model][few_rows]") {
   if (isas().size() == 1) {
     WARN("no AVX2/FMA on this CPU: the row kernels do not apply, nothing to check");

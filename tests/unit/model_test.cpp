@@ -660,13 +660,13 @@ TEST_CASE("a Linear set packed runs linear_packed on a copy without gradients, l
     return;
   }
   at::manual_seed(21);
-  moe::model::Linear l(20, 30, true);
+  moe::model::Linear l(600, 30, true);  // rows of more than 512: linear_rows takes the BLAS (see few_rows.h)
   {
     at::NoGradGuard ng;
     l->weight.normal_();
     l->bias.normal_();
   }
-  at::Tensor x = at::randn({2, 7, 20});
+  at::Tensor x = at::randn({2, 7, 600});
   const at::Tensor plain = moe::model::linear_rows(x, l->weight, l->bias);
   l->set_packed(true);
   {
