@@ -10,8 +10,11 @@ namespace moe::model {
 // y = x W^T (+ bias), x [..., H], w [O, H]: at::linear's result and gradients (to float rounding). On the
 // CPU in float32, with at most 4 rows (decode at batch 1-4, an expert given 1-4 tokens), it reads W once as
 // it lies, where a matrix product first repacks all of it: 1.0-3.7x as fast at the `small` preset's shapes
-// (`bench_decode few-rows 1`). Differentiable (its own backward: two matrix products), so a
-// no-grad pass and a training forward compute alike. A row's result does not depend on the other rows.
+// (`bench_decode few-rows 1`). With more rows and a small W (at most 64 Ki floats, rows of at most 512: the
+// tiny preset's layers), its three products (forward, x's and W's gradients) run on the row kernel's register
+// blocks, as linear_packed's, with no repacking by the BLAS per call; larger weights take at::linear.
+// Differentiable (its own backward: two matrix products), so a no-grad pass and a training forward compute
+// alike. A row's result does not depend on the other rows.
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = {});
 constexpr int64_t kLinearRowsKernelRows = 4;  // the most rows its kernel takes
 
