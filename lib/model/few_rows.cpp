@@ -22,6 +22,14 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// Every tensor defined, on the CPU, float32, and this CPU has the row kernels.
+bool rows_kernel_takes(std::initializer_list<const at::Tensor*> ts) {
+  if (kernel::few_rows_isa() == kernel::Isa::none) return false;
+  for (const at::Tensor* t : ts)
+    if (!t->defined() || !t->device().is_cpu() || t->scalar_type() != at::kFloat) return false;
+  return true;
+}
+
 // x2 [n, H] dense float32 with 1 <= n <= kFewRows, w [O, H] dense float32 -> [n, O]. Outputs split over the
 // threads: each output is one task's, summed in the kernel's fixed order.
 at::Tensor few_rows_forward(const at::Tensor& x2, const at::Tensor& w) {
@@ -56,9 +64,7 @@ struct FewRowsLinear : public torch::autograd::Function<FewRowsLinear> {
 }  // namespace
 
 PackedWeight pack_weight(const at::Tensor& w) {
-  if (kernel::few_rows_isa() == kernel::Isa::none || !w.defined() || !w.device().is_cpu() || w.scalar_type() != at::kFloat ||
-      w.dim() != 2)
-    return {};
+  if (!rows_kernel_takes({&w}) || w.dim() != 2) return {};
   const int64_t out = w.size(0), in = w.size(1);
   const at::Tensor wc = w.detach().contiguous();
   PackedWeight p{at::empty({(out + kernel::kPanel - 1) / kernel::kPanel, in, kernel::kPanel}, wc.options()), out, in};
@@ -95,12 +101,8 @@ at::Tensor xwt_packed(const at::Tensor& x2, const PackedWeight& w) {
 // zeroing and repacking operands (perf of an SFT step). Larger ones stay with the BLAS; either way a weight's
 // forward, its no-grad forward and its backward always take the same path.
 bool small_weight(const at::Tensor& w) {
-  return kernel::few_rows_isa() != kernel::Isa::none && w.device().is_cpu() && w.scalar_type() == at::kFloat && w.dim() == 2 &&
-         w.is_contiguous() && w.size(1) <= 512 && w.numel() <= 65536;
+  return rows_kernel_takes({&w}) && w.dim() == 2 && w.is_contiguous() && w.size(1) <= 512 && w.numel() <= 65536;
 }
-
-// x2 [m, H] dense -> y = x2 W^T [m, O] for a small W, packed for the call.
-void xwt_small_into(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& y) { xwt_packed_into(x2, pack_weight(w), y); }
 
 // y = g [m, O] W [O, H] (x's gradient; y's rows dense): the kernel on W as it lies for a small W, else the
 // BLAS.
@@ -145,9 +147,7 @@ void gx_two_into(const at::Tensor& gg, const at::Tensor& wg, const at::Tensor& g
 struct SmallLinear : public torch::autograd::Function<SmallLinear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2, const at::Tensor& w) {
     ctx->save_for_backward({x2, w});
-    at::Tensor y = at::empty({x2.size(0), w.size(0)}, x2.options());
-    xwt_small_into(x2, w, y);
-    return y;
+    return xwt_packed(x2, pack_weight(w));  // packed for the call
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
@@ -192,12 +192,10 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     sz.back() = w.size(0);
     return y.view(sz);
   };
-  if (rows > kernel::kFewRows && small_weight(w) && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.size(-1) == w.size(1)) {
+  if (rows > kernel::kFewRows && small_weight(w) && rows_kernel_takes({&x}) && x.size(-1) == w.size(1)) {
     at::Tensor x2 = x.reshape({rows, H}).contiguous();
-    if (at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())) return shaped(SmallLinear::apply(x2, w));
-    at::Tensor y = at::empty({rows, w.size(0)}, x2.options());
-    xwt_small_into(x2, w, y);
-    return shaped(y);
+    const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad());
+    return shaped(grad ? SmallLinear::apply(x2, w) : xwt_packed(x2, pack_weight(w)));
   }
   if (!takes_kernel(x, w, rows)) {
     // One row elsewhere (another device or dtype, a CPU without AVX2): a matrix-vector product also reads the
@@ -372,13 +370,6 @@ struct BlockAttention : public torch::autograd::Function<BlockAttention> {
 };
 
 // ---- element-wise rows: RMSNorm, RMSNorm + rotary embedding, SiLU(g) * u ----
-
-bool rows_kernel_takes(std::initializer_list<const at::Tensor*> ts) {
-  if (kernel::few_rows_isa() == kernel::Isa::none) return false;
-  for (const at::Tensor* t : ts)
-    if (!t->defined() || !t->device().is_cpu() || t->scalar_type() != at::kFloat) return false;
-  return true;
-}
 
 // Rows per task: below a few thousand floats a thread's start-up costs more than it saves.
 int64_t rows_grain(int64_t row) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(row, 1)); }
@@ -579,7 +570,7 @@ struct SwiGluBlocks : public torch::autograd::Function<SwiGluBlocks> {
   // small_weight).
   static void linear_into(const at::Tensor& x, const at::Tensor& w, at::Tensor y) {
     if (takes_kernel(x, w, x.size(0))) y.copy_(few_rows_forward(x, w));
-    else if (small_weight(w)) xwt_small_into(x, w, y);
+    else if (small_weight(w)) xwt_packed_into(x, pack_weight(w), y);
     else at::mm_out(y, x, w.t());
   }
   // rows_t: the block sizes, int64 on the CPU.

@@ -156,13 +156,19 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
   return weight * xf.to(x.scalar_type());
 }
 
+namespace {
+// The largest weight (an expert's three together) generation keeps a packed copy of: larger ones stream from
+// memory either way, and copies of them would double a large model's resident weights.
+constexpr int64_t kPackedMaxBytes = int64_t{4} << 20;
+}  // namespace
+
 LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) {
   weight = register_parameter("weight", at::empty({out, in}));
   if (with_bias) bias = register_parameter("bias", at::zeros({out}));
 }
 at::Tensor LinearImpl::forward(const at::Tensor& x) {
   if (packed_ && !at::GradMode::is_enabled()) {
-    if (!wp_.defined() && 4 * weight.numel() <= (int64_t{4} << 20)) wp_ = pack_weight(weight);
+    if (!wp_.defined() && 4 * weight.numel() <= kPackedMaxBytes) wp_ = pack_weight(weight);
     if (at::Tensor y = linear_packed(x, wp_, bias); y.defined()) return y;
   }
   return linear_rows(x, weight, bias);
@@ -232,12 +238,12 @@ void SparseMoeImpl::fuse_experts() {
 
 at::Tensor SparseMoeImpl::run_expert(size_t e, const at::Tensor& xe, bool transposed) {
   // The copies only where they serve: CPU float32 weights, more rows than linear_rows' kernel takes, and an
-  // expert of at most 4 MiB (larger weights stream from memory either way: bench_decode experts measured
-  // x0.96-1.06 at Qwen3-30B-A3B's 18 MiB experts, x1.25-1.62 at the tiny preset's).
+  // expert of at most kPackedMaxBytes (a tiny-preset MoE layer ran 1.2-1.8x the loop at 16-256 tokens by
+  // bench_decode experts).
   const Mlp& m = experts[e];
   const at::Tensor& wg = m->gate_proj->weight;
   const int64_t bytes = 4 * (wg.numel() + m->up_proj->weight.numel() + m->down_proj->weight.numel());
-  if (transposed && xe.size(0) > kLinearRowsKernelRows && bytes <= (int64_t{4} << 20) && wg.device().is_cpu() &&
+  if (transposed && xe.size(0) > kLinearRowsKernelRows && bytes <= kPackedMaxBytes && wg.device().is_cpu() &&
       wg.scalar_type() == at::kFloat) {
     if (wt_.size() != 3 * experts.size()) wt_.assign(3 * experts.size(), PackedWeight());
     PackedWeight* t = &wt_[3 * e];

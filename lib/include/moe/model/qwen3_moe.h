@@ -223,7 +223,8 @@ class Qwen3MoeImpl : public torch::nn::Module {
   const ModelConfig& config() const { return cfg_; }
   const std::vector<int>& moe_layer_ids() const { return moe_layers_; }
   // Sets the expert kernel of every MoE layer (padded/grouped fall back as ExpertKernel says), and the linear
-  // layers' packed products with transposed; leaving transposed frees its copies. expert_kernel: the first MoE layer's (loop without one).
+  // layers' packed products with transposed; leaving transposed frees its copies. expert_kernel: the first MoE
+  // layer's (loop without one).
   void set_expert_kernel(ExpertKernel k);
   ExpertKernel expert_kernel() const;
   // The fastest kernel for the model's device: loop on the CPU (its counts are already on the host),
